@@ -1,0 +1,1 @@
+"""The Switchpoint operator (kopf): reconciles ModelPools, RoutingPolicies and Budgets."""

@@ -1,0 +1,1 @@
+"""The Switchpoint router: gRPC service, request pipeline, signals, decisions, scheduling."""

@@ -1,0 +1,57 @@
+"""Priority-ordered boolean decisions over the signals that fired."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from switchpoint.config.model import AllRule, AnyRule, Decision, NotRule, Policy, Rule, SignalRule
+
+
+def rule_holds(rule: Rule, fired: frozenset[str]) -> bool:
+    match rule:
+        case SignalRule(signal):
+            return signal in fired
+        case AllRule(rules):
+            return all(rule_holds(r, fired) for r in rules)
+        case AnyRule(rules):
+            return any(rule_holds(r, fired) for r in rules)
+        case NotRule(inner):
+            return not rule_holds(inner, fired)
+    raise TypeError(f"unknown rule type {type(rule).__name__}")
+
+
+def describe_rule(rule: Rule) -> str:
+    match rule:
+        case SignalRule(signal):
+            return signal
+        case AllRule(rules):
+            return "all(" + ", ".join(describe_rule(r) for r in rules) + ")"
+        case AnyRule(rules):
+            return "any(" + ", ".join(describe_rule(r) for r in rules) + ")"
+        case NotRule(inner):
+            return f"not({describe_rule(inner)})"
+    raise TypeError(f"unknown rule type {type(rule).__name__}")
+
+
+@dataclass(frozen=True)
+class DecisionOutcome:
+    decision: Decision
+    reason: str
+    # (decision name, matched) for each decision evaluated, highest priority first, up to the winner
+    evaluated: tuple[tuple[str, bool], ...]
+
+
+def decide(policy: Policy, fired: frozenset[str]) -> DecisionOutcome:
+    """The first decision, by descending priority, whose rule holds; else the policy's default."""
+    evaluated = []
+    for decision in policy.decisions:
+        assert decision.rule is not None
+        matched = rule_holds(decision.rule, fired)
+        evaluated.append((decision.name, matched))
+        if matched:
+            reason = f"decision '{decision.name}' (priority {decision.priority}) matched {describe_rule(decision.rule)}"
+            if len(evaluated) > 1:
+                reason += f"; {len(evaluated) - 1} higher-priority decision(s) did not match"
+            return DecisionOutcome(decision, reason, tuple(evaluated))
+    reason = "no decision matched; using the default" if evaluated else "the policy has no decisions; using the default"
+    return DecisionOutcome(policy.default, reason, tuple(evaluated))

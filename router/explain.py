@@ -1,0 +1,62 @@
+"""`switchpoint route`: explain one decision offline, with the router's own pipeline."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from switchpoint.router.decision import describe_rule
+from switchpoint.router.pipeline import RouteResult
+
+
+def explanation(result: RouteResult) -> dict[str, Any]:
+    req = result.request
+    sel = result.selection
+    rules = {d.name: d for d in result.policy.decisions} if result.policy else {}
+    return {
+        "model": req.model,
+        "policy": result.policy_name or None,
+        "workload": result.workload.label,
+        "tokens": {"prompt": req.prompt_tokens, "input": req.input_tokens, "context": req.context_tokens},
+        "signals": [{"name": s.name, "kind": s.kind, "fired": s.fired, "evidence": s.evidence} for s in result.signals],
+        "rules": [
+            {"decision": name, "priority": rules[name].priority, "rule": describe_rule(rules[name].rule),
+             "matched": matched}
+            for name, matched in result.outcome.evaluated if rules[name].rule is not None
+        ],
+        "decision": result.outcome.decision.name,
+        "reason": result.outcome.reason,
+        "pool": sel.candidate.pool.name,
+        "hardware_class": sel.candidate.pool.hardware_class,
+        "upstream_model": sel.candidate.model,
+        "replica": sel.placement.replica.address,
+        "prefill_replica": sel.placement.prefill.address if sel.placement.prefill else None,
+        "fallbacks": [f"{f.candidate.pool.name} {f.replica.address}" for f in sel.fallbacks],
+        "skipped": list(sel.skipped),
+    }
+
+
+def render(info: dict[str, Any]) -> str:
+    lines = [
+        f"model      {info['model']}  (policy {info['policy'] or '-'})",
+        f"workload   {info['workload']}   tokens: prompt {info['tokens']['prompt']}, "
+        f"input {info['tokens']['input']}, context {info['tokens']['context']}",
+        "signals",
+    ]
+    width = max((len(s["name"]) for s in info["signals"]), default=0)
+    for s in info["signals"]:
+        mark = "FIRED" if s["fired"] else "  -  "
+        lines.append(f"  {mark}  {s['name']:<{width}}  {s['kind']:<13} {s['evidence']}")
+    if info["rules"]:
+        lines.append("rules (by priority)")
+        for r in info["rules"]:
+            lines.append(f"  {'MATCH' if r['matched'] else '  -  '}  {r['priority']:>7}  {r['decision']}: {r['rule']}")
+    lines += [
+        f"decision   {info['decision']}: {info['reason']}",
+        f"pool       {info['pool']} ({info['hardware_class']}), upstream model {info['upstream_model']}",
+        f"replica    {info['replica']}" + (f"   prefill {info['prefill_replica']}" if info["prefill_replica"] else ""),
+    ]
+    if info["fallbacks"]:
+        lines.append(f"fallbacks  {', '.join(info['fallbacks'])}")
+    for skipped in info["skipped"]:
+        lines.append(f"skipped    {skipped}")
+    return "\n".join(lines)

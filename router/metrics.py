@@ -1,0 +1,60 @@
+"""Prometheus metrics of one router.
+
+Label values come only from the configuration (policy, decision, pool, replica)
+or from fixed sets (workload class, outcome, status code), never from request
+input, so the number of series is bounded by the config: at most
+decisions x pools x 8 workload classes per request metric.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+ROUTE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+disable_created_metrics()  # the *_created series double the series count for no routing value
+
+REQUEST_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class RouterMetrics:
+    def __init__(self, inflight: Callable[[], dict[str, int]]):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.routes = Counter("switchpoint_route_requests", "Route calls answered with a decision",
+                              ["policy", "decision", "pool", "workload"], registry=r)
+        self.route_errors = Counter("switchpoint_route_errors", "Route calls refused, by gRPC status code",
+                                    ["code"], registry=r)
+        self.route_seconds = Histogram("switchpoint_route_duration_seconds", "Time the router took to decide",
+                                       ["decision", "pool"], buckets=ROUTE_BUCKETS, registry=r)
+        self.reports = Counter("switchpoint_reports", "Reports received", ["decision", "pool", "outcome"], registry=r)
+        self.ttft = Histogram("switchpoint_request_ttft_seconds", "Time to first token, as reported",
+                              ["decision", "pool"], buckets=REQUEST_BUCKETS, registry=r)
+        self.latency = Histogram("switchpoint_request_duration_seconds", "Request latency, as reported",
+                                 ["decision", "pool"], buckets=REQUEST_BUCKETS, registry=r)
+        self.tokens = Counter("switchpoint_tokens", "Tokens, as reported", ["decision", "pool", "type"], registry=r)
+        self.config_reloads = Counter("switchpoint_config_reloads", "Config reloads, by result", ["result"], registry=r)
+        self.config_info = Gauge("switchpoint_config_info", "The digest of the config in force (value 1)",
+                                 ["digest"], registry=r)
+        self.expired = Counter("switchpoint_inflight_expired", "Routed requests never reported before their TTL",
+                               registry=r)
+        r.register(_InflightCollector(inflight))
+
+    def config_loaded(self, digest: str) -> None:
+        self.config_info.clear()
+        self.config_info.labels(digest).set(1)
+
+
+class _InflightCollector(Collector):
+    def __init__(self, loads: Callable[[], dict[str, int]]):
+        self.loads = loads
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily("switchpoint_replica_inflight", "Requests routed to a replica and not yet reported",
+                                   labels=["replica"])
+        for replica, count in sorted(self.loads().items()):
+            family.add_metric([replica], count)
+        yield family

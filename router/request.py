@@ -1,0 +1,134 @@
+"""Parsing and validating a Route request into the router's own view of it.
+
+Validation is a pure function of the proto message and the limits; a bad
+request raises InvalidRequest naming the field, which the service answers
+with INVALID_ARGUMENT.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass, field
+
+from switchpoint.router.signals.tokens import estimate_tokens
+
+from switchpoint.v1 import router_pb2
+
+ROLES = ("system", "developer", "user", "assistant", "tool")
+MESSAGE_OVERHEAD_TOKENS = 4  # chat templates add a few tokens per message (role markers, separators)
+
+
+class InvalidRequest(Exception):
+    """A request the router refuses; the message names the field."""
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    max_prompt_bytes: int = 4 * 1024 * 1024  # content of all messages together (~1M tokens)
+    max_messages: int = 10_000
+    max_metadata_entries: int = 256
+    max_metadata_bytes: int = 64 * 1024
+    max_id_length: int = 253
+
+
+@dataclass(frozen=True)
+class ChatTurn:
+    role: str
+    content: str
+
+
+@dataclass
+class RouteInput:
+    """A validated Route request, with the derived values signals share (computed once)."""
+
+    request_id: str
+    model: str
+    messages: tuple[ChatTurn, ...]
+    tenant: str = ""
+    user: str = ""
+    session: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+    max_tokens: int | None = None
+    stream: bool = False
+    tools_present: bool = False
+
+    @functools.cached_property
+    def last_user_text(self) -> str:
+        return next((m.content for m in reversed(self.messages) if m.role == "user"), "")
+
+    @functools.cached_property
+    def user_text(self) -> str:
+        return "\n".join(m.content for m in self.messages if m.role == "user")
+
+    @functools.cached_property
+    def all_text(self) -> str:
+        return "\n".join(m.content for m in self.messages)
+
+    @functools.cached_property
+    def prompt_tokens(self) -> int:
+        """Estimated tokens of the latest user message."""
+        return estimate_tokens(self.last_user_text)
+
+    @functools.cached_property
+    def input_tokens(self) -> int:
+        """Estimated tokens of every message, with per-message template overhead: what prefill must process."""
+        return sum(estimate_tokens(m.content) + MESSAGE_OVERHEAD_TOKENS for m in self.messages)
+
+    @functools.cached_property
+    def context_tokens(self) -> int:
+        """Estimated context the request needs: its input plus the requested completion."""
+        return self.input_tokens + (self.max_tokens or 0)
+
+    @functools.cached_property
+    def user_turns(self) -> int:
+        return sum(1 for m in self.messages if m.role == "user")
+
+
+def parse_route_request(msg: router_pb2.RouteRequest, limits: RequestLimits) -> RouteInput:
+    if not msg.model:
+        raise InvalidRequest("model: required (the model or alias to route)")
+    for name in ("model", "tenant", "user", "session", "request_id"):
+        value = getattr(msg, name)
+        if len(value) > limits.max_id_length:
+            raise InvalidRequest(f"{name}: {len(value)} characters; the limit is {limits.max_id_length}")
+    if not msg.messages:
+        raise InvalidRequest("messages: at least one message is required")
+    if len(msg.messages) > limits.max_messages:
+        raise InvalidRequest(f"messages: {len(msg.messages)} messages; the limit is {limits.max_messages}")
+    size = 0
+    turns = []
+    for i, m in enumerate(msg.messages):
+        if m.role not in ROLES:
+            expected = ", ".join(ROLES)
+            raise InvalidRequest(f"messages[{i}].role: unknown role '{m.role[:40]}' (expected one of {expected})")
+        size += len(m.content)  # characters; bytes are at most 4x, checked below only when close
+        turns.append(ChatTurn(m.role, m.content))
+    if size * 4 > limits.max_prompt_bytes:
+        size = sum(len(t.content.encode("utf-8")) for t in turns)
+        if size > limits.max_prompt_bytes:
+            raise InvalidRequest(
+                f"messages: {size:,} bytes of content; the limit is {limits.max_prompt_bytes:,} bytes"
+            )
+    metadata = _metadata(msg.metadata, limits)
+    return RouteInput(
+        request_id=msg.request_id or os.urandom(12).hex(),
+        model=msg.model,
+        messages=tuple(turns),
+        tenant=msg.tenant,
+        user=msg.user,
+        session=msg.session,
+        metadata=metadata,
+        max_tokens=msg.max_tokens or None,
+        stream=msg.stream,
+        tools_present=msg.tools_present,
+    )
+
+
+def _metadata(raw: dict[str, str], limits: RequestLimits) -> dict[str, str]:
+    if len(raw) > limits.max_metadata_entries:
+        raise InvalidRequest(f"metadata: {len(raw)} entries; the limit is {limits.max_metadata_entries}")
+    total = sum(len(k) + len(v) for k, v in raw.items())
+    if total > limits.max_metadata_bytes:
+        raise InvalidRequest(f"metadata: {total:,} characters; the limit is {limits.max_metadata_bytes:,}")
+    return {k.lower(): v for k, v in raw.items()}

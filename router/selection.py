@@ -1,0 +1,59 @@
+"""Choosing the pool among a decision's candidates, and the fallbacks behind it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+from switchpoint.router.errors import RouteError
+from switchpoint.router.scheduling import LeastInflightScheduler, Placement
+
+from switchpoint.config.model import Candidate, Decision, Replica
+
+MAX_FALLBACKS = 4
+
+
+@dataclass(frozen=True)
+class Fallback:
+    candidate: Candidate
+    replica: Replica
+
+
+@dataclass(frozen=True)
+class Selection:
+    candidate: Candidate
+    placement: Placement
+    fallbacks: tuple[Fallback, ...]
+    skipped: tuple[str, ...]  # why earlier candidates were passed over
+
+
+def select_static(decision: Decision, context_tokens: int, scheduler: LeastInflightScheduler) -> Selection:
+    """The first candidate that fits the request's context and has a ready replica."""
+    placed: list[tuple[Candidate, Placement]] = []
+    skipped: list[str] = []
+    too_small: list[str] = []
+    for cand in decision.candidates:
+        pool = cand.pool
+        if pool.context_tokens < context_tokens:
+            too_small.append(f"'{pool.name}' ({pool.context_tokens})")
+            skipped.append(f"pool '{pool.name}': context {pool.context_tokens} < {context_tokens} tokens needed")
+            continue
+        placement = scheduler.place(pool)
+        if placement is None:
+            skipped.append(f"pool '{pool.name}': no ready replica")
+            continue
+        placed.append((cand, placement))
+    if not placed:
+        if too_small and len(too_small) == len(decision.candidates):
+            raise RouteError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the request needs about {context_tokens} tokens of context (messages plus max_tokens); "
+                f"decision '{decision.name}' has no pool that large: {', '.join(too_small)}",
+            )
+        names = ", ".join(f"'{c.pool.name}'" for c in decision.candidates)
+        raise RouteError(grpc.StatusCode.UNAVAILABLE,
+                         f"no ready replica in pool(s) {names} of decision '{decision.name}'; " + "; ".join(skipped))
+    (chosen, placement), others = placed[0], placed[1:]
+    fallbacks = [Fallback(chosen, r) for r in placement.alternatives]
+    fallbacks += [Fallback(cand, p.replica) for cand, p in others]
+    return Selection(chosen, placement, tuple(fallbacks[:MAX_FALLBACKS]), tuple(skipped))

@@ -1,0 +1,130 @@
+"""A router process: the gRPC server (Router, health, reflection), metrics endpoint and config watcher."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from opentelemetry import trace
+from prometheus_client import start_http_server
+from switchpoint.router.inflight import InflightLedger
+from switchpoint.router.metrics import RouterMetrics
+from switchpoint.router.pipeline import RoutePipeline
+from switchpoint.router.reload import ConfigWatcher
+from switchpoint.router.request import RequestLimits
+from switchpoint.router.scheduling import LeastInflightScheduler
+from switchpoint.router.service import SERVICE_NAME, ConfigHolder, RouterService
+from switchpoint.router.telemetry import tracer_from
+
+from switchpoint.config.compiler import load_config
+from switchpoint.config.model import RouterConfig
+
+log = logging.getLogger("switchpoint.router")
+
+EXPIRY_SWEEP_S = 5.0
+
+
+class RouterServer:
+    def __init__(
+        self,
+        config_paths: list[str | Path],
+        host: str = "127.0.0.1",
+        port: int = 0,
+        metrics_port: int | None = None,
+        limits: RequestLimits | None = None,
+        tracer_provider: trace.TracerProvider | None = None,
+        reload_interval: float = 1.0,
+        inflight_ttl_s: float = 600.0,
+    ):
+        self.config_paths = list(config_paths)
+        self.host = host
+        self.port = port
+        self.metrics_port = metrics_port
+        self.limits = limits or RequestLimits()
+        self.tracer_provider = tracer_provider
+        self.ledger = InflightLedger(ttl_s=inflight_ttl_s)
+        self.metrics = RouterMetrics(self.ledger.loads)
+        self.reload_interval = reload_interval
+        self.holder: ConfigHolder | None = None
+        self.server: grpc.aio.Server | None = None
+        self.health = HealthServicer()
+        self._tasks: list[asyncio.Task] = []
+        self._metrics_http = None
+
+    @property
+    def config(self) -> RouterConfig:
+        assert self.holder is not None
+        return self.holder.config
+
+    async def start(self) -> int:
+        """Compile the config (ConfigError if it is broken), bind, and serve. Returns the gRPC port."""
+        config = load_config(self.config_paths)
+        self.holder = ConfigHolder(config)
+        self.metrics.config_loaded(config.digest)
+        tracer = tracer_from(self.tracer_provider)
+        service = RouterService(self.holder, RoutePipeline(LeastInflightScheduler(self.ledger), tracer),
+                                self.ledger, self.metrics, tracer, self.limits)
+        # The transport limit sits above the prompt limit, so an oversized prompt gets our
+        # INVALID_ARGUMENT naming the limit rather than the transport's RESOURCE_EXHAUSTED.
+        transport_max = 2 * self.limits.max_prompt_bytes + (1 << 20)
+        self.server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", transport_max),
+            ("grpc.so_reuseport", 0),
+        ])
+        self.server.add_generic_rpc_handlers((service.handler(),))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            self.server,
+        )
+        self.port = self.server.add_insecure_port(f"{self.host}:{self.port}")
+        if self.port == 0:
+            raise OSError(f"cannot bind the gRPC port on {self.host}")
+        await self.server.start()
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self.metrics_port is not None:
+            self._metrics_http, _ = start_http_server(self.metrics_port, addr=self.host,
+                                                      registry=self.metrics.registry)
+            self.metrics_port = self._metrics_http.server_port
+        watcher = ConfigWatcher(self.config_paths, self._apply, self._refused, self.reload_interval)
+        self._tasks = [asyncio.create_task(watcher.run()), asyncio.create_task(self._sweep())]
+        log.info("router serving %d policies, %d pools on %s:%d (config %s)", len(config.policies),
+                 len(config.pools), self.host, self.port, config.digest)
+        return self.port
+
+    def _apply(self, config: RouterConfig) -> None:
+        assert self.holder is not None
+        self.holder.config = config
+        self.metrics.config_loaded(config.digest)
+        self.metrics.config_reloads.labels("applied").inc()
+        log.info("config reloaded: digest %s", config.digest)
+
+    def _refused(self, _: Exception) -> None:
+        self.metrics.config_reloads.labels("refused").inc()
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(EXPIRY_SWEEP_S)
+            expired = self.ledger.expire()
+            if expired:
+                self.metrics.expired.inc(expired)
+
+    async def wait(self) -> None:
+        assert self.server is not None
+        await self.server.wait_for_termination()
+
+    async def stop(self, grace: float = 5.0) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await self.health.enter_graceful_shutdown()
+        if self.server is not None:
+            await self.server.stop(grace)
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()

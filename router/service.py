@@ -1,0 +1,209 @@
+"""The gRPC Router service: Route and Report, translated to and from the pipeline."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import grpc
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from switchpoint.router.errors import RouteError
+from switchpoint.router.inflight import InflightEntry, InflightLedger
+from switchpoint.router.metrics import RouterMetrics
+from switchpoint.router.pipeline import RoutePipeline, RouteResult
+from switchpoint.router.request import InvalidRequest, RequestLimits, parse_route_request
+from switchpoint.router.telemetry import context_from_metadata
+from switchpoint.router.wire import MalformedRequest, lenient_deserializer
+
+from switchpoint.config.model import RouterConfig
+from switchpoint.v1 import router_pb2
+
+log = logging.getLogger("switchpoint.router")
+
+SERVICE_NAME = "switchpoint.v1.Router"
+DESTINATION_HEADER = "x-gateway-destination-endpoint"  # Gateway API Inference Extension
+PREFILLER_HEADER = "x-prefiller-host-port"  # llm-d
+OUTCOMES = {
+    router_pb2.OUTCOME_SUCCESS: "success",
+    router_pb2.OUTCOME_ERROR: "error",
+    router_pb2.OUTCOME_CANCELLED: "cancelled",
+    router_pb2.OUTCOME_TRUNCATED: "truncated",
+}
+
+
+class ConfigHolder:
+    """The config in force. Swapping is one reference assignment: a request uses the config it started with."""
+
+    def __init__(self, config: RouterConfig):
+        self.config = config
+
+
+@dataclass(frozen=True)
+class _Refusal:
+    code: grpc.StatusCode
+    message: str
+
+
+class RouterService:
+    def __init__(self, holder: ConfigHolder, pipeline: RoutePipeline, ledger: InflightLedger,
+                 metrics: RouterMetrics, tracer: trace.Tracer, limits: RequestLimits):
+        self.holder = holder
+        self.pipeline = pipeline
+        self.ledger = ledger
+        self.metrics = metrics
+        self.tracer = tracer
+        self.limits = limits
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(SERVICE_NAME, {
+            "Route": grpc.unary_unary_rpc_method_handler(
+                self.route, lenient_deserializer(router_pb2.RouteRequest), router_pb2.Decision.SerializeToString),
+            "Report": grpc.unary_unary_rpc_method_handler(
+                self.report, lenient_deserializer(router_pb2.ReportRequest),
+                router_pb2.ReportResponse.SerializeToString),
+        })
+
+    async def route(self, request: router_pb2.RouteRequest | MalformedRequest,
+                    context: grpc.aio.ServicerContext) -> router_pb2.Decision:
+        parent = context_from_metadata(context.invocation_metadata())
+        started = time.perf_counter()
+        with self.tracer.start_as_current_span("switchpoint.route", context=parent, kind=SpanKind.SERVER) as span:
+            answer = self._route(request, span)
+            if isinstance(answer, _Refusal):
+                span.set_status(Status(StatusCode.ERROR, answer.message))
+                span.set_attribute("rpc.grpc.status_code", answer.code.value[0])
+        if isinstance(answer, _Refusal):
+            self.metrics.route_errors.labels(answer.code.name).inc()
+            await context.abort(answer.code, answer.message)
+        self.metrics.route_seconds.labels(answer.decision, answer.pool).observe(time.perf_counter() - started)
+        return answer
+
+    def _route(self, request: router_pb2.RouteRequest | MalformedRequest,
+               span: trace.Span) -> router_pb2.Decision | _Refusal:
+        try:
+            if isinstance(request, MalformedRequest):
+                raise InvalidRequest(request.message)
+            req = parse_route_request(request, self.limits)
+            if req.request_id in self.ledger:
+                return _Refusal(grpc.StatusCode.ALREADY_EXISTS,
+                                f"request_id '{req.request_id}' is already in flight; Report it or use a new id")
+            span.set_attribute("gen_ai.operation.name", "chat")
+            span.set_attribute("gen_ai.request.model", req.model)
+            if req.max_tokens:
+                span.set_attribute("gen_ai.request.max_tokens", req.max_tokens)
+            result = self.pipeline.route(self.holder.config, req)
+        except InvalidRequest as exc:
+            return _Refusal(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except RouteError as exc:
+            return _Refusal(exc.code, exc.message)
+        decision = _decision_message(result)
+        self.ledger.admit(InflightEntry(
+            request_id=req.request_id,
+            policy=result.policy_name,
+            decision=decision.decision,
+            pool=decision.pool,
+            model=decision.model,
+            replica=decision.replica,
+            prefill_replica=decision.prefill_replica,
+            workload=result.workload.label,
+            input_tokens=req.input_tokens,
+            span_context=span.get_span_context(),
+        ))
+        self.metrics.routes.labels(result.policy_name, decision.decision, decision.pool, result.workload.label).inc()
+        span.set_attributes({
+            "switchpoint.request_id": req.request_id,
+            "switchpoint.policy": result.policy_name,
+            "switchpoint.workload": result.workload.label,
+            "switchpoint.decision": decision.decision,
+            "switchpoint.pool": decision.pool,
+            "switchpoint.hardware_class": result.selection.candidate.pool.hardware_class,
+            "switchpoint.replica": decision.replica,
+            "gen_ai.response.model": decision.model,
+        })
+        if decision.prefill_replica:
+            span.set_attribute("switchpoint.prefill_replica", decision.prefill_replica)
+        return decision
+
+    async def report(self, request: router_pb2.ReportRequest | MalformedRequest,
+                     context: grpc.aio.ServicerContext) -> router_pb2.ReportResponse:
+        refusal = self._check_report(request)
+        if refusal:
+            await context.abort(refusal.code, refusal.message)
+        assert isinstance(request, router_pb2.ReportRequest)
+        entry = self.ledger.settle(request.request_id)
+        if entry is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND,
+                                f"request_id '{request.request_id[:128]}' is not in flight here: never routed by this "
+                                f"router, already reported, or expired after {self.ledger.ttl_s:g}s")
+        assert entry is not None
+        outcome = OUTCOMES[request.outcome]
+        links = [trace.Link(entry.span_context)] if entry.span_context else []
+        parent = context_from_metadata(context.invocation_metadata())
+        with self.tracer.start_as_current_span("switchpoint.report", context=parent, kind=SpanKind.SERVER,
+                                               links=links) as span:
+            span.set_attributes({
+                "switchpoint.request_id": entry.request_id,
+                "switchpoint.decision": entry.decision,
+                "switchpoint.pool": entry.pool,
+                "switchpoint.replica": request.replica or entry.replica,
+                "switchpoint.outcome": outcome,
+                "gen_ai.usage.input_tokens": request.prompt_tokens,
+                "gen_ai.usage.output_tokens": request.completion_tokens,
+                "switchpoint.ttft_ms": request.ttft_ms,
+                "switchpoint.latency_ms": request.latency_ms,
+            })
+        m = self.metrics
+        m.reports.labels(entry.decision, entry.pool, outcome).inc()
+        if request.outcome == router_pb2.OUTCOME_SUCCESS:
+            if request.ttft_ms > 0:
+                m.ttft.labels(entry.decision, entry.pool).observe(request.ttft_ms / 1000)
+            if request.latency_ms > 0:
+                m.latency.labels(entry.decision, entry.pool).observe(request.latency_ms / 1000)
+        for kind, count in (("input", request.prompt_tokens), ("output", request.completion_tokens),
+                            ("cached", request.cached_tokens)):
+            if count:
+                m.tokens.labels(entry.decision, entry.pool, kind).inc(count)
+        return router_pb2.ReportResponse(decision=entry.decision, pool=entry.pool)
+
+    def _check_report(self, request: router_pb2.ReportRequest | MalformedRequest) -> _Refusal | None:
+        if isinstance(request, MalformedRequest):
+            return _Refusal(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+        if not request.request_id:
+            return _Refusal(grpc.StatusCode.INVALID_ARGUMENT, "request_id: required (the id from the Decision)")
+        if request.outcome not in OUTCOMES:
+            expected = ", ".join(router_pb2.Outcome.Name(o) for o in OUTCOMES)
+            return _Refusal(grpc.StatusCode.INVALID_ARGUMENT, f"outcome: required (one of {expected})")
+        for name in ("ttft_ms", "latency_ms"):
+            value = getattr(request, name)
+            if not value >= 0 or value == float("inf"):
+                return _Refusal(grpc.StatusCode.INVALID_ARGUMENT, f"{name}: must be a finite number >= 0, got {value}")
+        return None
+
+
+def _decision_message(result: RouteResult) -> router_pb2.Decision:
+    sel = result.selection
+    replica = sel.placement.replica.address
+    prefill = sel.placement.prefill.address if sel.placement.prefill else ""
+    headers = {
+        DESTINATION_HEADER: replica,
+        "x-switchpoint-request-id": result.request.request_id,
+        "x-switchpoint-decision": result.outcome.decision.name,
+    }
+    if prefill:
+        headers[PREFILLER_HEADER] = prefill
+    return router_pb2.Decision(
+        request_id=result.request.request_id,
+        decision=result.outcome.decision.name,
+        pool=sel.candidate.pool.name,
+        model=sel.candidate.model,
+        replica=replica,
+        prefill_replica=prefill,
+        fallbacks=[router_pb2.Target(pool=f.candidate.pool.name, model=f.candidate.model, replica=f.replica.address)
+                   for f in sel.fallbacks],
+        headers=headers,
+        signals=result.fired,
+        reason=result.outcome.reason,
+        policy=result.policy_name,
+    )

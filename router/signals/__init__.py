@@ -1,0 +1,1 @@
+"""Request signals: cheap rule signals computed for every request."""

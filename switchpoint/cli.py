@@ -1,0 +1,181 @@
+"""The `switchpoint` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from switchpoint import __version__
+from switchpoint.config.errors import ConfigError
+
+DEFAULT_CONFIG = "deploy/examples"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.run(args) or 0)
+    except ConfigError as exc:
+        print(f"switchpoint: the configuration has {len(exc.problems)} problem(s):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="switchpoint", description="Kubernetes-native fleet router for LLM inference")
+    parser.add_argument("--version", action="version", version=f"switchpoint {__version__}")
+    parser.add_argument("--log-level", default=os.environ.get("SWITCHPOINT_LOG_LEVEL", "info"),
+                        choices=["debug", "info", "warning", "error"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, run: Callable[[argparse.Namespace], int | None], help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(run=run)
+        return p
+
+    def config_arg(p: argparse.ArgumentParser, default: list[str] | None = None) -> None:
+        p.add_argument("--config", nargs="+", required=default is None, default=default, metavar="PATH",
+                       help="CR manifest files or folders (the YAML you would kubectl apply)")
+
+    p = command("router", _router, "Serve the gRPC Router API in local mode from CR manifests")
+    config_arg(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 in a pod)")
+    p.add_argument("--port", type=int, default=50051, help="gRPC port")
+    p.add_argument("--metrics-port", type=int, default=None, help="Prometheus /metrics port (off when not given)")
+    p.add_argument("--otlp-endpoint", default=os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"),
+                   help="OTLP/gRPC collector for traces (default: $OTEL_EXPORTER_OTLP_ENDPOINT; off when unset)")
+    p.add_argument("--max-prompt-bytes", type=int, default=4 * 1024 * 1024,
+                   help="largest total message content accepted, in bytes")
+    p.add_argument("--reload-interval", type=float, default=1.0, help="seconds between config file checks")
+
+    p = command("route", _route, "Explain one routing decision offline")
+    config_arg(p)
+    p.add_argument("prompt", nargs="?", help="the user message (may follow the --config paths directly)")
+    p.add_argument("--model", default="auto", help="model or alias the client asks for")
+    p.add_argument("--system", help="a system message before the prompt")
+    p.add_argument("--tenant", default="")
+    p.add_argument("--user", default="")
+    p.add_argument("--header", action="append", default=[], metavar="KEY=VALUE", help="request header (repeatable)")
+    p.add_argument("--tools", action="store_true", help="the request carries tools")
+    p.add_argument("--max-tokens", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = command("check", _check, "Compile CR manifests and report every problem")
+    config_arg(p)
+
+    p = command("demo", _demo, "Start a local router on the example policy and route sample prompts")
+    config_arg(p, [DEFAULT_CONFIG])
+
+    p = command("bench", _bench_usage, "Benchmarks that compare against a baseline measured in the same run")
+    bench = p.add_subparsers(dest="bench", required=True)
+    b = bench.add_parser("router", help="Route RPC against a no-op RPC on the same server")
+    b.set_defaults(run=_bench_router)
+    config_arg(b, [DEFAULT_CONFIG])
+    b.add_argument("--duration", type=float, default=5.0, help="seconds of each throughput phase")
+    b.add_argument("--latency-calls", type=int, default=2000, help="sequential calls for the latency phase")
+    b.add_argument("--concurrency", type=int, default=32, help="calls in flight during the throughput phase")
+    b.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def _router(args: argparse.Namespace) -> int:
+    from switchpoint.router.request import RequestLimits
+    from switchpoint.router.server import RouterServer
+    from switchpoint.router.telemetry import otlp_tracer_provider
+
+    provider = otlp_tracer_provider(args.otlp_endpoint) if args.otlp_endpoint else None
+    server = RouterServer(args.config, host=args.host, port=args.port, metrics_port=args.metrics_port,
+                          limits=RequestLimits(max_prompt_bytes=args.max_prompt_bytes),
+                          tracer_provider=provider, reload_interval=args.reload_interval)
+
+    async def serve() -> None:
+        await server.start()
+        print(f"switchpoint router listening on {args.host}:{server.port}"
+              + (f", metrics on :{server.metrics_port}/metrics" if server.metrics_port else ""), flush=True)
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await server.stop(grace=5.0)
+        if provider is not None:
+            provider.shutdown()
+
+    asyncio.run(serve())
+    return 0
+
+
+def _route(args: argparse.Namespace) -> int:
+    from switchpoint.config.compiler import load_config
+    from switchpoint.router.errors import RouteError
+    from switchpoint.router.explain import explanation, render
+    from switchpoint.router.inflight import InflightLedger
+    from switchpoint.router.pipeline import RoutePipeline
+    from switchpoint.router.request import InvalidRequest, RequestLimits, parse_route_request
+    from switchpoint.router.scheduling import LeastInflightScheduler
+    from switchpoint.router.telemetry import tracer_from
+    from switchpoint.v1 import router_pb2
+
+    if args.prompt is None:
+        # `--config PATH... "prompt"`: argparse hands the prompt to --config as its last value.
+        if len(args.config) < 2:
+            print("switchpoint route: a prompt is required", file=sys.stderr)
+            return 2
+        args.prompt = args.config.pop()
+    config = load_config(args.config)
+    messages = ([router_pb2.ChatMessage(role="system", content=args.system)] if args.system else [])
+    messages.append(router_pb2.ChatMessage(role="user", content=args.prompt))
+    headers = dict(h.split("=", 1) for h in args.header if "=" in h)
+    msg = router_pb2.RouteRequest(model=args.model, messages=messages, tenant=args.tenant, user=args.user,
+                                  metadata=headers, max_tokens=args.max_tokens, tools_present=args.tools)
+    pipeline = RoutePipeline(LeastInflightScheduler(InflightLedger()), tracer_from(None))
+    try:
+        result = pipeline.route(config, parse_route_request(msg, RequestLimits()))
+    except (InvalidRequest, RouteError) as exc:
+        print(f"switchpoint: refused: {exc}", file=sys.stderr)
+        return 1
+    info = explanation(result)
+    print(json.dumps(info, indent=2) if args.json else render(info))
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from switchpoint.config.compiler import load_config
+
+    config = load_config(args.config)
+    print(f"ok: {len(config.pools)} pools, {len(config.policies)} policies, {len(config.budgets)} budgets, "
+          f"aliases {', '.join(sorted(config.aliases)) or '-'} (digest {config.digest})")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from switchpoint.demo import run_demo
+
+    return run_demo([Path(p) for p in args.config])
+
+
+def _bench_usage(args: argparse.Namespace) -> int:
+    return 2
+
+
+def _bench_router(args: argparse.Namespace) -> int:
+    from switchpoint.bench.router import run
+
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

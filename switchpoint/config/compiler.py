@@ -1,0 +1,342 @@
+"""One compiler from CR manifests to the router's typed config.
+
+Local mode runs it on the YAML files a user would `kubectl apply`; the operator
+runs it on the objects it watches. It is a pure function of the manifests:
+every problem is collected (not just the first) and names the file, the object
+and the field path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from switchpoint.config import schema
+from switchpoint.config.errors import ConfigError, Problem, field_path
+from switchpoint.config.manifests import GROUP, KINDS, VERSION, Manifest, load_manifests
+from switchpoint.config.model import (
+    DEFAULT_DECISION,
+    DIRECT_DECISION,
+    AllRule,
+    AnyRule,
+    Budget,
+    Candidate,
+    Decision,
+    KeywordSignal,
+    MetadataSignal,
+    NotRule,
+    PodSelector,
+    Policy,
+    Pool,
+    Pricing,
+    RegexSignal,
+    Replica,
+    Role,
+    RouterConfig,
+    Rule,
+    Signal,
+    SignalRule,
+    TenantSignal,
+    TextScope,
+    TokenCount,
+    TokenRangeSignal,
+    ToolsSignal,
+)
+
+RULE_KEYS = ("signal", "all", "any", "not")
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MIN_WINDOW_S, MAX_WINDOW_S = 30, 366 * 86400
+
+
+def load_config(paths: list[str | Path]) -> RouterConfig:
+    """Read and compile the manifests at the paths; raises ConfigError naming every problem."""
+    manifests, problems = load_manifests(paths)
+    if problems:
+        raise ConfigError(problems)
+    return compile_manifests(manifests)
+
+
+def compile_manifests(manifests: list[Manifest]) -> RouterConfig:
+    problems: list[Problem] = []
+    accepted = _validated(manifests, problems)
+    pools: dict[str, Pool] = {}
+    for m, spec in accepted["ModelPool"]:
+        pools[f"{m.namespace}/{m.name}"] = _pool(m, spec)
+    policies: dict[str, Policy] = {}
+    for m, spec in accepted["RoutingPolicy"]:
+        policy = _Reporter(m, problems).policy(spec, pools)
+        if policy is not None:
+            policies[policy.key] = policy
+    aliases = _aliases(accepted["RoutingPolicy"], problems)
+    budgets = tuple(
+        b for m, spec in accepted["Budget"] if (b := _Reporter(m, problems).budget(spec, pools, policies))
+    )
+    if problems:
+        raise ConfigError(problems)
+    return RouterConfig(
+        pools=pools,
+        policies=policies,
+        aliases={alias: policies[key] for alias, key in aliases.items()},
+        direct=_direct_decisions(pools),
+        budgets=budgets,
+        digest=_digest(manifests),
+        sources=tuple(sorted({m.source.split("#")[0] for m in manifests})),
+    )
+
+
+def _validated(manifests: list[Manifest], problems: list[Problem]) -> dict[str, list[tuple[Manifest, dict]]]:
+    """Schema-check every object; returns the defaulted specs of the valid ones, by kind."""
+    accepted: dict[str, list[tuple[Manifest, dict]]] = {kind: [] for kind in KINDS}
+    seen: dict[str, str] = {}
+    for m in manifests:
+        version = str(m.obj["apiVersion"]).split("/", 1)[-1]
+        if m.kind not in KINDS:
+            expected = ", ".join(KINDS)
+            problems.append(Problem(m.source, m.ref, "kind", f"unknown kind in {GROUP} (expected one of {expected})"))
+            continue
+        resource = schema.schema_for(m.kind, version)
+        if resource is None:
+            message = f"unsupported version '{version}' (expected {VERSION})"
+            problems.append(Problem(m.source, m.ref, "apiVersion", message))
+            continue
+        if m.ref in seen:
+            problems.append(Problem(m.source, m.ref, "metadata.name", f"defined twice (also in {seen[m.ref]})"))
+            continue
+        seen[m.ref] = m.source
+        defaulted, violations = schema.validate(resource, m.obj)
+        problems.extend(Problem(m.source, m.ref, v.path, v.message) for v in violations)
+        if not violations:
+            accepted[m.kind].append((m, defaulted["spec"]))
+    return accepted
+
+
+def _pool(m: Manifest, spec: dict[str, Any]) -> Pool:
+    replicas = spec["replicas"]
+    selector = None
+    if "selector" in replicas:
+        sel = replicas["selector"]
+        selector = PodSelector(
+            match_labels=tuple(sorted((sel.get("matchLabels") or {}).items())),
+            match_expressions=tuple(
+                (e["key"], e["operator"], tuple(e.get("values") or ())) for e in sel.get("matchExpressions") or ()
+            ),
+            port=replicas["port"],
+            role_label=replicas["roleLabel"],
+        )
+    price = spec["pricing"]
+    return Pool(
+        namespace=m.namespace,
+        name=m.name,
+        models=tuple(model["name"] for model in spec["models"]),
+        hardware_class=spec["hardwareClass"],
+        context_tokens=spec["contextTokens"],
+        pricing=Pricing(price["inputPerMillionTokens"], price["outputPerMillionTokens"], price["currency"]),
+        static_replicas=tuple(Replica(r["address"], Role(r["role"])) for r in replicas.get("static") or ()),
+        selector=selector,
+    )
+
+
+def _direct_decisions(pools: dict[str, Pool]) -> dict[str, Decision]:
+    """A request may name a served model instead of an alias: it goes to the pools serving that model."""
+    serving: dict[str, list[Candidate]] = {}
+    for key in sorted(pools):
+        for model in pools[key].models:
+            serving.setdefault(model, []).append(Candidate(pools[key], model))
+    return {model: Decision(DIRECT_DECISION, -1, None, tuple(cands)) for model, cands in serving.items()}
+
+
+def _aliases(policies: list[tuple[Manifest, dict]], problems: list[Problem]) -> dict[str, str]:
+    owner: dict[str, tuple[Manifest, str]] = {}
+    for m, spec in policies:
+        for i, alias in enumerate(spec["aliases"]):
+            if alias in owner and owner[alias][0].ref != m.ref:
+                first = owner[alias][0]
+                problems.append(
+                    Problem(m.source, m.ref, f"spec.aliases[{i}]",
+                            f"alias '{alias}' is already claimed by {first.ref} ({first.source})")
+                )
+            else:
+                owner.setdefault(alias, (m, f"{m.namespace}/{m.name}"))
+    return {alias: key for alias, (_, key) in owner.items()}
+
+
+class _Reporter:
+    """Compiles the spec of one object, recording problems against it."""
+
+    def __init__(self, manifest: Manifest, problems: list[Problem]):
+        self.m = manifest
+        self.problems = problems
+        self.ok = True
+
+    def fail(self, path: tuple[str | int, ...], message: str) -> None:
+        self.ok = False
+        self.problems.append(Problem(self.m.source, self.m.ref, field_path(("spec", *path)), message))
+
+    # -- RoutingPolicy ---------------------------------------------------------------------------
+
+    def policy(self, spec: dict[str, Any], pools: dict[str, Pool]) -> Policy | None:
+        signals = tuple(s for i, raw in enumerate(spec.get("signals") or ()) if (s := self.signal(raw, i)))
+        names = {raw["name"] for raw in spec.get("signals") or ()}
+        decisions = []
+        for i, raw in enumerate(spec.get("decisions") or ()):
+            rule = self.rule(raw["when"], ("decisions", i, "when"), names)
+            candidates = self.candidates(raw["pools"], ("decisions", i, "pools"), pools)
+            decisions.append(
+                Decision(raw["name"], raw["priority"], rule, candidates, raw["selection"]["algorithm"],
+                         raw.get("description", ""))
+            )
+        default = Decision(
+            DEFAULT_DECISION, -1, None,
+            self.candidates(spec["default"]["pools"], ("default", "pools"), pools),
+            spec["default"]["selection"]["algorithm"],
+        )
+        if not self.ok:
+            return None
+        return Policy(
+            namespace=self.m.namespace,
+            name=self.m.name,
+            aliases=tuple(spec["aliases"]),
+            signals=signals,
+            decisions=tuple(sorted(decisions, key=lambda d: -d.priority)),
+            default=default,
+        )
+
+    def signal(self, raw: dict[str, Any], index: int) -> Signal | None:
+        name = raw["name"]
+        path = ("signals", index)
+        if "keywords" in raw:
+            kw = raw["keywords"]
+            case = kw["caseSensitive"]
+            terms = [t if case else t.lower() for t in kw["terms"]]
+            pattern = re.compile("|".join(_term_pattern(t) for t in terms), 0 if case else re.IGNORECASE)
+            return KeywordSignal(name, pattern, frozenset(terms), kw["match"] == "all", case, TextScope(kw["scope"]))
+        if "regex" in raw:
+            rx = raw["regex"]
+            compiled = []
+            for j, pattern in enumerate(rx["patterns"]):
+                try:
+                    compiled.append(re.compile(pattern, 0 if rx["caseSensitive"] else re.IGNORECASE))
+                except re.error as exc:
+                    self.fail((*path, "regex", "patterns", j), f"invalid regular expression: {exc}")
+            if len(compiled) != len(rx["patterns"]):
+                return None
+            return RegexSignal(name, tuple(compiled), rx["match"] == "all", TextScope(rx["scope"]))
+        for counted in TokenCount:
+            if counted.value in raw:
+                bounds = raw[counted.value]
+                return TokenRangeSignal(name, counted, bounds.get("min"), bounds.get("max"))
+        if "metadata" in raw:
+            md = raw["metadata"]
+            values = frozenset(md["values"]) if "values" in md else None
+            return MetadataSignal(name, md["key"].lower(), values)
+        if "tenant" in raw:
+            return TenantSignal(name, frozenset(raw["tenant"]["in"]))
+        return ToolsSignal(name, raw["tools"]["present"])
+
+    def rule(self, raw: Any, path: tuple[str | int, ...], signals: set[str]) -> Rule:
+        """Parse a nested boolean rule; nested levels are only schema-checked here (CRDs cannot recurse)."""
+        keys = [k for k in RULE_KEYS if isinstance(raw, dict) and k in raw]
+        extra = sorted(set(raw) - set(RULE_KEYS)) if isinstance(raw, dict) else []
+        if not isinstance(raw, dict) or len(keys) != 1 or extra:
+            detail = f" (unknown: {', '.join(extra)})" if extra else ""
+            self.fail(path, f"a rule sets exactly one of signal, all, any, not{detail}")
+            return SignalRule("")
+        key = keys[0]
+        value = raw[key]
+        if key == "signal":
+            if not isinstance(value, str) or value not in signals:
+                known = ", ".join(sorted(signals)) or "none"
+                self.fail((*path, "signal"), f"unknown signal '{value}' (defined: {known})")
+            return SignalRule(str(value))
+        if key == "not":
+            return NotRule(self.rule(value, (*path, "not"), signals))
+        if not isinstance(value, list) or not value:
+            self.fail((*path, key), f"'{key}' takes a non-empty list of rules")
+            return SignalRule("")
+        rules = tuple(self.rule(sub, (*path, key, i), signals) for i, sub in enumerate(value))
+        return AllRule(rules) if key == "all" else AnyRule(rules)
+
+    def candidates(self, raw: list[dict], path: tuple[str | int, ...], pools: dict[str, Pool]) -> tuple[Candidate, ...]:
+        out = []
+        for i, ref in enumerate(raw):
+            name = ref["pool"]
+            if "/" in name:
+                self.fail((*path, i, "pool"), f"pool '{name}': a policy may only use pools of its own namespace "
+                                              f"'{self.m.namespace}' (give the name alone)")
+                continue
+            pool = pools.get(f"{self.m.namespace}/{name}")
+            if pool is None:
+                known = sorted(p.name for p in pools.values() if p.namespace == self.m.namespace)
+                self.fail((*path, i, "pool"), f"unknown ModelPool '{name}' in namespace '{self.m.namespace}' "
+                                              f"(known: {', '.join(known) or 'none'})")
+                continue
+            model = ref.get("model") or pool.models[0]
+            if model not in pool.models:
+                self.fail((*path, i, "model"), f"pool '{name}' does not serve model '{model}' "
+                                               f"(it serves: {', '.join(pool.models)})")
+                continue
+            out.append(Candidate(pool, model))
+        return tuple(out)
+
+    # -- Budget ----------------------------------------------------------------------------------
+
+    def budget(self, spec: dict[str, Any], pools: dict[str, Pool], policies: dict[str, Policy]) -> Budget | None:
+        window = _window_seconds(spec["window"]["duration"])
+        if not MIN_WINDOW_S <= window <= MAX_WINDOW_S:
+            self.fail(("window", "duration"), f"window {spec['window']['duration']} is outside 30s..366d")
+        policy = spec.get("policy")
+        ns = self.m.namespace
+        if policy is not None and f"{ns}/{policy}" not in policies:
+            self.fail(("policy",), f"unknown RoutingPolicy '{policy}' in namespace '{ns}'")
+        scope = spec["scope"]
+        if scope["type"] == "Policy" and f"{ns}/{scope['name']}" not in policies:
+            self.fail(("scope", "name"), f"unknown RoutingPolicy '{scope['name']}' in namespace '{ns}'")
+        action = spec["onExhausted"]
+        target = action.get("downgradeTo")
+        if target is not None and f"{ns}/{target}" not in pools:
+            self.fail(("onExhausted", "downgradeTo"), f"unknown ModelPool '{target}' in namespace '{ns}'")
+        if not self.ok:
+            return None
+        limit = spec["limit"]
+        return Budget(
+            namespace=ns,
+            name=self.m.name,
+            scope_type=scope["type"],
+            scope_name=scope.get("name"),
+            team_header=scope["teamHeader"].lower(),
+            policy=policy,
+            window_seconds=window,
+            window_reset=spec["window"]["reset"],
+            limit_tokens=limit.get("tokens"),
+            token_type=limit["tokenType"],
+            limit_amount=limit.get("amount"),
+            action=action["action"],
+            downgrade_to=target,
+            failure_policy=spec["failurePolicy"],
+        )
+
+
+def _term_pattern(term: str) -> str:
+    """A term matches as a whole word where it starts or ends with a word character."""
+    body = re.escape(term)
+    head = r"(?<!\w)" if re.match(r"\w", term) else ""
+    tail = r"(?!\w)" if re.search(r"\w$", term) else ""
+    return f"{head}{body}{tail}"
+
+
+def _window_seconds(duration: str) -> int:
+    return int(duration[:-1]) * DURATION_UNITS[duration[-1]]
+
+
+def _digest(manifests: list[Manifest]) -> str:
+    """A digest of what the config means, independent of file order and formatting."""
+    canonical = sorted(
+        json.dumps({"kind": m.kind, "ns": m.namespace, "name": m.name, "spec": m.obj.get("spec")}, sort_keys=True)
+        for m in manifests
+    )
+    return hashlib.sha256("\n".join(canonical).encode()).hexdigest()[:16]
+
+

@@ -1,0 +1,215 @@
+"""The router's typed configuration, compiled from CR manifests.
+
+Everything here is immutable: a running router swaps one RouterConfig for
+another atomically on reload, and requests in flight keep the one they started with.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+
+
+class Role(enum.Enum):
+    """What a replica does in a (possibly disaggregated) pool."""
+
+    PREFILL = "prefill"
+    DECODE = "decode"
+    BOTH = "both"
+
+    @property
+    def decodes(self) -> bool:
+        return self is not Role.PREFILL
+
+    @property
+    def prefills(self) -> bool:
+        return self is not Role.DECODE
+
+
+@dataclass(frozen=True)
+class Replica:
+    address: str  # host:port
+    role: Role = Role.BOTH
+
+
+@dataclass(frozen=True)
+class Pricing:
+    input_per_million: float = 0.0
+    output_per_million: float = 0.0
+    currency: str = "USD"
+
+    def cost(self, input_tokens: int, output_tokens: int) -> float:
+        return (input_tokens * self.input_per_million + output_tokens * self.output_per_million) / 1e6
+
+
+@dataclass(frozen=True)
+class PodSelector:
+    match_labels: tuple[tuple[str, str], ...]
+    match_expressions: tuple[tuple[str, str, tuple[str, ...]], ...]
+    port: int
+    role_label: str
+
+
+@dataclass(frozen=True)
+class Pool:
+    namespace: str
+    name: str
+    models: tuple[str, ...]
+    hardware_class: str
+    context_tokens: int
+    pricing: Pricing
+    static_replicas: tuple[Replica, ...] = ()
+    selector: PodSelector | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+class TextScope(enum.Enum):
+    LAST_USER = "lastUser"
+    USER = "user"
+    ALL = "all"
+
+
+@dataclass(frozen=True)
+class KeywordSignal:
+    name: str
+    pattern: re.Pattern[str]  # one alternation over all terms
+    terms: frozenset[str]  # normalised (case-folded unless case-sensitive)
+    match_all: bool
+    case_sensitive: bool
+    scope: TextScope
+
+
+@dataclass(frozen=True)
+class RegexSignal:
+    name: str
+    patterns: tuple[re.Pattern[str], ...]
+    match_all: bool
+    scope: TextScope
+
+
+class TokenCount(enum.Enum):
+    PROMPT = "promptTokens"  # the latest user message
+    CONTEXT = "contextTokens"  # every message plus the requested max_tokens
+
+
+@dataclass(frozen=True)
+class TokenRangeSignal:
+    name: str
+    counted: TokenCount
+    min: int | None
+    max: int | None
+
+
+@dataclass(frozen=True)
+class MetadataSignal:
+    name: str
+    key: str  # lower-cased
+    values: frozenset[str] | None
+
+
+@dataclass(frozen=True)
+class TenantSignal:
+    name: str
+    tenants: frozenset[str]
+
+
+@dataclass(frozen=True)
+class ToolsSignal:
+    name: str
+    present: bool
+
+
+Signal = KeywordSignal | RegexSignal | TokenRangeSignal | MetadataSignal | TenantSignal | ToolsSignal
+
+
+@dataclass(frozen=True)
+class SignalRule:
+    signal: str
+
+
+@dataclass(frozen=True)
+class AllRule:
+    rules: tuple[Rule, ...]
+
+
+@dataclass(frozen=True)
+class AnyRule:
+    rules: tuple[Rule, ...]
+
+
+@dataclass(frozen=True)
+class NotRule:
+    rule: Rule
+
+
+Rule = SignalRule | AllRule | AnyRule | NotRule
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A pool a decision may send to, with the upstream model name to use there."""
+
+    pool: Pool
+    model: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    name: str
+    priority: int
+    rule: Rule | None  # None for the default decision
+    candidates: tuple[Candidate, ...]
+    selection: str = "static"
+    description: str = ""
+
+
+DEFAULT_DECISION = "default"
+DIRECT_DECISION = "direct"
+
+
+@dataclass(frozen=True)
+class Policy:
+    namespace: str
+    name: str
+    aliases: tuple[str, ...]
+    signals: tuple[Signal, ...]
+    decisions: tuple[Decision, ...]  # sorted by priority, highest first
+    default: Decision
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Budget:
+    namespace: str
+    name: str
+    scope_type: str
+    scope_name: str | None
+    team_header: str
+    policy: str | None
+    window_seconds: int
+    window_reset: str
+    limit_tokens: int | None
+    token_type: str
+    limit_amount: float | None
+    action: str
+    downgrade_to: str | None
+    failure_policy: str
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    pools: dict[str, Pool]  # by namespace/name
+    policies: dict[str, Policy]  # by namespace/name
+    aliases: dict[str, Policy]  # alias -> policy
+    # model name -> decision over the pools serving it, for requests that name a model, not an alias
+    direct: dict[str, Decision] = field(default_factory=dict)
+    budgets: tuple[Budget, ...] = ()
+    digest: str = ""
+    sources: tuple[str, ...] = ()

@@ -1,0 +1,1 @@
+"""Generated gRPC stubs of the public API (package switchpoint.v1), built from proto/."""
