@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from switchpoint.config.model import AllRule, AnyRule, Decision, NotRule, Policy, Rule, SignalRule
 
 
-def rule_holds(rule: Rule, fired: frozenset[str]) -> bool:
+def rule_holds(rule: Rule, fired: Callable[[str], bool]) -> bool:
     match rule:
         case SignalRule(signal):
-            return signal in fired
+            return fired(signal)
         case AllRule(rules):
             return all(rule_holds(r, fired) for r in rules)
         case AnyRule(rules):
@@ -41,7 +42,7 @@ class DecisionOutcome:
     evaluated: tuple[tuple[str, bool], ...]
 
 
-def decide(policy: Policy, fired: frozenset[str]) -> DecisionOutcome:
+def decide(policy: Policy, fired: Callable[[str], bool]) -> DecisionOutcome:
     """The first decision, by descending priority, whose rule holds; else the policy's default."""
     evaluated = []
     for decision in policy.decisions:

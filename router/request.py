@@ -66,14 +66,26 @@ class RouteInput:
         return "\n".join(m.content for m in self.messages)
 
     @functools.cached_property
+    def message_tokens(self) -> tuple[int, ...]:
+        return tuple(estimate_tokens(m.content) for m in self.messages)
+
+    @functools.cached_property
     def prompt_tokens(self) -> int:
         """Estimated tokens of the latest user message."""
-        return estimate_tokens(self.last_user_text)
+        last_user = next((i for i in range(len(self.messages) - 1, -1, -1) if self.messages[i].role == "user"), None)
+        return 0 if last_user is None else self.message_tokens[last_user]
 
     @functools.cached_property
     def input_tokens(self) -> int:
         """Estimated tokens of every message, with per-message template overhead: what prefill must process."""
-        return sum(estimate_tokens(m.content) + MESSAGE_OVERHEAD_TOKENS for m in self.messages)
+        return sum(self.message_tokens) + MESSAGE_OVERHEAD_TOKENS * len(self.messages)
+
+    def lowered(self, text: str) -> str:
+        """text.lower(), computed once per distinct text of this request."""
+        cache = self.__dict__.setdefault("_lowered", {})
+        if text not in cache:
+            cache[text] = text.lower()
+        return cache[text]
 
     @functools.cached_property
     def context_tokens(self) -> int:

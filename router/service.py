@@ -89,10 +89,6 @@ class RouterService:
             if req.request_id in self.ledger:
                 return _Refusal(grpc.StatusCode.ALREADY_EXISTS,
                                 f"request_id '{req.request_id}' is already in flight; Report it or use a new id")
-            span.set_attribute("gen_ai.operation.name", "chat")
-            span.set_attribute("gen_ai.request.model", req.model)
-            if req.max_tokens:
-                span.set_attribute("gen_ai.request.max_tokens", req.max_tokens)
             result = self.pipeline.route(self.holder.config, req)
         except InvalidRequest as exc:
             return _Refusal(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
@@ -112,18 +108,8 @@ class RouterService:
             span_context=span.get_span_context(),
         ))
         self.metrics.routes.labels(result.policy_name, decision.decision, decision.pool, result.workload.label).inc()
-        span.set_attributes({
-            "switchpoint.request_id": req.request_id,
-            "switchpoint.policy": result.policy_name,
-            "switchpoint.workload": result.workload.label,
-            "switchpoint.decision": decision.decision,
-            "switchpoint.pool": decision.pool,
-            "switchpoint.hardware_class": result.selection.candidate.pool.hardware_class,
-            "switchpoint.replica": decision.replica,
-            "gen_ai.response.model": decision.model,
-        })
-        if decision.prefill_replica:
-            span.set_attribute("switchpoint.prefill_replica", decision.prefill_replica)
+        if span.is_recording():
+            _annotate_route(span, result, decision)
         return decision
 
     async def report(self, request: router_pb2.ReportRequest | MalformedRequest,
@@ -180,6 +166,28 @@ class RouterService:
             if not value >= 0 or value == float("inf"):
                 return _Refusal(grpc.StatusCode.INVALID_ARGUMENT, f"{name}: must be a finite number >= 0, got {value}")
         return None
+
+
+def _annotate_route(span: trace.Span, result: RouteResult, decision: router_pb2.Decision) -> None:
+    """The three dimensions of the matrix on the Route span (GenAI semantic conventions where they exist)."""
+    req = result.request
+    span.set_attributes({
+        "gen_ai.operation.name": "chat",
+        "gen_ai.request.model": req.model,
+        "gen_ai.response.model": decision.model,
+        "switchpoint.request_id": req.request_id,
+        "switchpoint.policy": result.policy_name,
+        "switchpoint.workload": result.workload.label,
+        "switchpoint.decision": decision.decision,
+        "switchpoint.signals.fired": list(decision.signals),
+        "switchpoint.pool": decision.pool,
+        "switchpoint.hardware_class": result.selection.candidate.pool.hardware_class,
+        "switchpoint.replica": decision.replica,
+    })
+    if req.max_tokens:
+        span.set_attribute("gen_ai.request.max_tokens", req.max_tokens)
+    if decision.prefill_replica:
+        span.set_attribute("switchpoint.prefill_replica", decision.prefill_replica)
 
 
 def _decision_message(result: RouteResult) -> router_pb2.Decision:

@@ -143,7 +143,7 @@ def _route(args: argparse.Namespace) -> int:
                                   metadata=headers, max_tokens=args.max_tokens, tools_present=args.tools)
     pipeline = RoutePipeline(LeastInflightScheduler(InflightLedger()), tracer_from(None))
     try:
-        result = pipeline.route(config, parse_route_request(msg, RequestLimits()))
+        result = pipeline.route(config, parse_route_request(msg, RequestLimits()), all_signals=True)
     except (InvalidRequest, RouteError) as exc:
         print(f"switchpoint: refused: {exc}", file=sys.stderr)
         return 1

@@ -1,4 +1,9 @@
-"""Cheap rule signals: computed for every request, each a pure function of the request."""
+"""Cheap rule signals: each a pure function of the request.
+
+The hot path asks only whether a signal fired (`signal_fired`); what the signal
+saw (`signal_evidence`) is worked out only for recorded traces and for
+`switchpoint route`, since formatting it costs as much as the test itself.
+"""
 
 from __future__ import annotations
 
@@ -27,31 +32,89 @@ class SignalResult:
     evidence: str  # what the signal saw, for traces and `switchpoint route`
 
 
-def evaluate_signals(signals: tuple[Signal, ...], req: RouteInput) -> tuple[SignalResult, ...]:
-    return tuple(evaluate_signal(s, req) for s in signals)
+class SignalBoard:
+    """The signals of one request, each computed on first use and remembered.
+
+    Decisions are checked in priority order, so a signal that no rule on the way to
+    the winning decision needs is never computed: a long prompt pays for the
+    keyword and regex scans only when the outcome depends on them.
+    """
+
+    def __init__(self, signals: tuple[Signal, ...], req: RouteInput):
+        self._signals = {s.name: s for s in signals}
+        self._req = req
+        self._fired: dict[str, bool] = {}
+
+    def fired(self, name: str) -> bool:
+        fired = self._fired.get(name)
+        if fired is None:
+            fired = self._fired[name] = signal_fired(self._signals[name], self._req)
+        return fired
+
+    def evaluate_all(self) -> None:
+        for name in self._signals:
+            self.fired(name)
+
+    @property
+    def fired_names(self) -> tuple[str, ...]:
+        return tuple(n for n in self._signals if self._fired.get(n))
+
+    def results(self) -> tuple[SignalResult, ...]:
+        """The signals computed so far, in policy order, with their evidence."""
+        return tuple(
+            SignalResult(n, signal_kind(s), self._fired[n], signal_evidence(s, self._req))
+            for n, s in self._signals.items() if n in self._fired
+        )
 
 
-def evaluate_signal(signal: Signal, req: RouteInput) -> SignalResult:
+def signal_kind(signal: Signal) -> str:
+    if isinstance(signal, TokenRangeSignal):
+        return signal.counted.value
+    return _KINDS[type(signal)]
+
+
+def signal_fired(signal: Signal, req: RouteInput) -> bool:
     match signal:
         case KeywordSignal():
-            return _keywords(signal, req)
+            found = _keywords_found(signal, req)
+            return len(found) == len(signal.terms) if signal.match_all else bool(found)
         case RegexSignal():
-            return _regex(signal, req)
+            matched = _regex_matched(signal, req)
+            return matched == len(signal.patterns) if signal.match_all else matched > 0
         case TokenRangeSignal():
-            count = req.prompt_tokens if signal.counted is TokenCount.PROMPT else req.context_tokens
-            fired = (signal.min is None or count >= signal.min) and (signal.max is None or count <= signal.max)
-            return SignalResult(signal.name, signal.counted.value, fired, f"{count} tokens")
+            count = _token_count(signal, req)
+            return (signal.min is None or count >= signal.min) and (signal.max is None or count <= signal.max)
         case MetadataSignal():
             value = req.metadata.get(signal.key)
-            fired = value is not None and (signal.values is None or value in signal.values)
-            seen = f"{signal.key}={value}" if value is not None else f"{signal.key} absent"
-            return SignalResult(signal.name, "metadata", fired, seen)
+            return value is not None and (signal.values is None or value in signal.values)
         case TenantSignal():
-            return SignalResult(signal.name, "tenant", req.tenant in signal.tenants, f"tenant={req.tenant or '-'}")
+            return req.tenant in signal.tenants
         case ToolsSignal():
-            fired = req.tools_present == signal.present
-            return SignalResult(signal.name, "tools", fired, "tools present" if req.tools_present else "no tools")
+            return req.tools_present == signal.present
     raise TypeError(f"unknown signal type {type(signal).__name__}")
+
+
+def signal_evidence(signal: Signal, req: RouteInput) -> str:
+    match signal:
+        case KeywordSignal():
+            found = _keywords_found(signal, req)
+            return f"matched {', '.join(repr(t) for t in found[:5])}" if found else "no match"
+        case RegexSignal():
+            return f"{_regex_matched(signal, req)} of {len(signal.patterns)} pattern(s) matched"
+        case TokenRangeSignal():
+            return f"{_token_count(signal, req)} tokens"
+        case MetadataSignal():
+            value = req.metadata.get(signal.key)
+            return f"{signal.key}={value}" if value is not None else f"{signal.key} absent"
+        case TenantSignal():
+            return f"tenant={req.tenant or '-'}"
+        case ToolsSignal():
+            return "tools present" if req.tools_present else "no tools"
+    raise TypeError(f"unknown signal type {type(signal).__name__}")
+
+
+_KINDS: dict[type, str] = {KeywordSignal: "keywords", RegexSignal: "regex", MetadataSignal: "metadata",
+                           TenantSignal: "tenant", ToolsSignal: "tools"}
 
 
 def _text(req: RouteInput, scope: TextScope) -> str:
@@ -62,21 +125,54 @@ def _text(req: RouteInput, scope: TextScope) -> str:
     return req.all_text
 
 
-def _keywords(signal: KeywordSignal, req: RouteInput) -> SignalResult:
+def _token_count(signal: TokenRangeSignal, req: RouteInput) -> int:
+    return req.prompt_tokens if signal.counted is TokenCount.PROMPT else req.context_tokens
+
+
+def _keywords_found(signal: KeywordSignal, req: RouteInput) -> list[str]:
+    """The terms found (all of them for match 'all'; the first for 'any')."""
     text = _text(req, signal.scope)
-    if not signal.match_all:
-        hit = signal.pattern.search(text)
-        return SignalResult(signal.name, "keywords", hit is not None, f"matched '{hit.group()}'" if hit else "no match")
-    found: set[str] = set()
-    for hit in signal.pattern.finditer(text):
-        found.add(hit.group() if signal.case_sensitive else hit.group().lower())
-        if len(found) == len(signal.terms):
-            break
-    evidence = f"matched {len(found & signal.terms)}/{len(signal.terms)} terms"
-    return SignalResult(signal.name, "keywords", found >= signal.terms, evidence)
+    if not signal.case_sensitive:
+        text = req.lowered(text)
+    present = [t for t in signal.terms if t in text]  # C-level prefilter: most terms are absent
+    if signal.match_all and len(present) < len(signal.terms):
+        return []
+    found = []
+    for term in present:
+        if contains_term(text, term):
+            found.append(term)
+            if not signal.match_all:
+                break
+        elif signal.match_all:
+            return []
+    return found
 
 
-def _regex(signal: RegexSignal, req: RouteInput) -> SignalResult:
+def contains_term(text: str, term: str) -> bool:
+    """Substring search (C speed) with whole-word checks where the term starts or ends with a word character.
+
+    One str.find per occurrence beats a regex alternation with look-arounds by two
+    orders of magnitude on long prompts.
+    """
+    check_head = _is_word(term[0])
+    check_tail = _is_word(term[-1])
+    start = text.find(term)
+    while start >= 0:
+        end = start + len(term)
+        head_ok = not check_head or start == 0 or not _is_word(text[start - 1])
+        tail_ok = not check_tail or end == len(text) or not _is_word(text[end])
+        if head_ok and tail_ok:
+            return True
+        start = text.find(term, start + 1)
+    return False
+
+
+def _is_word(char: str) -> bool:
+    return char.isalnum() or char == "_"
+
+
+def _regex_matched(signal: RegexSignal, req: RouteInput) -> int:
+    """How many patterns matched, stopping as soon as the answer is known."""
     text = _text(req, signal.scope)
     matched = 0
     for pattern in signal.patterns:
@@ -86,5 +182,4 @@ def _regex(signal: RegexSignal, req: RouteInput) -> SignalResult:
                 break
         elif signal.match_all:
             break
-    fired = matched == len(signal.patterns) if signal.match_all else matched > 0
-    return SignalResult(signal.name, "regex", fired, f"{matched} pattern(s) matched")
+    return matched

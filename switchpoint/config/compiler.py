@@ -210,9 +210,8 @@ class _Reporter:
         if "keywords" in raw:
             kw = raw["keywords"]
             case = kw["caseSensitive"]
-            terms = [t if case else t.lower() for t in kw["terms"]]
-            pattern = re.compile("|".join(_term_pattern(t) for t in terms), 0 if case else re.IGNORECASE)
-            return KeywordSignal(name, pattern, frozenset(terms), kw["match"] == "all", case, TextScope(kw["scope"]))
+            terms = tuple(dict.fromkeys(t if case else t.lower() for t in kw["terms"]))
+            return KeywordSignal(name, terms, kw["match"] == "all", case, TextScope(kw["scope"]))
         if "regex" in raw:
             rx = raw["regex"]
             compiled = []
@@ -317,14 +316,6 @@ class _Reporter:
             downgrade_to=target,
             failure_policy=spec["failurePolicy"],
         )
-
-
-def _term_pattern(term: str) -> str:
-    """A term matches as a whole word where it starts or ends with a word character."""
-    body = re.escape(term)
-    head = r"(?<!\w)" if re.match(r"\w", term) else ""
-    tail = r"(?!\w)" if re.search(r"\w$", term) else ""
-    return f"{head}{body}{tail}"
 
 
 def _window_seconds(duration: str) -> int:

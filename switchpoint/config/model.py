@@ -76,8 +76,7 @@ class TextScope(enum.Enum):
 @dataclass(frozen=True)
 class KeywordSignal:
     name: str
-    pattern: re.Pattern[str]  # one alternation over all terms
-    terms: frozenset[str]  # normalised (case-folded unless case-sensitive)
+    terms: tuple[str, ...]  # lower-cased unless case-sensitive; whole-word where a term starts/ends with \w
     match_all: bool
     case_sensitive: bool
     scope: TextScope
