@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import re
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -88,8 +89,8 @@ def validate(resource: CustomResourceSchema, obj: dict[str, Any]) -> tuple[dict[
     defaulted = apply_defaults(resource.schema, obj)
     violations = _unknown_fields(resource.schema, defaulted, ())
     violations += [
-        SchemaViolation(field_path(list(err.absolute_path)), _describe(err))
-        for err in sorted(resource.validator.iter_errors(defaulted), key=lambda e: list(e.absolute_path))
+        _violation(err)
+        for err in sorted(resource.validator.iter_errors(defaulted), key=lambda e: list(map(str, e.absolute_path)))
     ]
     if not violations:
         violations = _cel_violations(resource.schema, defaulted, ())
@@ -112,10 +113,12 @@ def _unknown_fields(schema: dict[str, Any], value: Any, path: tuple[str | int, .
     return found
 
 
-def _describe(err: jsonschema.ValidationError) -> str:
-    if err.validator == "required":
-        return err.message.replace("is a required property", "is required")
-    return err.message
+def _violation(err: jsonschema.ValidationError) -> SchemaViolation:
+    path = list(err.absolute_path)
+    missing = re.match(r"^'(.+)' is a required property$", err.message)
+    if err.validator == "required" and missing:
+        return SchemaViolation(field_path([*path, missing.group(1)]), "required field is missing")
+    return SchemaViolation(field_path(path), err.message)
 
 
 def _cel_violations(schema: dict[str, Any], value: Any, path: tuple[str | int, ...]) -> list[SchemaViolation]:

@@ -1,0 +1,36 @@
+# Two commands do all set-up on a fresh machine:
+#   make demo   - create .venv, install Switchpoint, start a local router and route sample prompts
+#   make test   - create .venv, install Switchpoint with its test tools (incl. a real Redis 8 server), run pytest
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench install clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# Re-install when the project metadata or the protos change (the build regenerates the gRPC stubs).
+$(STAMP): $(BIN)/python pyproject.toml setup.py $(wildcard proto/switchpoint/v1/*.proto)
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/switchpoint demo
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: $(STAMP)
+	$(BIN)/switchpoint bench router
+
+clean:
+	rm -rf $(VENV) build *.egg-info switchpoint/v1/*_pb2*.py switchpoint/v1/*_pb2*.pyi

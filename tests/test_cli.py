@@ -1,0 +1,71 @@
+"""The `switchpoint` command as a user runs it: separate processes, real output."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from .conftest import EXAMPLES, ROOT
+
+
+def switchpoint(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "switchpoint.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+def test_route_explains_signals_rules_decision_pool_and_replica():
+    out = switchpoint("route", "--config", str(EXAMPLES), "Please refactor this Python class so it is testable")
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert "FIRED  code" in text and "MATCH      200  coding: code" in text
+    assert "decision   coding" in text and "pool       large-reasoning (nvidia-h100)" in text
+    assert "prefill 127.0.0.1:8201" in text
+
+
+def test_route_json_lists_every_signal():
+    out = switchpoint("route", "--config", str(EXAMPLES), "--tenant", "acme", "--json", "hello")
+    info = json.loads(out.stdout)
+    assert len(info["signals"]) == 8 and info["decision"] == "premium"
+    assert {s["name"] for s in info["signals"] if s["fired"]} == {"short-question", "premium-tenant"}
+
+
+def test_route_reports_a_refusal():
+    out = switchpoint("route", "--config", str(EXAMPLES), "--model", "gpt-9", "hello")
+    assert out.returncode == 1 and "model 'gpt-9' is neither" in out.stderr
+
+
+def test_check_lists_problems_with_file_object_and_field(tmp_path: Path):
+    policy = (EXAMPLES / "policy.yaml").read_text().replace("{signal: agent}", "{signal: agnet}")
+    (tmp_path / "policy.yaml").write_text(policy)
+    (tmp_path / "pools.yaml").write_text((EXAMPLES / "pools.yaml").read_text())
+    out = switchpoint("check", "--config", str(tmp_path))
+    assert out.returncode == 2
+    assert (f"{tmp_path / 'policy.yaml'}: RoutingPolicy default/auto: spec.decisions[0].when.signal: "
+            "unknown signal 'agnet'") in out.stderr
+    ok = switchpoint("check", "--config", str(EXAMPLES))
+    assert ok.returncode == 0 and "2 pools, 1 policies, 2 budgets" in ok.stdout
+
+
+def test_router_refuses_to_start_on_a_broken_config(tmp_path: Path):
+    (tmp_path / "bad.yaml").write_text("apiVersion: switchpoint.dev/v1alpha1\nkind: ModelPool\nmetadata: {name: x}\n")
+    out = switchpoint("router", "--config", str(tmp_path), "--port", "0", timeout=30)
+    assert out.returncode == 2 and "ModelPool default/x: spec: required field is missing" in out.stderr
+
+
+def test_demo_routes_the_sample_prompts():
+    out = switchpoint("demo", "--config", str(EXAMPLES))
+    assert out.returncode == 0, out.stderr
+    for decision in ("coding", "math-reasoning", "agentic", "premium", "long-documents", "direct", "default"):
+        assert decision in out.stdout
+    assert "unknown alias -> NOT_FOUND" in out.stdout
+
+
+def test_bench_router_prints_the_documented_json():
+    out = switchpoint("bench", "router", "--config", str(EXAMPLES), "--duration", "0.3", "--latency-calls", "30",
+                      "--json")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    for key in ("route_p50_ms", "route_p99_ms", "route_rps", "floor_p50_ms", "floor_p99_ms", "floor_rps"):
+        assert result[key] > 0
