@@ -7,9 +7,10 @@ with INVALID_ARGUMENT.
 
 from __future__ import annotations
 
-import functools
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
 
 from switchpoint.router.signals.tokens import estimate_tokens
 
@@ -17,6 +18,27 @@ from switchpoint.v1 import router_pb2
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 MESSAGE_OVERHEAD_TOKENS = 4  # chat templates add a few tokens per message (role markers, separators)
+
+
+T = TypeVar("T")
+
+
+class lazy(Generic[T]):
+    """A computed-once attribute without cached_property's per-instance lock (Python 3.11).
+
+    A non-data descriptor: the first access stores the value in the instance's
+    __dict__, and every later access finds it there without calling anything.
+    """
+
+    def __init__(self, compute: Callable[[Any], T]):
+        self.compute = compute
+        self.name = compute.__name__
+        self.__doc__ = compute.__doc__
+
+    def __get__(self, instance: Any, owner: type | None = None) -> T:
+        value = self.compute(instance)
+        instance.__dict__[self.name] = value
+        return value
 
 
 class InvalidRequest(Exception):
@@ -32,6 +54,16 @@ class RequestLimits:
     max_id_length: int = 253
 
 
+class Turn(Protocol):
+    """A chat message: the proto ChatMessage on the server, a ChatTurn where requests are built in Python."""
+
+    @property
+    def role(self) -> str: ...
+
+    @property
+    def content(self) -> str: ...
+
+
 @dataclass(frozen=True)
 class ChatTurn:
     role: str
@@ -44,7 +76,7 @@ class RouteInput:
 
     request_id: str
     model: str
-    messages: tuple[ChatTurn, ...]
+    messages: Sequence[Turn]
     tenant: str = ""
     user: str = ""
     session: str = ""
@@ -53,29 +85,29 @@ class RouteInput:
     stream: bool = False
     tools_present: bool = False
 
-    @functools.cached_property
+    @lazy
     def last_user_text(self) -> str:
         return next((m.content for m in reversed(self.messages) if m.role == "user"), "")
 
-    @functools.cached_property
+    @lazy
     def user_text(self) -> str:
         return "\n".join(m.content for m in self.messages if m.role == "user")
 
-    @functools.cached_property
+    @lazy
     def all_text(self) -> str:
         return "\n".join(m.content for m in self.messages)
 
-    @functools.cached_property
+    @lazy
     def message_tokens(self) -> tuple[int, ...]:
         return tuple(estimate_tokens(m.content) for m in self.messages)
 
-    @functools.cached_property
+    @lazy
     def prompt_tokens(self) -> int:
         """Estimated tokens of the latest user message."""
         last_user = next((i for i in range(len(self.messages) - 1, -1, -1) if self.messages[i].role == "user"), None)
         return 0 if last_user is None else self.message_tokens[last_user]
 
-    @functools.cached_property
+    @lazy
     def input_tokens(self) -> int:
         """Estimated tokens of every message, with per-message template overhead: what prefill must process."""
         return sum(self.message_tokens) + MESSAGE_OVERHEAD_TOKENS * len(self.messages)
@@ -87,12 +119,12 @@ class RouteInput:
             cache[text] = text.lower()
         return cache[text]
 
-    @functools.cached_property
+    @lazy
     def context_tokens(self) -> int:
         """Estimated context the request needs: its input plus the requested completion."""
         return self.input_tokens + (self.max_tokens or 0)
 
-    @functools.cached_property
+    @lazy
     def user_turns(self) -> int:
         return sum(1 for m in self.messages if m.role == "user")
 
@@ -109,13 +141,12 @@ def parse_route_request(msg: router_pb2.RouteRequest, limits: RequestLimits) -> 
     if len(msg.messages) > limits.max_messages:
         raise InvalidRequest(f"messages: {len(msg.messages)} messages; the limit is {limits.max_messages}")
     size = 0
-    turns = []
-    for i, m in enumerate(msg.messages):
+    turns = msg.messages  # the proto messages themselves: no copy on the hot path
+    for i, m in enumerate(turns):
         if m.role not in ROLES:
             expected = ", ".join(ROLES)
             raise InvalidRequest(f"messages[{i}].role: unknown role '{m.role[:40]}' (expected one of {expected})")
         size += len(m.content)  # characters; bytes are at most 4x, checked below only when close
-        turns.append(ChatTurn(m.role, m.content))
     if size * 4 > limits.max_prompt_bytes:
         size = sum(len(t.content.encode("utf-8")) for t in turns)
         if size > limits.max_prompt_bytes:
@@ -126,7 +157,7 @@ def parse_route_request(msg: router_pb2.RouteRequest, limits: RequestLimits) -> 
     return RouteInput(
         request_id=msg.request_id or os.urandom(12).hex(),
         model=msg.model,
-        messages=tuple(turns),
+        messages=turns,
         tenant=msg.tenant,
         user=msg.user,
         session=msg.session,

@@ -76,7 +76,10 @@ class RouterServer:
             ("grpc.max_receive_message_length", transport_max),
             ("grpc.so_reuseport", 0),
         ])
-        self.server.add_generic_rpc_handlers((service.handler(),))
+        handlers = service.method_handlers()
+        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+        # Registered methods skip grpcio's per-call lookup by name (the generated stubs do the same).
+        self.server.add_registered_method_handlers(SERVICE_NAME, handlers)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),

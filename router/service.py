@@ -54,30 +54,35 @@ class RouterService:
         self.ledger = ledger
         self.metrics = metrics
         self.tracer = tracer
+        self.tracing = not isinstance(tracer, trace.NoOpTracer)
         self.limits = limits
 
-    def handler(self) -> grpc.GenericRpcHandler:
-        return grpc.method_handlers_generic_handler(SERVICE_NAME, {
+    def method_handlers(self) -> dict[str, grpc.RpcMethodHandler]:
+        """Route and Report, with deserializers that turn malformed input into INVALID_ARGUMENT."""
+        return {
             "Route": grpc.unary_unary_rpc_method_handler(
                 self.route, lenient_deserializer(router_pb2.RouteRequest), router_pb2.Decision.SerializeToString),
             "Report": grpc.unary_unary_rpc_method_handler(
                 self.report, lenient_deserializer(router_pb2.ReportRequest),
                 router_pb2.ReportResponse.SerializeToString),
-        })
+        }
 
     async def route(self, request: router_pb2.RouteRequest | MalformedRequest,
                     context: grpc.aio.ServicerContext) -> router_pb2.Decision:
-        parent = context_from_metadata(context.invocation_metadata())
         started = time.perf_counter()
-        with self.tracer.start_as_current_span("switchpoint.route", context=parent, kind=SpanKind.SERVER) as span:
-            answer = self._route(request, span)
-            if isinstance(answer, _Refusal):
-                span.set_status(Status(StatusCode.ERROR, answer.message))
-                span.set_attribute("rpc.grpc.status_code", answer.code.value[0])
+        if self.tracing:
+            parent = context_from_metadata(context.invocation_metadata())
+            with self.tracer.start_as_current_span("switchpoint.route", context=parent, kind=SpanKind.SERVER) as span:
+                answer = self._route(request, span)
+                if isinstance(answer, _Refusal):
+                    span.set_status(Status(StatusCode.ERROR, answer.message))
+                    span.set_attribute("rpc.grpc.status_code", answer.code.value[0])
+        else:
+            answer = self._route(request, trace.INVALID_SPAN)
         if isinstance(answer, _Refusal):
             self.metrics.route_errors.labels(answer.code.name).inc()
             await context.abort(answer.code, answer.message)
-        self.metrics.route_seconds.labels(answer.decision, answer.pool).observe(time.perf_counter() - started)
+        self.metrics.route_timer(answer.decision, answer.pool).observe(time.perf_counter() - started)
         return answer
 
     def _route(self, request: router_pb2.RouteRequest | MalformedRequest,
@@ -107,7 +112,7 @@ class RouterService:
             input_tokens=req.input_tokens,
             span_context=span.get_span_context(),
         ))
-        self.metrics.routes.labels(result.policy_name, decision.decision, decision.pool, result.workload.label).inc()
+        self.metrics.route_counter(result.policy_name, decision.decision, decision.pool, result.workload.label).inc()
         if span.is_recording():
             _annotate_route(span, result, decision)
         return decision

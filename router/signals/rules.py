@@ -7,7 +7,9 @@ saw (`signal_evidence`) is worked out only for recorded traces and for
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from switchpoint.router.request import RouteInput
 
@@ -74,24 +76,41 @@ def signal_kind(signal: Signal) -> str:
 
 
 def signal_fired(signal: Signal, req: RouteInput) -> bool:
-    match signal:
-        case KeywordSignal():
-            found = _keywords_found(signal, req)
-            return len(found) == len(signal.terms) if signal.match_all else bool(found)
-        case RegexSignal():
-            matched = _regex_matched(signal, req)
-            return matched == len(signal.patterns) if signal.match_all else matched > 0
-        case TokenRangeSignal():
-            count = _token_count(signal, req)
-            return (signal.min is None or count >= signal.min) and (signal.max is None or count <= signal.max)
-        case MetadataSignal():
-            value = req.metadata.get(signal.key)
-            return value is not None and (signal.values is None or value in signal.values)
-        case TenantSignal():
-            return req.tenant in signal.tenants
-        case ToolsSignal():
-            return req.tools_present == signal.present
-    raise TypeError(f"unknown signal type {type(signal).__name__}")
+    return _FIRED[type(signal)](signal, req)  # one dict lookup instead of a chain of isinstance checks
+
+
+def _keywords_fired(signal: KeywordSignal, req: RouteInput) -> bool:
+    found = _keywords_found(signal, req)
+    return len(found) == len(signal.terms) if signal.match_all else bool(found)
+
+
+def _regex_fired(signal: RegexSignal, req: RouteInput) -> bool:
+    matched = _regex_matched(signal, req)
+    return matched == len(signal.patterns) if signal.match_all else matched > 0
+
+
+def _tokens_fired(signal: TokenRangeSignal, req: RouteInput) -> bool:
+    count = _token_count(signal, req)
+    return (signal.min is None or count >= signal.min) and (signal.max is None or count <= signal.max)
+
+
+def _metadata_fired(signal: MetadataSignal, req: RouteInput) -> bool:
+    value = req.metadata.get(signal.key)
+    return value is not None and (signal.values is None or value in signal.values)
+
+
+def _tenant_fired(signal: TenantSignal, req: RouteInput) -> bool:
+    return req.tenant in signal.tenants
+
+
+def _tools_fired(signal: ToolsSignal, req: RouteInput) -> bool:
+    return req.tools_present == signal.present
+
+
+_FIRED: dict[type, Callable[[Any, RouteInput], bool]] = {
+    KeywordSignal: _keywords_fired, RegexSignal: _regex_fired, TokenRangeSignal: _tokens_fired,
+    MetadataSignal: _metadata_fired, TenantSignal: _tenant_fired, ToolsSignal: _tools_fired,
+}
 
 
 def signal_evidence(signal: Signal, req: RouteInput) -> str:
