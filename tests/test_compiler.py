@@ -215,3 +215,12 @@ def test_an_object_defined_twice_is_refused(tmp_path: Path):
     (tmp_path / "b.yaml").write_text(pools)
     with pytest.raises(ConfigError, match="defined twice"):
         load_config([tmp_path])
+
+
+def test_an_invalid_object_is_reported_once_not_at_every_reference():
+    objs = example_objects()
+    objs["large-reasoning"]["spec"]["replicas"]["static"][0]["role"] = "encode"
+    with pytest.raises(ConfigError) as caught:
+        compile_objs(objs)
+    assert [(p.obj, p.field) for p in caught.value.problems] == [
+        ("ModelPool default/large-reasoning", "spec.replicas.static[0].role")]

@@ -65,14 +65,15 @@ def compile_manifests(manifests: list[Manifest]) -> RouterConfig:
     pools: dict[str, Pool] = {}
     for m, spec in accepted["ModelPool"]:
         pools[f"{m.namespace}/{m.name}"] = _pool(m, spec)
+    defined = {m.ref for m in manifests}
     policies: dict[str, Policy] = {}
     for m, spec in accepted["RoutingPolicy"]:
-        policy = _Reporter(m, problems).policy(spec, pools)
+        policy = _Reporter(m, problems, defined).policy(spec, pools)
         if policy is not None:
             policies[policy.key] = policy
     aliases = _aliases(accepted["RoutingPolicy"], problems)
     budgets = tuple(
-        b for m, spec in accepted["Budget"] if (b := _Reporter(m, problems).budget(spec, pools, policies))
+        b for m, spec in accepted["Budget"] if (b := _Reporter(m, problems, defined).budget(spec, pools, policies))
     )
     if problems:
         raise ConfigError(problems)
@@ -166,14 +167,25 @@ def _aliases(policies: list[tuple[Manifest, dict]], problems: list[Problem]) -> 
 class _Reporter:
     """Compiles the spec of one object, recording problems against it."""
 
-    def __init__(self, manifest: Manifest, problems: list[Problem]):
+    def __init__(self, manifest: Manifest, problems: list[Problem], defined: set[str]):
         self.m = manifest
         self.problems = problems
+        self.defined = defined  # every object present, valid or not
         self.ok = True
 
     def fail(self, path: tuple[str | int, ...], message: str) -> None:
         self.ok = False
         self.problems.append(Problem(self.m.source, self.m.ref, field_path(("spec", *path)), message))
+
+    def dangling(self, path: tuple[str | int, ...], kind: str, name: str, known: list[str]) -> None:
+        """A reference to an object that did not compile. If the object exists but is itself invalid,
+        its own problems already say why: the referrer fails without repeating them."""
+        ns = self.m.namespace
+        if f"{kind} {ns}/{name}" in self.defined:
+            self.ok = False
+        else:
+            listed = ", ".join(sorted(known)) or "none"
+            self.fail(path, f"unknown {kind} '{name}' in namespace '{ns}' (known: {listed})")
 
     # -- RoutingPolicy ---------------------------------------------------------------------------
 
@@ -268,9 +280,8 @@ class _Reporter:
                 continue
             pool = pools.get(f"{self.m.namespace}/{name}")
             if pool is None:
-                known = sorted(p.name for p in pools.values() if p.namespace == self.m.namespace)
-                self.fail((*path, i, "pool"), f"unknown ModelPool '{name}' in namespace '{self.m.namespace}' "
-                                              f"(known: {', '.join(known) or 'none'})")
+                known = [p.name for p in pools.values() if p.namespace == self.m.namespace]
+                self.dangling((*path, i, "pool"), "ModelPool", name, known)
                 continue
             model = ref.get("model") or pool.models[0]
             if model not in pool.models:
@@ -286,17 +297,19 @@ class _Reporter:
         window = _window_seconds(spec["window"]["duration"])
         if not MIN_WINDOW_S <= window <= MAX_WINDOW_S:
             self.fail(("window", "duration"), f"window {spec['window']['duration']} is outside 30s..366d")
-        policy = spec.get("policy")
         ns = self.m.namespace
+        known_policies = [p.name for p in policies.values() if p.namespace == ns]
+        known_pools = [p.name for p in pools.values() if p.namespace == ns]
+        policy = spec.get("policy")
         if policy is not None and f"{ns}/{policy}" not in policies:
-            self.fail(("policy",), f"unknown RoutingPolicy '{policy}' in namespace '{ns}'")
+            self.dangling(("policy",), "RoutingPolicy", policy, known_policies)
         scope = spec["scope"]
         if scope["type"] == "Policy" and f"{ns}/{scope['name']}" not in policies:
-            self.fail(("scope", "name"), f"unknown RoutingPolicy '{scope['name']}' in namespace '{ns}'")
+            self.dangling(("scope", "name"), "RoutingPolicy", scope["name"], known_policies)
         action = spec["onExhausted"]
         target = action.get("downgradeTo")
         if target is not None and f"{ns}/{target}" not in pools:
-            self.fail(("onExhausted", "downgradeTo"), f"unknown ModelPool '{target}' in namespace '{ns}'")
+            self.dangling(("onExhausted", "downgradeTo"), "ModelPool", target, known_pools)
         if not self.ok:
             return None
         limit = spec["limit"]
