@@ -27,6 +27,7 @@ class InflightEntry:
     workload: str = ""
     input_tokens: int = 0
     span_context: Any = None  # the Route span's context, so the Report span can link to it
+    budget: Any = None  # the BudgetAdmission to settle at Report, when budgets applied
     started: float = field(default_factory=time.monotonic)
 
     @property

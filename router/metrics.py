@@ -41,6 +41,18 @@ class RouterMetrics:
                                  ["digest"], registry=r)
         self.expired = Counter("switchpoint_inflight_expired", "Routed requests never reported before their TTL",
                                registry=r)
+        self.budget_outcomes = Counter(
+            "switchpoint_budget_outcomes", "Budget checks at Route, by budget and outcome (admitted, rejected, "
+            "downgraded, observed, unenforced, refused)", ["budget", "outcome"], registry=r)
+        self.budget_spent = Gauge("switchpoint_budget_spent", "Spent in the current window (tokens or currency)",
+                                  ["budget"], registry=r)
+        self.budget_reserved = Gauge("switchpoint_budget_reserved", "Held by requests in flight",
+                                     ["budget"], registry=r)
+        self.budget_remaining = Gauge("switchpoint_budget_remaining", "Limit minus spent and reserved",
+                                      ["budget"], registry=r)
+        self.budget_window_end = Gauge("switchpoint_budget_window_end_seconds",
+                                       "Unix time the current window (Calendar) or slice (Rolling) ends",
+                                       ["budget"], registry=r)
         r.register(_InflightCollector(inflight))
         self._route_counters: dict[tuple[str, ...], Counter] = {}
         self._route_timers: dict[tuple[str, ...], Histogram] = {}
@@ -59,6 +71,14 @@ class RouterMetrics:
         if child is None:
             child = self._route_timers[key] = self.route_seconds.labels(*key)
         return child
+
+    def budget_standing(self, budget: str, spent: float, reserved: float, remaining: float,
+                        window_end_s: float) -> None:
+        """Last known standing of a budget; EachTenant budgets are not reported per tenant (unbounded)."""
+        self.budget_spent.labels(budget).set(spent)
+        self.budget_reserved.labels(budget).set(reserved)
+        self.budget_remaining.labels(budget).set(remaining)
+        self.budget_window_end.labels(budget).set(window_end_s)
 
     def config_loaded(self, digest: str) -> None:
         self.config_info.clear()

@@ -9,10 +9,12 @@ with this same code without side effects.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import grpc
 from opentelemetry import trace
+
+from switchpoint.config.model import DIRECT_DECISION, Candidate, Decision, Policy, Pool, RouterConfig
 from switchpoint.router.decision import DecisionOutcome, decide
 from switchpoint.router.errors import RouteError
 from switchpoint.router.request import RouteInput
@@ -20,8 +22,6 @@ from switchpoint.router.scheduling import LeastInflightScheduler
 from switchpoint.router.selection import Selection, select_static
 from switchpoint.router.signals.rules import SignalBoard, SignalResult
 from switchpoint.router.workload import Workload, classify
-
-from switchpoint.config.model import DIRECT_DECISION, Decision, Policy, RouterConfig
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,15 @@ class RoutePipeline:
 
 
 _UNTRACED = contextlib.nullcontext(trace.INVALID_SPAN)
+
+
+def downgraded(result: RouteResult, pool: Pool, why: str, scheduler: LeastInflightScheduler) -> RouteResult:
+    """The same decision, sent to a cheaper pool instead (a Downgrade budget is spent)."""
+    decision = replace(result.outcome.decision, candidates=(Candidate(pool, pool.models[0]),))
+    selection = select_static(decision, result.request.context_tokens, scheduler)
+    reason = f"{result.outcome.reason}; downgraded to pool '{pool.name}': {why}"
+    outcome = replace(result.outcome, decision=decision, reason=reason)
+    return replace(result, outcome=outcome, selection=selection)
 
 
 def _untraced(_: str) -> contextlib.AbstractContextManager[trace.Span]:

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 from switchpoint.router.signals.tokens import estimate_tokens
-
 from switchpoint.v1 import router_pb2
 
 ROLES = ("system", "developer", "user", "assistant", "tool")

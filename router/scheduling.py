@@ -9,9 +9,8 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
-from switchpoint.router.inflight import InflightLedger
-
 from switchpoint.config.model import Pool, Replica, Role
+from switchpoint.router.inflight import InflightLedger
 
 
 @dataclass(frozen=True)

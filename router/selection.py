@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import grpc
-from switchpoint.router.errors import RouteError
-from switchpoint.router.scheduling import LeastInflightScheduler, Placement
 
 from switchpoint.config.model import Candidate, Decision, Replica
+from switchpoint.router.errors import RouteError
+from switchpoint.router.scheduling import LeastInflightScheduler, Placement
 
 MAX_FALLBACKS = 4
 

@@ -12,6 +12,12 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from opentelemetry import trace
 from prometheus_client import start_http_server
+
+from switchpoint.config.compiler import load_config
+from switchpoint.config.model import RouterConfig
+from switchpoint.router.budget.enforcer import BudgetEnforcer
+from switchpoint.router.budget.gate import BudgetGate
+from switchpoint.router.budget.ledger import RedisLedger
 from switchpoint.router.inflight import InflightLedger
 from switchpoint.router.metrics import RouterMetrics
 from switchpoint.router.pipeline import RoutePipeline
@@ -20,9 +26,6 @@ from switchpoint.router.request import RequestLimits
 from switchpoint.router.scheduling import LeastInflightScheduler
 from switchpoint.router.service import SERVICE_NAME, ConfigHolder, RouterService
 from switchpoint.router.telemetry import tracer_from
-
-from switchpoint.config.compiler import load_config
-from switchpoint.config.model import RouterConfig
 
 log = logging.getLogger("switchpoint.router")
 
@@ -40,6 +43,8 @@ class RouterServer:
         tracer_provider: trace.TracerProvider | None = None,
         reload_interval: float = 1.0,
         inflight_ttl_s: float = 600.0,
+        redis_url: str | None = None,
+        redis_timeout_s: float = 0.25,
     ):
         self.config_paths = list(config_paths)
         self.host = host
@@ -50,6 +55,9 @@ class RouterServer:
         self.ledger = InflightLedger(ttl_s=inflight_ttl_s)
         self.metrics = RouterMetrics(self.ledger.loads)
         self.reload_interval = reload_interval
+        self.redis_url = redis_url
+        self.redis_timeout_s = redis_timeout_s
+        self.budget_ledger: RedisLedger | None = None
         self.holder: ConfigHolder | None = None
         self.server: grpc.aio.Server | None = None
         self.health = HealthServicer()
@@ -67,8 +75,15 @@ class RouterServer:
         self.holder = ConfigHolder(config)
         self.metrics.config_loaded(config.digest)
         tracer = tracer_from(self.tracer_provider)
+        if self.redis_url:
+            self.budget_ledger = RedisLedger(self.redis_url, self.redis_timeout_s)
+        elif config.budgets:
+            log.warning("%d budget(s) configured but no --redis ledger: they are not enforced (each budget's "
+                        "failurePolicy applies as if the ledger were unreachable)", len(config.budgets))
+        # A reservation outlives the in-flight entry a little, so a Report that arrives in time always settles it.
+        enforcer = BudgetEnforcer(self.budget_ledger, reservation_ttl_s=self.ledger.ttl_s + 60)
         service = RouterService(self.holder, RoutePipeline(LeastInflightScheduler(self.ledger), tracer),
-                                self.ledger, self.metrics, tracer, self.limits)
+                                self.ledger, self.metrics, tracer, self.limits, BudgetGate(enforcer, self.metrics))
         # The transport limit sits above the prompt limit, so an oversized prompt gets our
         # INVALID_ARGUMENT naming the limit rather than the transport's RESOURCE_EXHAUSTED.
         transport_max = 2 * self.limits.max_prompt_bytes + (1 << 20)
@@ -131,3 +146,5 @@ class RouterServer:
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()
+        if self.budget_ledger is not None:
+            await self.budget_ledger.close()

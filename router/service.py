@@ -9,15 +9,16 @@ from dataclasses import dataclass
 import grpc
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from switchpoint.config.model import Pool, RouterConfig
+from switchpoint.router.budget.gate import BudgetAdmission, BudgetGate, outcome_message
 from switchpoint.router.errors import RouteError
 from switchpoint.router.inflight import InflightEntry, InflightLedger
 from switchpoint.router.metrics import RouterMetrics
-from switchpoint.router.pipeline import RoutePipeline, RouteResult
-from switchpoint.router.request import InvalidRequest, RequestLimits, parse_route_request
+from switchpoint.router.pipeline import RoutePipeline, RouteResult, downgraded
+from switchpoint.router.request import InvalidRequest, RequestLimits, RouteInput, parse_route_request
 from switchpoint.router.telemetry import context_from_metadata
 from switchpoint.router.wire import MalformedRequest, lenient_deserializer
-
-from switchpoint.config.model import RouterConfig
 from switchpoint.v1 import router_pb2
 
 log = logging.getLogger("switchpoint.router")
@@ -48,8 +49,9 @@ class _Refusal:
 
 class RouterService:
     def __init__(self, holder: ConfigHolder, pipeline: RoutePipeline, ledger: InflightLedger,
-                 metrics: RouterMetrics, tracer: trace.Tracer, limits: RequestLimits):
+                 metrics: RouterMetrics, tracer: trace.Tracer, limits: RequestLimits, budgets: BudgetGate):
         self.holder = holder
+        self.budgets = budgets
         self.pipeline = pipeline
         self.ledger = ledger
         self.metrics = metrics
@@ -65,6 +67,9 @@ class RouterService:
             "Report": grpc.unary_unary_rpc_method_handler(
                 self.report, lenient_deserializer(router_pb2.ReportRequest),
                 router_pb2.ReportResponse.SerializeToString),
+            "BudgetStatus": grpc.unary_unary_rpc_method_handler(
+                self.budget_status, lenient_deserializer(router_pb2.BudgetStatusRequest),
+                router_pb2.BudgetStatusResponse.SerializeToString),
         }
 
     async def route(self, request: router_pb2.RouteRequest | MalformedRequest,
@@ -73,20 +78,20 @@ class RouterService:
         if self.tracing:
             parent = context_from_metadata(context.invocation_metadata())
             with self.tracer.start_as_current_span("switchpoint.route", context=parent, kind=SpanKind.SERVER) as span:
-                answer = self._route(request, span)
+                answer = await self._route(request, span)
                 if isinstance(answer, _Refusal):
                     span.set_status(Status(StatusCode.ERROR, answer.message))
                     span.set_attribute("rpc.grpc.status_code", answer.code.value[0])
         else:
-            answer = self._route(request, trace.INVALID_SPAN)
+            answer = await self._route(request, trace.INVALID_SPAN)
         if isinstance(answer, _Refusal):
             self.metrics.route_errors.labels(answer.code.name).inc()
             await context.abort(answer.code, answer.message)
         self.metrics.route_timer(answer.decision, answer.pool).observe(time.perf_counter() - started)
         return answer
 
-    def _route(self, request: router_pb2.RouteRequest | MalformedRequest,
-               span: trace.Span) -> router_pb2.Decision | _Refusal:
+    async def _route(self, request: router_pb2.RouteRequest | MalformedRequest,
+                     span: trace.Span) -> router_pb2.Decision | _Refusal:
         try:
             if isinstance(request, MalformedRequest):
                 raise InvalidRequest(request.message)
@@ -94,12 +99,18 @@ class RouterService:
             if req.request_id in self.ledger:
                 return _Refusal(grpc.StatusCode.ALREADY_EXISTS,
                                 f"request_id '{req.request_id}' is already in flight; Report it or use a new id")
-            result = self.pipeline.route(self.holder.config, req)
+            config = self.holder.config
+            result = self.pipeline.route(config, req)
+            admission = None
+            if config.budgets:
+                result, admission = await self._budget_stage(config, req, result, span)
         except InvalidRequest as exc:
             return _Refusal(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except RouteError as exc:
             return _Refusal(exc.code, exc.message)
         decision = _decision_message(result)
+        if admission is not None:
+            decision.budget.CopyFrom(outcome_message(admission))
         self.ledger.admit(InflightEntry(
             request_id=req.request_id,
             policy=result.policy_name,
@@ -111,11 +122,35 @@ class RouterService:
             workload=result.workload.label,
             input_tokens=req.input_tokens,
             span_context=span.get_span_context(),
+            budget=admission,
         ))
         self.metrics.route_counter(result.policy_name, decision.decision, decision.pool, result.workload.label).inc()
         if span.is_recording():
             _annotate_route(span, result, decision)
         return decision
+
+    async def _budget_stage(self, config: RouterConfig, req: RouteInput, result: RouteResult,
+                            span: trace.Span) -> tuple[RouteResult, BudgetAdmission | None]:
+        def downgrade(current: RouteResult, pool: Pool, why: str) -> RouteResult:
+            return downgraded(current, pool, why, self.pipeline.scheduler)
+
+        if not span.is_recording():
+            return await self.budgets.admit(config, req, result, downgrade)
+        with self.tracer.start_as_current_span("switchpoint.budget") as stage:
+            result, admission = await self.budgets.admit(config, req, result, downgrade)
+            if admission is not None:
+                stage.set_attributes({"switchpoint.budget.outcome": admission.outcome,
+                                      "switchpoint.budget.applied": [ln.instance.key for ln in admission.lines]})
+                if admission.deciding:
+                    stage.set_attribute("switchpoint.budget.deciding", admission.deciding.key)
+            return result, admission
+
+    async def budget_status(self, request: router_pb2.BudgetStatusRequest | MalformedRequest,
+                            context: grpc.aio.ServicerContext) -> router_pb2.BudgetStatusResponse:
+        if isinstance(request, MalformedRequest):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+        assert isinstance(request, router_pb2.BudgetStatusRequest)
+        return await self.budgets.status(self.holder.config, request.tenant)
 
     async def report(self, request: router_pb2.ReportRequest | MalformedRequest,
                      context: grpc.aio.ServicerContext) -> router_pb2.ReportResponse:
@@ -156,6 +191,9 @@ class RouterService:
                             ("cached", request.cached_tokens)):
             if count:
                 m.tokens.labels(entry.decision, entry.pool, kind).inc(count)
+        if entry.budget is not None:
+            await self.budgets.settle(entry.budget, entry.decision, request.outcome == router_pb2.OUTCOME_SUCCESS,
+                                      request.prompt_tokens, request.completion_tokens)
         return router_pb2.ReportResponse(decision=entry.decision, pool=entry.pool)
 
     def _check_report(self, request: router_pb2.ReportRequest | MalformedRequest) -> _Refusal | None:

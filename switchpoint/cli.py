@@ -60,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-prompt-bytes", type=int, default=4 * 1024 * 1024,
                    help="largest total message content accepted, in bytes")
     p.add_argument("--reload-interval", type=float, default=1.0, help="seconds between config file checks")
+    p.add_argument("--redis", default=os.environ.get("SWITCHPOINT_REDIS_URL"), metavar="URL",
+                   help="Redis shared by all router replicas, for budgets (default: $SWITCHPOINT_REDIS_URL)")
+    p.add_argument("--redis-timeout-ms", type=float, default=250, help="Redis call timeout")
 
     p = command("route", _route, "Explain one routing decision offline")
     config_arg(p)
@@ -99,7 +102,8 @@ def _router(args: argparse.Namespace) -> int:
     provider = otlp_tracer_provider(args.otlp_endpoint) if args.otlp_endpoint else None
     server = RouterServer(args.config, host=args.host, port=args.port, metrics_port=args.metrics_port,
                           limits=RequestLimits(max_prompt_bytes=args.max_prompt_bytes),
-                          tracer_provider=provider, reload_interval=args.reload_interval)
+                          tracer_provider=provider, reload_interval=args.reload_interval,
+                          redis_url=args.redis, redis_timeout_s=args.redis_timeout_ms / 1000)
 
     async def serve() -> None:
         await server.start()

@@ -14,8 +14,8 @@ from typing import Any
 
 import grpc
 import pytest
-from switchpoint.router.server import RouterServer
 
+from switchpoint.router.server import RouterServer
 from switchpoint.v1 import router_pb2, router_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,25 +91,50 @@ def redis_server_binary() -> Path:
     return binary
 
 
-@pytest.fixture
-def redis_url(redis_server_binary: Path, tmp_path: Path) -> Iterator[str]:
-    """A real Redis 8 server on 127.0.0.1, stopped after the test."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(redis_server_binary), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    else:
-        proc.kill()
+class RedisServer:
+    """A real Redis 8 server on 127.0.0.1 that a test can stop and start again (AOF keeps its data)."""
+
+    def __init__(self, binary: Path, workdir: Path):
+        self.binary = binary
+        self.workdir = workdir
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [str(self.binary), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
         raise RuntimeError("redis-server did not start")
-    yield f"redis://127.0.0.1:{port}/0"
-    proc.terminate()
-    proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+            self.proc = None
+
+
+@pytest.fixture
+def redis_server(redis_server_binary: Path, tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(redis_server_binary, tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    return redis_server.url

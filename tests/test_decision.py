@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from switchpoint.router.decision import decide, describe_rule, rule_holds
-from switchpoint.router.request import ChatTurn, RouteInput
-from switchpoint.router.signals.rules import SignalBoard
 
 from switchpoint.config.compiler import load_config
 from switchpoint.config.model import AllRule, AnyRule, NotRule, SignalRule
+from switchpoint.router.decision import decide, describe_rule, rule_holds
+from switchpoint.router.request import ChatTurn, RouteInput
+from switchpoint.router.signals.rules import SignalBoard
 
 from .conftest import EXAMPLES
 

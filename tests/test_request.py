@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from switchpoint.router.request import InvalidRequest, RequestLimits, parse_route_request
 from switchpoint.router.wire import MalformedRequest, lenient_deserializer
-
 from switchpoint.v1 import router_pb2
 
 LIMITS = RequestLimits(max_prompt_bytes=1000, max_messages=5, max_metadata_entries=2, max_metadata_bytes=100)

@@ -6,12 +6,12 @@ from collections import Counter
 
 import grpc
 import pytest
+
+from switchpoint.config.model import Candidate, Decision, Pool, Pricing, Replica, Role
 from switchpoint.router.errors import RouteError
 from switchpoint.router.inflight import InflightEntry, InflightLedger
 from switchpoint.router.scheduling import LeastInflightScheduler
 from switchpoint.router.selection import select_static
-
-from switchpoint.config.model import Candidate, Decision, Pool, Pricing, Replica, Role
 
 
 def pool(name: str, *replicas: Replica, context: int = 8192) -> Pool:

@@ -10,9 +10,6 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from switchpoint.router.request import ChatTurn, RouteInput
-from switchpoint.router.signals.rules import SignalBoard, contains_term, signal_evidence, signal_fired
-from switchpoint.router.signals.tokens import SAMPLE_CHARS, estimate_tokens
 
 from switchpoint.config.model import (
     KeywordSignal,
@@ -24,6 +21,9 @@ from switchpoint.config.model import (
     TokenRangeSignal,
     ToolsSignal,
 )
+from switchpoint.router.request import ChatTurn, RouteInput
+from switchpoint.router.signals.rules import SignalBoard, contains_term, signal_evidence, signal_fired
+from switchpoint.router.signals.tokens import SAMPLE_CHARS, estimate_tokens
 
 from .conftest import ROOT
 

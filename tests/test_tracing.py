@@ -16,7 +16,8 @@ from switchpoint.v1 import router_pb2
 
 from .conftest import EXAMPLES, ThreadedRouter, chat
 
-STAGES = ["switchpoint.workload", "switchpoint.decision", "switchpoint.placement"]
+# the example config has budgets, so the budget stage runs (and finds none that applies to this request)
+STAGES = ["switchpoint.workload", "switchpoint.decision", "switchpoint.placement", "switchpoint.budget"]
 
 
 @pytest.fixture

@@ -11,8 +11,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from switchpoint.router.request import RouteInput
-
 from switchpoint.config.model import (
     KeywordSignal,
     MetadataSignal,
@@ -24,6 +22,7 @@ from switchpoint.config.model import (
     TokenRangeSignal,
     ToolsSignal,
 )
+from switchpoint.router.request import RouteInput
 
 
 @dataclass(frozen=True)

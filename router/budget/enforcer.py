@@ -1,0 +1,117 @@
+"""Reserve at Route, settle at Report, and what happens when the ledger cannot be reached.
+
+Admission rule: a request is admitted by a budget only if spent + reserved + its expected
+amount stays within the limit, so the reservations of everything admitted never exceed
+the limit. Spend can pass the limit only by what admitted requests use beyond their
+reservation (a prompt longer than estimated, or a completion longer than expected when
+max_tokens is not given): overspend <= sum over admitted requests of max(0, actual - reserved).
+
+When several budgets apply, the strictest outcome wins: Reject > Downgrade > Observe.
+When Redis is unreachable (or was within the last `breaker_s` seconds), each budget's
+failurePolicy decides: any Closed budget refuses the request; otherwise it passes
+unenforced, and its usage is not counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from redis.exceptions import RedisError
+
+from switchpoint.router.budget.ledger import ADMITTED, DOWNGRADE, REJECTED, BudgetState, RedisLedger
+from switchpoint.router.budget.scope import BudgetInstance
+
+log = logging.getLogger("switchpoint.router.budget")
+
+
+@dataclass(frozen=True)
+class BudgetLine:
+    instance: BudgetInstance
+    units: int  # this request's expected (at Route) or actual (at Report) amount
+    state: BudgetState | None = None
+
+
+@dataclass(frozen=True)
+class BudgetCheck:
+    """admitted | rejected | downgrade | unenforced (store down, all Open) | refused (store down, a Closed budget)."""
+
+    outcome: str
+    lines: tuple[BudgetLine, ...]
+    deciding: BudgetInstance | None = None
+
+    @property
+    def reserved(self) -> bool:
+        return self.outcome == "admitted"
+
+
+class BudgetEnforcer:
+    def __init__(self, ledger: RedisLedger | None, reservation_ttl_s: float, breaker_s: float = 1.0):
+        self.ledger = ledger
+        self.ttl_ms = int(reservation_ttl_s * 1000)
+        self.breaker_s = breaker_s
+        self._down_until = 0.0
+        self.store_errors = 0
+
+    @property
+    def store_up(self) -> bool:
+        return self.ledger is not None and time.monotonic() >= self._down_until
+
+    async def reserve(self, rid: str, lines: list[BudgetLine], force_soft: bool = False) -> BudgetCheck:
+        if not lines:
+            return BudgetCheck("admitted", ())
+        try:
+            reply = await self._call(lambda ledger: ledger.reserve(
+                rid, self.ttl_ms, [(ln.instance, ln.units) for ln in lines], force_soft))
+        except _StoreDown:
+            return self._unreachable(lines)
+        with_state = tuple(BudgetLine(ln.instance, ln.units, st) for ln, st in zip(lines, reply.states, strict=True))
+        if reply.status == ADMITTED:
+            return BudgetCheck("admitted", with_state)
+        assert reply.culprit is not None
+        outcome = "rejected" if reply.status == REJECTED else "downgrade"
+        assert reply.status in (REJECTED, DOWNGRADE)
+        return BudgetCheck(outcome, with_state, lines[reply.culprit].instance)
+
+    async def settle(self, rid: str, lines: list[BudgetLine]) -> tuple[BudgetState, ...] | None:
+        """Record actual usage and release the reservation; None when the store was unreachable."""
+        if not lines:
+            return ()
+        try:
+            reply = await self._call(lambda ledger: ledger.settle(
+                rid, self.ttl_ms, [(ln.instance, ln.units) for ln in lines]))
+        except _StoreDown:
+            log.warning("budget settle for %s not recorded: store unreachable; the reservation will be charged "
+                        "in full when it expires", rid)
+            return None
+        return reply.states
+
+    async def peek(self, instances: list[BudgetInstance]) -> tuple[BudgetState, ...] | None:
+        if not instances:
+            return ()
+        try:
+            return (await self._call(lambda ledger: ledger.peek(instances))).states
+        except _StoreDown:
+            return None
+
+    async def _call(self, op):  # type: ignore[no-untyped-def]
+        if not self.store_up:
+            raise _StoreDown
+        assert self.ledger is not None
+        try:
+            return await op(self.ledger)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self.store_errors += 1
+            self._down_until = time.monotonic() + self.breaker_s
+            log.error("budget store %s unreachable (%s); failurePolicy applies for %.1fs",
+                      self.ledger.url, exc, self.breaker_s)
+            raise _StoreDown from exc
+
+    def _unreachable(self, lines: list[BudgetLine]) -> BudgetCheck:
+        closed = next((ln.instance for ln in lines if ln.instance.budget.failure_policy == "Closed"), None)
+        return BudgetCheck("refused" if closed else "unenforced", tuple(lines), closed)
+
+
+class _StoreDown(Exception):
+    pass

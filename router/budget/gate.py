@@ -1,0 +1,172 @@
+"""The budget stage of the pipeline: reserve at Route (downgrading or refusing), settle at Report."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import grpc
+
+from switchpoint.config.model import Pool, Pricing, RouterConfig
+from switchpoint.router.budget.cost import OutputEstimator, amount, display, limit_units, unit_name
+from switchpoint.router.budget.enforcer import BudgetCheck, BudgetEnforcer, BudgetLine
+from switchpoint.router.budget.ledger import BudgetState
+from switchpoint.router.budget.scope import BudgetInstance, Requester, applicable
+from switchpoint.router.errors import RouteError
+from switchpoint.router.metrics import RouterMetrics
+from switchpoint.router.pipeline import RouteResult
+from switchpoint.router.request import RouteInput
+from switchpoint.v1 import router_pb2
+
+
+@dataclass(frozen=True)
+class BudgetAdmission:
+    """What was reserved for one request; kept in its in-flight entry until Report."""
+
+    reservation_id: str
+    outcome: str  # admitted, downgraded, observed, unenforced
+    deciding: BudgetInstance | None
+    lines: tuple[BudgetLine, ...]
+    pricing: Pricing
+
+    @property
+    def reserved(self) -> bool:
+        return self.outcome != "unenforced"
+
+
+class BudgetGate:
+    def __init__(self, enforcer: BudgetEnforcer, metrics: RouterMetrics):
+        self.enforcer = enforcer
+        self.estimator = OutputEstimator()
+        self.metrics = metrics
+        self.instance_id = os.urandom(6).hex()  # keeps reservation ids of different routers apart
+
+    async def admit(self, config: RouterConfig, req: RouteInput, result: RouteResult,
+                    downgrade: Callable[[RouteResult, Pool, str], RouteResult],
+                    ) -> tuple[RouteResult, BudgetAdmission | None]:
+        """Reserve the request's expected amount in every budget that applies.
+
+        Raises RouteError RESOURCE_EXHAUSTED when a Reject budget is spent, UNAVAILABLE when
+        the ledger is unreachable and a budget's failurePolicy is Closed.
+        """
+        pool = result.selection.candidate.pool
+        who = Requester(result.policy.namespace if result.policy else pool.namespace,
+                        result.policy.name if result.policy else "", req.tenant, req.user, req.metadata)
+        instances = applicable(config.budgets, who)
+        if not instances:
+            return result, None
+        rid = f"{self.instance_id}:{req.request_id}"
+        expected_output = self.estimator.expected(result.outcome.decision.name, req.max_tokens)
+        check = await self.enforcer.reserve(rid, self._lines(instances, req.input_tokens, expected_output, pool))
+        outcome = check.outcome
+        if check.outcome == "downgrade":
+            assert check.deciding is not None and check.deciding.budget.downgrade_to is not None
+            budget = check.deciding.budget
+            target = config.pools[f"{budget.namespace}/{budget.downgrade_to}"]
+            result = downgrade(result, target, f"{check.deciding.describe()} is spent")
+            pool = result.selection.candidate.pool
+            deciding = check.deciding
+            check = await self.enforcer.reserve(rid, self._lines(instances, req.input_tokens, expected_output, pool),
+                                                force_soft=True)
+            if check.outcome == "admitted":
+                outcome, check = "downgraded", BudgetCheck("admitted", check.lines, deciding)
+            else:
+                outcome = check.outcome
+        if outcome == "admitted" and any(ln.state and ln.state.exhausted for ln in check.lines):
+            outcome = "observed"
+            check = BudgetCheck("admitted", check.lines,
+                                next(ln.instance for ln in check.lines if ln.state and ln.state.exhausted))
+        store_down = outcome in ("unenforced", "refused")
+        for line in check.lines:
+            # the deciding budget gets the outcome; the others say whether they passed or went unenforced
+            decided = check.deciding is None or line.instance == check.deciding
+            label = outcome if decided else "unenforced" if store_down else "admitted"
+            self.metrics.budget_outcomes.labels(line.instance.name, label).inc()
+        self._publish(check.lines)
+        if outcome == "rejected":
+            raise RouteError(grpc.StatusCode.RESOURCE_EXHAUSTED, _rejection(check))
+        if outcome == "refused":
+            assert check.deciding is not None
+            raise RouteError(grpc.StatusCode.UNAVAILABLE,
+                             f"the budget ledger is unreachable and {check.deciding.describe()} has failurePolicy "
+                             "Closed; the request is refused")
+        return result, BudgetAdmission(rid, outcome, check.deciding, check.lines, pool.pricing)
+
+    async def settle(self, admission: BudgetAdmission, decision: str, success: bool, prompt_tokens: int,
+                     completion_tokens: int) -> None:
+        if success and completion_tokens:
+            self.estimator.observe(decision, completion_tokens)
+        if not admission.reserved:
+            return  # admitted unenforced while the ledger was down: nothing was reserved, nothing is counted
+        if success and not prompt_tokens and not completion_tokens:
+            lines = list(admission.lines)  # no usage reported: charge what was reserved
+        else:
+            lines = [BudgetLine(ln.instance, amount(ln.instance.budget, prompt_tokens, completion_tokens,
+                                                    admission.pricing)) for ln in admission.lines]
+        states = await self.enforcer.settle(admission.reservation_id, lines)
+        if states:
+            self._publish([BudgetLine(ln.instance, ln.units, st) for ln, st in zip(lines, states, strict=True)])
+
+    def _publish(self, lines: Iterable[BudgetLine]) -> None:
+        for ln in lines:
+            if ln.state is not None and not ln.instance.tenant:
+                b, st = ln.instance.budget, ln.state
+                self.metrics.budget_standing(ln.instance.name, display(b, st.spent), display(b, st.reserved),
+                                             display(b, st.remaining), st.window_end_ms / 1000)
+
+    async def status(self, config: RouterConfig, tenant: str) -> router_pb2.BudgetStatusResponse:
+        instances = [BudgetInstance(b, tenant) if b.scope_type == "EachTenant" else BudgetInstance(b)
+                     for b in config.budgets if b.scope_type != "EachTenant" or tenant]
+        states = await self.enforcer.peek(instances)
+        if states is None:
+            return router_pb2.BudgetStatusResponse(
+                budgets=[budget_state_message(i, None) for i in instances], ledger_reachable=False)
+        return router_pb2.BudgetStatusResponse(
+            budgets=[budget_state_message(i, s) for i, s in zip(instances, states, strict=True)],
+            ledger_reachable=True)
+
+    @staticmethod
+    def _lines(instances: tuple[BudgetInstance, ...], input_tokens: int, output_tokens: int,
+               pool: Pool) -> list[BudgetLine]:
+        return [BudgetLine(i, amount(i.budget, input_tokens, output_tokens, pool.pricing)) for i in instances]
+
+
+def outcome_message(admission: BudgetAdmission) -> router_pb2.BudgetOutcome:
+    return router_pb2.BudgetOutcome(
+        outcome=admission.outcome,
+        budget=admission.deciding.key if admission.deciding else "",
+        budgets=[budget_state_message(ln.instance, ln.state, ln.units) for ln in admission.lines],
+    )
+
+
+def budget_state_message(instance: BudgetInstance, state: BudgetState | None,
+                         request_units: int = 0) -> router_pb2.BudgetState:
+    b = instance.budget
+    msg = router_pb2.BudgetState(budget=instance.key, unit=unit_name(b), limit=display(b, limit_units(b)),
+                                 action=b.action, request=display(b, request_units))
+    if state is not None:
+        msg.spent = display(b, state.spent)
+        msg.reserved = display(b, state.reserved)
+        msg.remaining = display(b, state.remaining)
+        msg.window_ends = _rfc3339(state.window_end_ms)
+        msg.exhausted = state.exhausted
+    return msg
+
+
+def _rejection(check: BudgetCheck) -> str:
+    line = next(ln for ln in check.lines if ln.instance == check.deciding)
+    b, state = line.instance.budget, line.state
+    assert state is not None
+    unit = unit_name(b)
+    frees = (f"it frees up at {_rfc3339(state.free_at_ms)}" if state.free_at_ms
+             else "it frees up as requests in flight settle" if display(b, line.units) <= display(b, state.limit)
+             else "this request alone exceeds the limit")
+    return (f"{line.instance.describe()} is spent: {display(b, state.spent):,.6g} of {display(b, state.limit):,.6g} "
+            f"{unit} used and {display(b, state.reserved):,.6g} reserved by requests in flight; this request needs "
+            f"about {display(b, line.units):,.6g}; {frees}")
+
+
+def _rfc3339(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

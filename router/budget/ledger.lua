@@ -1,0 +1,136 @@
+-- Switchpoint budget ledger: one script for every operation, so that window arithmetic
+-- exists in one place and every operation is atomic across router replicas.
+--
+-- Each budget instance (a Budget, or one tenant of an EachTenant budget) owns four keys:
+--   spend     HASH  bucket id -> amount spent in that bucket
+--   res       HASH  reservation id -> amount reserved
+--   resexp    ZSET  reservation id -> expiry (ms)
+--   reserved  STRING total of res
+-- A window is `nbuckets` buckets of `bucket_ms`: Calendar windows use one bucket of the
+-- whole duration (aligned to the Unix epoch, so 1d resets at 00:00 UTC); Rolling windows
+-- use 60 buckets, so the spend of "the last duration" is exact to 1/60 of it.
+-- Amounts are integers (tokens, or nano-units of money). The clock is Redis's own TIME.
+--
+-- ARGV[1] = op: "reserve" | "settle" | "peek"
+-- ARGV[2] = reservation id, ARGV[3] = reservation ttl (ms), ARGV[4] = force_soft (0/1)
+-- then per budget i (KEYS[4i-3..4i]): limit, amount, bucket_ms, nbuckets, action
+--   action: 0 Observe, 1 Downgrade, 2 Reject
+-- Returns {status, index, {spent, reserved, limit, window_end_ms, free_at_ms, exhausted}...}
+--   status: 0 admitted (reserved in every budget), 1 rejected by budget `index`,
+--           2 downgrade required by budget `index` (nothing reserved); settle/peek: 0.
+
+local op = ARGV[1]
+local rid = ARGV[2]
+local ttl = tonumber(ARGV[3])
+local force_soft = ARGV[4] == "1"
+local t = redis.call("TIME")
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local n = #KEYS / 4
+local EXPIRE_BATCH = 100
+
+local function charge_expired(spend, res, resexp, reserved, cur)
+  -- A reservation never settled is charged in full: the request was admitted and probably ran.
+  local stale = redis.call("ZRANGEBYSCORE", resexp, "-inf", now, "LIMIT", 0, EXPIRE_BATCH)
+  for _, id in ipairs(stale) do
+    local amt = redis.call("HGET", res, id)
+    if amt then
+      redis.call("DECRBY", reserved, amt)
+      redis.call("HDEL", res, id)
+      redis.call("HINCRBY", spend, cur, amt)
+    end
+    redis.call("ZREM", resexp, id)
+  end
+end
+
+local function window_spend(spend, cur, nbuckets)
+  -- Sum the buckets inside the window; drop the ones that left it. Returns total and the buckets, oldest first.
+  local flat = redis.call("HGETALL", spend)
+  local total = 0
+  local buckets = {}
+  for j = 1, #flat, 2 do
+    local b = tonumber(flat[j])
+    local amt = tonumber(flat[j + 1])
+    if b <= cur - nbuckets then
+      redis.call("HDEL", spend, flat[j])
+    else
+      total = total + amt
+      table.insert(buckets, {b, amt})
+    end
+  end
+  table.sort(buckets, function(a, b) return a[1] < b[1] end)
+  return total, buckets
+end
+
+local states = {}
+local verdict, culprit = 0, 0
+for i = 1, n do
+  local spend, res, resexp, reserved = KEYS[4 * i - 3], KEYS[4 * i - 2], KEYS[4 * i - 1], KEYS[4 * i]
+  local base = 4 + (i - 1) * 5
+  local limit = tonumber(ARGV[base + 1])
+  local amount = tonumber(ARGV[base + 2])
+  local bucket_ms = tonumber(ARGV[base + 3])
+  local nbuckets = tonumber(ARGV[base + 4])
+  local action = tonumber(ARGV[base + 5])
+  local cur = math.floor(now / bucket_ms)
+
+  charge_expired(spend, res, resexp, reserved, cur)
+  local spent, buckets = window_spend(spend, cur, nbuckets)
+  local held = tonumber(redis.call("GET", reserved) or "0")
+  local already = op == "reserve" and redis.call("HEXISTS", res, rid) == 1
+  local exhausted = 0
+  local free_at = 0
+  if op == "reserve" and not already and spent + held + amount > limit then
+    exhausted = 1
+    -- When does the request fit? When enough old buckets leave the window (rolling), or
+    -- at the next window (calendar). 0: only when in-flight reservations settle, or never.
+    local freed = 0
+    for _, bucket in ipairs(buckets) do
+      freed = freed + bucket[2]
+      if spent - freed + held + amount <= limit then
+        free_at = (bucket[1] + nbuckets) * bucket_ms
+        break
+      end
+    end
+    if action == 2 and verdict ~= 1 then
+      verdict, culprit = 1, i
+    elseif action == 1 and verdict == 0 and not force_soft then
+      verdict, culprit = 2, i
+    end
+  end
+  states[i] = {spend, res, resexp, reserved, amount, bucket_ms, nbuckets, cur,
+               {spent, held, limit, (cur + 1) * bucket_ms, free_at, exhausted}}
+end
+
+for i = 1, n do
+  local s = states[i]
+  local spend, res, resexp, reserved, amount, bucket_ms, nbuckets, cur = s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8]
+  local keep = nbuckets * bucket_ms + ttl
+  if op == "reserve" and verdict == 0 and redis.call("HEXISTS", res, rid) == 0 then
+    redis.call("HSET", res, rid, amount)
+    redis.call("ZADD", resexp, now + ttl, rid)
+    redis.call("INCRBY", reserved, amount)
+    s[9][2] = s[9][2] + amount
+  elseif op == "settle" then
+    local amt = redis.call("HGET", res, rid)
+    if amt then
+      -- Only a live reservation settles: a retried or late Report never counts twice.
+      redis.call("HDEL", res, rid)
+      redis.call("ZREM", resexp, rid)
+      redis.call("DECRBY", reserved, amt)
+      redis.call("HINCRBY", spend, cur, amount)
+      s[9][1] = s[9][1] + amount
+      s[9][2] = s[9][2] - tonumber(amt)
+    end
+  end
+  if op ~= "peek" then
+    for _, key in ipairs({spend, res, resexp, reserved}) do
+      redis.call("PEXPIRE", key, keep)
+    end
+  end
+end
+
+local out = {verdict, culprit}
+for i = 1, n do
+  table.insert(out, states[i][9])
+end
+return out
