@@ -29,7 +29,7 @@ from switchpoint.router.telemetry import tracer_from
 
 log = logging.getLogger("switchpoint.router")
 
-EXPIRY_SWEEP_S = 5.0
+EXPIRY_SWEEP_S = 1.0  # in-flight expiry, and queued budget settlements
 
 
 class RouterServer:
@@ -58,6 +58,7 @@ class RouterServer:
         self.redis_url = redis_url
         self.redis_timeout_s = redis_timeout_s
         self.budget_ledger: RedisLedger | None = None
+        self.budget_enforcer: BudgetEnforcer | None = None
         self.holder: ConfigHolder | None = None
         self.server: grpc.aio.Server | None = None
         self.health = HealthServicer()
@@ -82,6 +83,7 @@ class RouterServer:
                         "failurePolicy applies as if the ledger were unreachable)", len(config.budgets))
         # A reservation outlives the in-flight entry a little, so a Report that arrives in time always settles it.
         enforcer = BudgetEnforcer(self.budget_ledger, reservation_ttl_s=self.ledger.ttl_s + 60)
+        self.budget_enforcer = enforcer
         service = RouterService(self.holder, RoutePipeline(LeastInflightScheduler(self.ledger), tracer),
                                 self.ledger, self.metrics, tracer, self.limits, BudgetGate(enforcer, self.metrics))
         # The transport limit sits above the prompt limit, so an oversized prompt gets our
@@ -132,6 +134,8 @@ class RouterServer:
             expired = self.ledger.expire()
             if expired:
                 self.metrics.expired.inc(expired)
+            if self.budget_enforcer is not None:
+                await self.budget_enforcer.flush_pending()
 
     async def wait(self) -> None:
         assert self.server is not None

@@ -9,18 +9,22 @@ max_tokens is not given): overspend <= sum over admitted requests of max(0, actu
 When several budgets apply, the strictest outcome wins: Reject > Downgrade > Observe.
 When Redis is unreachable (or was within the last `breaker_s` seconds), each budget's
 failurePolicy decides: any Closed budget refuses the request; otherwise it passes
-unenforced, and its usage is not counted.
+unenforced, and its usage is not counted. A Report that cannot be settled is queued
+(up to MAX_PENDING) and settled when the ledger answers again, so no request admitted
+with a reservation is lost from the ledger; settling is idempotent, so a retry never
+counts twice.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 
-from switchpoint.router.budget.ledger import ADMITTED, DOWNGRADE, REJECTED, BudgetState, RedisLedger
+from switchpoint.router.budget.ledger import ADMITTED, DOWNGRADE, REJECTED, BudgetState, LedgerReply, RedisLedger
 from switchpoint.router.budget.scope import BudgetInstance
 
 log = logging.getLogger("switchpoint.router.budget")
@@ -47,12 +51,15 @@ class BudgetCheck:
 
 
 class BudgetEnforcer:
+    MAX_PENDING = 100_000
+
     def __init__(self, ledger: RedisLedger | None, reservation_ttl_s: float, breaker_s: float = 1.0):
         self.ledger = ledger
         self.ttl_ms = int(reservation_ttl_s * 1000)
         self.breaker_s = breaker_s
         self._down_until = 0.0
         self.store_errors = 0
+        self.pending: deque[tuple[str, list[BudgetLine]]] = deque(maxlen=self.MAX_PENDING)
 
     @property
     def store_up(self) -> bool:
@@ -75,17 +82,34 @@ class BudgetEnforcer:
         return BudgetCheck(outcome, with_state, lines[reply.culprit].instance)
 
     async def settle(self, rid: str, lines: list[BudgetLine]) -> tuple[BudgetState, ...] | None:
-        """Record actual usage and release the reservation; None when the store was unreachable."""
+        """Record actual usage and release the reservation; None when the store was unreachable (queued)."""
         if not lines:
             return ()
+        await self.flush_pending()
         try:
-            reply = await self._call(lambda ledger: ledger.settle(
-                rid, self.ttl_ms, [(ln.instance, ln.units) for ln in lines]))
+            reply = await self._settle(rid, lines)
         except _StoreDown:
-            log.warning("budget settle for %s not recorded: store unreachable; the reservation will be charged "
-                        "in full when it expires", rid)
+            self.pending.append((rid, lines))
+            log.warning("budget settle for %s queued: ledger unreachable (%d waiting)", rid, len(self.pending))
             return None
         return reply.states
+
+    async def flush_pending(self) -> int:
+        """Settle queued Reports while the ledger answers; returns how many were settled."""
+        done = 0
+        while self.pending and self.store_up:
+            rid, lines = self.pending[0]
+            try:
+                await self._settle(rid, lines)
+            except _StoreDown:
+                break
+            self.pending.popleft()
+            done += 1
+        return done
+
+    async def _settle(self, rid: str, lines: list[BudgetLine]) -> LedgerReply:
+        units = [(ln.instance, ln.units) for ln in lines]
+        return await self._call(lambda ledger: ledger.settle(rid, self.ttl_ms, units))
 
     async def peek(self, instances: list[BudgetInstance]) -> tuple[BudgetState, ...] | None:
         if not instances:
