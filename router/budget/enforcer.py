@@ -98,12 +98,12 @@ class BudgetEnforcer:
         """Settle queued Reports while the ledger answers; returns how many were settled."""
         done = 0
         while self.pending and self.store_up:
-            rid, lines = self.pending[0]
+            rid, lines = self.pending.popleft()  # taken before awaiting: concurrent flushers take different items
             try:
                 await self._settle(rid, lines)
             except _StoreDown:
+                self.pending.appendleft((rid, lines))
                 break
-            self.pending.popleft()
             done += 1
         return done
 
