@@ -14,7 +14,7 @@ $(BIN)/python:
 
 # Re-install when the project metadata or the protos change (the build regenerates the gRPC stubs).
 $(STAMP): $(BIN)/python pyproject.toml setup.py $(wildcard proto/switchpoint/v1/*.proto)
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,local]'
 	touch $(STAMP)
 
 install: $(STAMP)

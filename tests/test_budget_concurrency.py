@@ -24,9 +24,8 @@ import grpc
 import pytest
 
 from switchpoint.localproc import RouterProcess
+from switchpoint.localredis import RedisServer
 from switchpoint.v1 import router_pb2, router_pb2_grpc
-
-from .conftest import RedisServer
 
 TENANTS = [f"tenant-{i}" for i in range(8)]
 BUDGETS = """

@@ -69,3 +69,23 @@ def test_bench_router_prints_the_documented_json():
     result = json.loads(out.stdout)
     for key in ("route_p50_ms", "route_p99_ms", "route_rps", "floor_p50_ms", "floor_p99_ms", "floor_rps"):
         assert result[key] > 0
+
+
+def test_bench_budgets_prints_the_documented_json():
+    out = switchpoint("bench", "budgets", "--config", str(EXAMPLES), "--calls", "30", "--json")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    for key in ("route_p50_ms", "route_p99_ms", "baseline_p50_ms", "baseline_p99_ms"):
+        assert result[key] > 0
+    assert 0 <= result["overspend_ratio"] <= result["bound_ratio"] + 1e-9
+
+
+def test_budget_status_reads_a_running_router(tmp_path: Path):
+    from switchpoint.localproc import RouterProcess
+    from switchpoint.localredis import RedisServer
+
+    with RedisServer(tmp_path) as redis, RouterProcess([EXAMPLES], extra=["--redis", redis.url]) as router:
+        out = switchpoint("budget", "status", "--router", router.address, "--tenant", "acme")
+    assert out.returncode == 0, out.stderr
+    assert "default/acme-daily-tokens" in out.stdout and "default/per-tenant-monthly-spend/acme" in out.stdout
+    assert "5,000,000" in out.stdout
