@@ -8,6 +8,7 @@ from pathlib import Path
 import grpc
 
 from switchpoint.localproc import RouterProcess
+from switchpoint.localredis import RedisServer
 from switchpoint.v1 import router_pb2, router_pb2_grpc
 
 SAMPLES: list[tuple[str, dict]] = [
@@ -24,8 +25,9 @@ SAMPLES: list[tuple[str, dict]] = [
 
 
 def run_demo(config: list[Path]) -> int:
-    with RouterProcess(config) as router:
-        print(f"router in local mode on {router.address}, config {' '.join(map(str, config))}\n")
+    with RedisServer() as redis, RouterProcess(config, extra=["--redis", redis.url]) as router:
+        print(f"router in local mode on {router.address}, config {' '.join(map(str, config))}, "
+              f"budgets in Redis at {redis.url}\n")
         header = f"{'#':>2}  {'prompt':<42} {'signals fired':<30} {'decision':<15} {'pool':<16} replica (prefill)"
         print(header)
         print("-" * len(header))
@@ -51,8 +53,26 @@ def run_demo(config: list[Path]) -> int:
                                                    messages=[router_pb2.ChatMessage(role="user", content="hi")]))
             except grpc.RpcError as exc:
                 print(f"\nunknown alias -> {exc.code().name}: {exc.details()}")
+            _spend_the_trial_budget(stub)
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{router.metrics_port}/metrics", timeout=5).read().decode()
         routed = [line for line in metrics.splitlines() if line.startswith("switchpoint_route_requests_total")]
         example = routed[0] if routed else "-"
         print(f"\n/metrics: {len(routed)} series of switchpoint_route_requests_total, e.g.\n  {example}")
     return 0
+
+
+def _spend_the_trial_budget(stub: router_pb2_grpc.RouterStub) -> None:
+    """Tenant `trial` has 2,000 tokens an hour (deploy/examples/budgets.yaml): route until it is spent."""
+    request = router_pb2.RouteRequest(model="auto", tenant="trial", max_tokens=300,
+                                      messages=[router_pb2.ChatMessage(role="user", content="Write me a haiku.")])
+    for n in range(1, 20):
+        try:
+            d = stub.Route(request, timeout=5)
+        except grpc.RpcError as exc:
+            print(f"\ntenant 'trial', request {n} -> {exc.code().name}: {exc.details()}")
+            return
+        [trial] = [b for b in d.budget.budgets if b.budget.endswith("trial-tenant-tokens")]
+        print(f"tenant 'trial', request {n}: admitted, reserved {trial.request:.0f} tokens, "
+              f"{trial.remaining:,.0f} of {trial.limit:,.0f} left")
+        stub.Report(router_pb2.ReportRequest(request_id=d.request_id, outcome=router_pb2.OUTCOME_SUCCESS,
+                                             prompt_tokens=12, completion_tokens=280), timeout=5)

@@ -42,7 +42,7 @@ def test_examples_compile_into_the_typed_config():
     assert [r.role for r in large.static_replicas] == [Role.PREFILL, Role.DECODE, Role.DECODE]
     assert config.pools["default/small-chat"].hardware_class == "nvidia-l4"
     assert config.direct["meta-llama/Llama-3.1-8B-Instruct"].candidates[0].pool.name == "small-chat"
-    assert {b.name for b in config.budgets} == {"acme-daily-tokens", "per-tenant-monthly-spend"}
+    assert {b.name for b in config.budgets} == {"acme-daily-tokens", "per-tenant-monthly-spend", "trial-tenant-tokens"}
 
 
 def test_schema_defaults_fill_what_the_user_left_out():
