@@ -30,6 +30,9 @@ def explanation(result: RouteResult) -> dict[str, Any]:
         "upstream_model": sel.candidate.model,
         "replica": sel.placement.replica.address,
         "prefill_replica": sel.placement.prefill.address if sel.placement.prefill else None,
+        "uncached_tokens": sel.placement.uncached_tokens,
+        "scheduling": sel.candidate.scheduling.profile,
+        "replica_scores": dict(sel.placement.scores),
         "fallbacks": [f"{f.candidate.pool.name} {f.replica.address}" for f in sel.fallbacks],
         "skipped": list(sel.skipped),
     }
@@ -53,7 +56,8 @@ def render(info: dict[str, Any]) -> str:
     lines += [
         f"decision   {info['decision']}: {info['reason']}",
         f"pool       {info['pool']} ({info['hardware_class']}), upstream model {info['upstream_model']}",
-        f"replica    {info['replica']}" + (f"   prefill {info['prefill_replica']}" if info["prefill_replica"] else ""),
+        f"replica    {info['replica']}" + (f"   prefill {info['prefill_replica']}" if info["prefill_replica"] else "")
+        + f"   ({info['scheduling']}; {info['uncached_tokens']} prompt tokens to prefill)",
     ]
     if info["fallbacks"]:
         lines.append(f"fallbacks  {', '.join(info['fallbacks'])}")

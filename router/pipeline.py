@@ -18,7 +18,7 @@ from switchpoint.config.model import DIRECT_DECISION, Candidate, Decision, Polic
 from switchpoint.router.decision import DecisionOutcome, decide
 from switchpoint.router.errors import RouteError
 from switchpoint.router.request import RouteInput
-from switchpoint.router.scheduling import LeastInflightScheduler
+from switchpoint.router.scheduling.scheduler import Scheduler
 from switchpoint.router.selection import Selection, select_static
 from switchpoint.router.signals.rules import SignalBoard, SignalResult
 from switchpoint.router.workload import Workload, classify
@@ -47,7 +47,7 @@ class RouteResult:
 
 
 class RoutePipeline:
-    def __init__(self, scheduler: LeastInflightScheduler, tracer: trace.Tracer):
+    def __init__(self, scheduler: Scheduler, tracer: trace.Tracer):
         self.scheduler = scheduler
         self.tracer = tracer
 
@@ -76,7 +76,7 @@ class RoutePipeline:
             span.set_attribute("switchpoint.decision.reason", outcome.reason)
         with stage("switchpoint.placement") as span:
             span.set_attribute("switchpoint.selection.algorithm", outcome.decision.selection)
-            selection = select_static(outcome.decision, req.context_tokens, self.scheduler)
+            selection = select_static(outcome.decision, req, self.scheduler)
             span.set_attribute("switchpoint.pool", selection.candidate.pool.name)
             span.set_attribute("switchpoint.replica", selection.placement.replica.address)
         return RouteResult(req, policy, workload, board, outcome, selection)
@@ -85,10 +85,10 @@ class RoutePipeline:
 _UNTRACED = contextlib.nullcontext(trace.INVALID_SPAN)
 
 
-def downgraded(result: RouteResult, pool: Pool, why: str, scheduler: LeastInflightScheduler) -> RouteResult:
+def downgraded(result: RouteResult, pool: Pool, why: str, scheduler: Scheduler) -> RouteResult:
     """The same decision, sent to a cheaper pool instead (a Downgrade budget is spent)."""
     decision = replace(result.outcome.decision, candidates=(Candidate(pool, pool.models[0]),))
-    selection = select_static(decision, result.request.context_tokens, scheduler)
+    selection = select_static(decision, result.request, scheduler)
     reason = f"{result.outcome.reason}; downgraded to pool '{pool.name}': {why}"
     outcome = replace(result.outcome, decision=decision, reason=reason)
     return replace(result, outcome=outcome, selection=selection)

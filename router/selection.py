@@ -8,7 +8,8 @@ import grpc
 
 from switchpoint.config.model import Candidate, Decision, Replica
 from switchpoint.router.errors import RouteError
-from switchpoint.router.scheduling import LeastInflightScheduler, Placement
+from switchpoint.router.request import RouteInput
+from switchpoint.router.scheduling.scheduler import Placement, Scheduler
 
 MAX_FALLBACKS = 4
 
@@ -27,8 +28,9 @@ class Selection:
     skipped: tuple[str, ...]  # why earlier candidates were passed over
 
 
-def select_static(decision: Decision, context_tokens: int, scheduler: LeastInflightScheduler) -> Selection:
+def select_static(decision: Decision, req: RouteInput, scheduler: Scheduler) -> Selection:
     """The first candidate that fits the request's context and has a ready replica."""
+    context_tokens = req.context_tokens
     placed: list[tuple[Candidate, Placement]] = []
     skipped: list[str] = []
     too_small: list[str] = []
@@ -38,7 +40,7 @@ def select_static(decision: Decision, context_tokens: int, scheduler: LeastInfli
             too_small.append(f"'{pool.name}' ({pool.context_tokens})")
             skipped.append(f"pool '{pool.name}': context {pool.context_tokens} < {context_tokens} tokens needed")
             continue
-        placement = scheduler.place(pool)
+        placement = scheduler.place(cand, req)
         if placement is None:
             skipped.append(f"pool '{pool.name}': no ready replica")
             continue

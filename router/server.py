@@ -23,7 +23,8 @@ from switchpoint.router.metrics import RouterMetrics
 from switchpoint.router.pipeline import RoutePipeline
 from switchpoint.router.reload import ConfigWatcher
 from switchpoint.router.request import RequestLimits
-from switchpoint.router.scheduling import LeastInflightScheduler
+from switchpoint.router.scheduling.fleet import FleetState
+from switchpoint.router.scheduling.scheduler import Scheduler
 from switchpoint.router.service import SERVICE_NAME, ConfigHolder, RouterService
 from switchpoint.router.telemetry import tracer_from
 
@@ -84,7 +85,9 @@ class RouterServer:
         # A reservation outlives the in-flight entry a little, so a Report that arrives in time always settles it.
         enforcer = BudgetEnforcer(self.budget_ledger, reservation_ttl_s=self.ledger.ttl_s + 60)
         self.budget_enforcer = enforcer
-        service = RouterService(self.holder, RoutePipeline(LeastInflightScheduler(self.ledger), tracer),
+        self.fleet = FleetState()
+        self.scheduler = Scheduler(self.ledger, self.fleet)
+        service = RouterService(self.holder, RoutePipeline(self.scheduler, tracer),
                                 self.ledger, self.metrics, tracer, self.limits, BudgetGate(enforcer, self.metrics))
         # The transport limit sits above the prompt limit, so an oversized prompt gets our
         # INVALID_ARGUMENT naming the limit rather than the transport's RESOURCE_EXHAUSTED.

@@ -124,6 +124,7 @@ class RouterService:
             span_context=span.get_span_context(),
             budget=admission,
         ))
+        self.pipeline.scheduler.commit(result.selection.candidate, result.selection.placement)
         self.metrics.route_counter(result.policy_name, decision.decision, decision.pool, result.workload.label).inc()
         if span.is_recording():
             _annotate_route(span, result, decision)

@@ -143,7 +143,7 @@ def _route(args: argparse.Namespace) -> int:
     from switchpoint.router.inflight import InflightLedger
     from switchpoint.router.pipeline import RoutePipeline
     from switchpoint.router.request import InvalidRequest, RequestLimits, parse_route_request
-    from switchpoint.router.scheduling import LeastInflightScheduler
+    from switchpoint.router.scheduling.scheduler import Scheduler
     from switchpoint.router.telemetry import tracer_from
     from switchpoint.v1 import router_pb2
 
@@ -159,7 +159,7 @@ def _route(args: argparse.Namespace) -> int:
     headers = dict(h.split("=", 1) for h in args.header if "=" in h)
     msg = router_pb2.RouteRequest(model=args.model, messages=messages, tenant=args.tenant, user=args.user,
                                   metadata=headers, max_tokens=args.max_tokens, tools_present=args.tools)
-    pipeline = RoutePipeline(LeastInflightScheduler(InflightLedger()), tracer_from(None))
+    pipeline = RoutePipeline(Scheduler(InflightLedger()), tracer_from(None))
     try:
         result = pipeline.route(config, parse_route_request(msg, RequestLimits()), all_signals=True)
     except (InvalidRequest, RouteError) as exc:

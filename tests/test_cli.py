@@ -16,12 +16,13 @@ def switchpoint(*args: str, timeout: float = 120) -> subprocess.CompletedProcess
 
 
 def test_route_explains_signals_rules_decision_pool_and_replica():
-    out = switchpoint("route", "--config", str(EXAMPLES), "Please refactor this Python class so it is testable")
+    long_code = "Please refactor this Python class so it is testable:\n" + "def f(x):\n    return x + 1\n" * 100
+    out = switchpoint("route", "--config", str(EXAMPLES), long_code)
     assert out.returncode == 0, out.stderr
     text = out.stdout
     assert "FIRED  code" in text and "MATCH      200  coding: code" in text
     assert "decision   coding" in text and "pool       large-reasoning (nvidia-h100)" in text
-    assert "prefill 127.0.0.1:8201" in text
+    assert "prefill 127.0.0.1:8201" in text and "(switchpoint;" in text
 
 
 def test_route_json_lists_every_signal():

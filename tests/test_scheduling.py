@@ -1,80 +1,203 @@
-"""Replica scheduling and the in-flight ledger."""
+"""Replica scheduling: scorers, profiles (including the baselines), prefill/decode pairs, readiness, the ledger."""
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 
 import grpc
 import pytest
 
-from switchpoint.config.model import Candidate, Decision, Pool, Pricing, Replica, Role
+from switchpoint.config.model import Candidate, Decision, MetricsConfig, Pool, Pricing, Replica, Role, SchedulingConfig
 from switchpoint.router.errors import RouteError
 from switchpoint.router.inflight import InflightEntry, InflightLedger
-from switchpoint.router.scheduling import LeastInflightScheduler
+from switchpoint.router.request import ChatTurn, RouteInput
+from switchpoint.router.scheduling.fleet import FleetState, ReplicaMetrics
+from switchpoint.router.scheduling.profiles import profile_for
+from switchpoint.router.scheduling.scheduler import Scheduler
+from switchpoint.router.scheduling.scorers import SCORERS, ReplicaFacts, ScoringInput
 from switchpoint.router.selection import select_static
 
 
-def pool(name: str, *replicas: Replica, context: int = 8192) -> Pool:
-    return Pool("default", name, (f"{name}-model",), "gpu", context, Pricing(), replicas)
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def pool(name: str, *replicas: Replica, context: int = 8192, metrics: bool = False) -> Pool:
+    return Pool("default", name, (f"{name}-model",), "gpu", context, Pricing(), replicas,
+                metrics=MetricsConfig() if metrics else None)
+
+
+def cand(p: Pool, profile: str = "switchpoint", **kw) -> Candidate:
+    return Candidate(p, p.models[0], SchedulingConfig(profile=profile, **kw))
+
+
+def req(text: str, system: str = "") -> RouteInput:
+    turns = ((ChatTurn("system", system),) if system else ()) + (ChatTurn("user", text),)
+    return RouteInput(request_id=str(random.random()), model="auto", messages=turns)
 
 
 def entry(rid: str, replica: str, prefill: str = "", started: float = 0.0) -> InflightEntry:
     return InflightEntry(rid, "p", "d", "pool", "m", replica, prefill, started=started)
 
 
-def test_least_inflight_spreads_load_evenly():
+def facts(address: str, **kw) -> ReplicaFacts:
+    base = dict(metrics=None, inflight=0, backlog_tokens=0.0, prefix_blocks=0, total_blocks=10, uncached_tokens=100)
+    return ReplicaFacts(address, **{**base, **kw})
+
+
+SCORER_CASES = [
+    ("queue", [ReplicaMetrics(waiting=0), ReplicaMetrics(waiting=5), ReplicaMetrics(waiting=10)], [1.0, 0.5, 0.0]),
+    ("queue all equal", [ReplicaMetrics(waiting=3), ReplicaMetrics(waiting=3)], [1.0, 1.0]),
+    ("kv-cache", [ReplicaMetrics(kv_usage=0.25), ReplicaMetrics(kv_usage=0.9)], [0.75, 0.1]),
+]
+
+
+@pytest.mark.parametrize(("name", "metrics", "expected"), SCORER_CASES, ids=[c[0] for c in SCORER_CASES])
+def test_scraped_metric_scorers_follow_gie(name, metrics, expected):
+    scorer = SCORERS[name.split()[0]]
+    x = ScoringInput([facts(f"r{i}", metrics=m) for i, m in enumerate(metrics)], 5000)
+    assert scorer(x) == pytest.approx(expected)
+
+
+def test_prefix_and_latency_scorers():
+    x = ScoringInput([facts("a", prefix_blocks=8, uncached_tokens=100, backlog_tokens=0),
+                      facts("b", prefix_blocks=0, uncached_tokens=900, backlog_tokens=0),
+                      facts("c", prefix_blocks=0, uncached_tokens=900, backlog_tokens=4000)], 5000)
+    assert SCORERS["prefix-cache"](x) == [0.8, 0.0, 0.0]
+    latency = SCORERS["predicted-latency"](x)
+    assert latency[0] == 1.0 and latency[0] > latency[1] > latency[2]
+    assert all(0 < s <= 1 for s in latency)
+
+
+def test_policy_weights_override_the_profile():
+    assert profile_for(SchedulingConfig("gie-default")).weights == (("queue", 2.0), ("kv-cache", 2.0),
+                                                                   ("prefix-cache", 3.0))
+    tuned = profile_for(SchedulingConfig("gie-default", weights=(("queue", 0.0), ("prefix-cache", 5.0))))
+    assert tuned.weights == (("kv-cache", 2.0), ("prefix-cache", 5.0))
+
+
+@pytest.mark.parametrize("profile", ["least-request", "round-robin", "switchpoint"])
+def test_equal_requests_spread_evenly(profile):
     ledger = InflightLedger()
-    sched = LeastInflightScheduler(ledger)
-    p = pool("a", Replica("h:1"), Replica("h:2"), Replica("h:3"))
+    sched = Scheduler(ledger, clock=Clock())
+    c = cand(pool("a", Replica("h:1"), Replica("h:2"), Replica("h:3")), profile)
     for i in range(30):
-        ledger.admit(entry(str(i), sched.place(p).replica.address, started=1e9))
+        r = req(f"question number {i}")
+        placement = sched.place(c, r)
+        ledger.admit(entry(str(i), placement.replica.address, started=1e9))
+        sched.commit(c, placement)
     assert Counter(ledger.loads().values()) == Counter({10: 3})
 
 
-def test_the_least_loaded_replica_wins_over_rotation():
-    ledger = InflightLedger()
-    sched = LeastInflightScheduler(ledger)
-    for i in range(3):
-        ledger.admit(entry(f"x{i}", "h:1", started=1e9))
-    p = pool("a", Replica("h:1"), Replica("h:2"))
-    assert {sched.place(p).replica.address for _ in range(5)} == {"h:2"}
+def test_switchpoint_sends_a_long_prompt_away_from_a_replica_still_prefilling():
+    clock = Clock()
+    sched = Scheduler(InflightLedger(), clock=clock)
+    c = cand(pool("a", Replica("h:1"), Replica("h:2")))
+    long_doc = "lorem ipsum dolor sit amet " * 2000  # ~13k tokens
+    first = sched.place(c, req(long_doc + "A"))
+    sched.commit(c, first)
+    second = sched.place(c, req(long_doc.replace("lorem", "other") + "B"))
+    assert second.replica != first.replica
+    clock.now += 10  # the first replica's backlog has drained
+    assert sched.backlog.tokens(first.replica.address, clock.now, 5000) == 0
 
 
-def test_disaggregated_pools_get_a_decode_destination_and_a_prefill_replica():
-    sched = LeastInflightScheduler(InflightLedger())
+def test_switchpoint_returns_a_shared_prefix_to_the_replica_that_has_it():
+    clock = Clock()
+    sched = Scheduler(InflightLedger(), clock=clock)
+    c = cand(pool("a", Replica("h:1"), Replica("h:2"), Replica("h:3")))
+    system = "You are a meticulous assistant for the ACME support team. " * 120
+    first = sched.place(c, req("first question", system=system))
+    sched.commit(c, first)
+    clock.now += 5
+    again = sched.place(c, req("a different question", system=system))
+    assert again.replica == first.replica and again.uncached_tokens < 50
+
+
+def test_gie_default_herds_on_stale_metrics_where_switchpoint_does_not():
+    """Within one scrape interval GIE's scores do not change, so a burst lands on one replica."""
+    clock = Clock()
+    fleet = FleetState()
+    p = pool("a", Replica("h:1"), Replica("h:2"), Replica("h:3"), metrics=True)
+    for i, (waiting, kv) in enumerate([(0, 0.1), (1, 0.3), (2, 0.5)]):
+        fleet.observe(f"h:{i + 1}", clock.now, waiting, 4, kv)
+    picks = {}
+    for profile in ("gie-default", "switchpoint"):
+        ledger = InflightLedger()
+        sched = Scheduler(ledger, fleet, clock=clock)
+        c = cand(p, profile)
+        chosen = []
+        for i in range(6):
+            placement = sched.place(c, req(f"burst request {i} " + "x" * 2000))
+            ledger.admit(entry(f"{profile}{i}", placement.replica.address, started=1e9))
+            sched.commit(c, placement)
+            chosen.append(placement.replica.address)
+        picks[profile] = Counter(chosen)
+    assert picks["gie-default"] == Counter({"h:1": 6})
+    assert len(picks["switchpoint"]) == 3
+
+
+def test_disaggregate_only_when_enough_of_the_prompt_is_uncached():
+    clock = Clock()
+    sched = Scheduler(InflightLedger(), clock=clock)
     p = pool("pd", Replica("p:1", Role.PREFILL), Replica("d:1", Role.DECODE), Replica("d:2", Role.DECODE))
-    placement = sched.place(p)
-    assert placement.replica.address.startswith("d:") and placement.prefill.address == "p:1"
-    assert {placement.replica.address, *(r.address for r in placement.alternatives)} == {"d:1", "d:2"}
+    c = cand(p, min_uncached_tokens=256)
+    long_prompt = "the quick brown fox jumps over the lazy dog " * 200
+    first = sched.place(c, req(long_prompt))
+    assert first.replica.role is Role.DECODE and first.prefill.address == "p:1"
+    sched.commit(c, first)
+    clock.now += 5
+    short = sched.place(c, req("hi"))
+    assert short.prefill is None  # a short prompt is prefilled where it decodes
+    repeat = sched.place(c, req(long_prompt))
+    assert repeat.replica == first.replica and repeat.prefill is None  # now cached on the decode replica
 
 
 def test_a_pool_of_only_prefill_replicas_cannot_serve():
-    sched = LeastInflightScheduler(InflightLedger())
+    sched = Scheduler(InflightLedger())
     p = pool("pre", Replica("p:1", Role.PREFILL))
-    assert sched.place(p) is None
+    assert sched.place(cand(p), req("hi")) is None
     with pytest.raises(RouteError) as caught:
-        select_static(Decision("d", 1, None, (Candidate(p, "m"),)), 10, sched)
+        select_static(Decision("d", 1, None, (cand(p),)), req("hi"), sched)
     assert caught.value.code == grpc.StatusCode.UNAVAILABLE and "pool(s) 'pre'" in caught.value.message
 
 
+def test_failing_replicas_leave_rotation_and_come_back():
+    clock = Clock()
+    fleet = FleetState()
+    p = pool("a", Replica("h:1"), Replica("h:2"), metrics=True)
+    sched = Scheduler(InflightLedger(), fleet, clock=clock)
+    for _ in range(3):
+        fleet.failed("h:1")
+    assert {sched.place(cand(p), req(f"q{i}")).replica.address for i in range(10)} == {"h:2"}
+    fleet.observe("h:1", clock.now, 0, 0, 0.0)
+    assert "h:1" in {sched.place(cand(p, "round-robin"), req(f"q{i}")).replica.address for i in range(4)}
+    assert fleet.fresh(p, Replica("h:1"), clock.now + 3) is None  # stale after 2 s
+
+
 def test_selection_skips_pools_too_small_and_orders_fallbacks():
-    sched = LeastInflightScheduler(InflightLedger())
-    small = pool("small", Replica("s:1"), context=1000)
+    sched = Scheduler(InflightLedger())
+    small = pool("small", Replica("s:1"), context=10)
     big = pool("big", Replica("b:1"), Replica("b:2"), context=100_000)
     other = pool("other", Replica("o:1"), context=100_000)
-    decision = Decision("d", 1, None, (Candidate(small, "m"), Candidate(big, "m"), Candidate(other, "m")))
-    sel = select_static(decision, 5000, sched)
+    decision = Decision("d", 1, None, (cand(small), cand(big), cand(other)))
+    sel = select_static(decision, req("hello " * 20), sched)
     assert sel.candidate.pool.name == "big"
     assert [f.candidate.pool.name for f in sel.fallbacks] == ["big", "other"]
-    assert "context 1000 < 5000" in sel.skipped[0]
+    assert "context 10 <" in sel.skipped[0]
 
 
 def test_a_request_larger_than_every_pool_is_invalid():
-    sched = LeastInflightScheduler(InflightLedger())
-    decision = Decision("d", 1, None, (Candidate(pool("small", Replica("s:1"), context=1000), "m"),))
+    sched = Scheduler(InflightLedger())
+    decision = Decision("d", 1, None, (cand(pool("small", Replica("s:1"), context=10)),))
     with pytest.raises(RouteError) as caught:
-        select_static(decision, 5000, sched)
-    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT and "about 5000 tokens" in caught.value.message
+        select_static(decision, req("hello " * 20), sched)
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT and "has no pool that large" in caught.value.message
 
 
 def test_ledger_settles_counts_prefill_and_expires():

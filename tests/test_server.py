@@ -16,7 +16,8 @@ from .conftest import ThreadedRouter, chat
 
 
 def test_route_returns_pool_model_replica_headers_and_signals(router):
-    d = router.stub.Route(chat("Please refactor this Python function so that it stops leaking memory"), timeout=5)
+    code = "Please refactor this Python function so that it stops leaking memory:\n" + "def f(x): return x\n" * 100
+    d = router.stub.Route(chat(code), timeout=5)
     assert (d.policy, d.decision, d.pool, d.model) == ("default/auto", "coding", "large-reasoning",
                                                        "Qwen/Qwen2.5-72B-Instruct")
     assert d.replica in ("127.0.0.1:8202", "127.0.0.1:8203") and d.prefill_replica == "127.0.0.1:8201"
@@ -31,6 +32,12 @@ def test_aggregated_pool_has_no_prefill_replica(router):
     d = router.stub.Route(chat("hello there, how are you today?"), timeout=5)
     assert d.decision == "default" and d.pool == "small-chat" and d.prefill_replica == ""
     assert "x-prefiller-host-port" not in d.headers
+
+
+def test_a_short_prompt_in_a_disaggregated_pool_is_prefilled_where_it_decodes(router):
+    d = router.stub.Route(chat("Please refactor this Python function"), timeout=5)
+    assert d.pool == "large-reasoning" and d.replica in ("127.0.0.1:8202", "127.0.0.1:8203")
+    assert d.prefill_replica == "" and "x-prefiller-host-port" not in d.headers
 
 
 def test_a_served_model_name_routes_directly(router):

@@ -31,7 +31,8 @@ def traced() -> Iterator[tuple[ThreadedRouter, InMemorySpanExporter]]:
 
 def test_route_has_a_root_span_and_one_child_per_stage(traced):
     router, exporter = traced
-    d = router.stub.Route(chat("Prove the theorem that there are infinitely many primes, step by step"), timeout=5)
+    proof = "Prove the theorem that there are infinitely many primes, step by step. " * 30
+    d = router.stub.Route(chat(proof), timeout=5)
     spans = exporter.get_finished_spans()
     [root] = [s for s in spans if s.name == "switchpoint.route"]
     children = [s for s in spans if s.parent is not None and s.parent.span_id == root.context.span_id]

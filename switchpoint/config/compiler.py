@@ -27,6 +27,7 @@ from switchpoint.config.model import (
     Decision,
     KeywordSignal,
     MetadataSignal,
+    MetricsConfig,
     NotRule,
     PodSelector,
     Policy,
@@ -37,6 +38,7 @@ from switchpoint.config.model import (
     Role,
     RouterConfig,
     Rule,
+    SchedulingConfig,
     Signal,
     SignalRule,
     TenantSignal,
@@ -128,6 +130,18 @@ def _pool(m: Manifest, spec: dict[str, Any]) -> Pool:
             role_label=replicas["roleLabel"],
         )
     price = spec["pricing"]
+    metrics = None
+    if "metrics" in spec:
+        raw = spec["metrics"]
+        names = raw.get("names") or {}
+        defaults = MetricsConfig()
+        metrics = MetricsConfig(
+            path=raw["path"], port=raw.get("port"), interval_ms=raw["intervalMs"], stale_after_ms=raw["staleAfterMs"],
+            failures_to_unready=raw["failuresToUnready"],
+            waiting=tuple(names.get("waiting") or defaults.waiting),
+            running=tuple(names.get("running") or defaults.running),
+            kv_usage=tuple(names.get("kvUsage") or defaults.kv_usage),
+        )
     return Pool(
         namespace=m.namespace,
         name=m.name,
@@ -137,6 +151,7 @@ def _pool(m: Manifest, spec: dict[str, Any]) -> Pool:
         pricing=Pricing(price["inputPerMillionTokens"], price["outputPerMillionTokens"], price["currency"]),
         static_replicas=tuple(Replica(r["address"], Role(r["role"])) for r in replicas.get("static") or ()),
         selector=selector,
+        metrics=metrics,
     )
 
 
@@ -192,6 +207,7 @@ class _Reporter:
     def policy(self, spec: dict[str, Any], pools: dict[str, Pool]) -> Policy | None:
         signals = tuple(s for i, raw in enumerate(spec.get("signals") or ()) if (s := self.signal(raw, i)))
         names = {raw["name"] for raw in spec.get("signals") or ()}
+        self.scheduling = self.scheduling_configs(spec.get("scheduling") or (), pools)
         decisions = []
         for i, raw in enumerate(spec.get("decisions") or ()):
             rule = self.rule(raw["when"], ("decisions", i, "when"), names)
@@ -288,8 +304,23 @@ class _Reporter:
                 self.fail((*path, i, "model"), f"pool '{name}' does not serve model '{model}' "
                                                f"(it serves: {', '.join(pool.models)})")
                 continue
-            out.append(Candidate(pool, model))
+            out.append(Candidate(pool, model, self.scheduling.get(name, SchedulingConfig())))
         return tuple(out)
+
+    def scheduling_configs(self, raw: list[dict], pools: dict[str, Pool]) -> dict[str, SchedulingConfig]:
+        configs = {}
+        for i, entry in enumerate(raw):
+            if f"{self.m.namespace}/{entry['pool']}" not in pools:
+                known = [p.name for p in pools.values() if p.namespace == self.m.namespace]
+                self.dangling(("scheduling", i, "pool"), "ModelPool", entry["pool"], known)
+                continue
+            configs[entry["pool"]] = SchedulingConfig(
+                profile=entry["profile"],
+                weights=tuple((s["name"], float(s["weight"])) for s in entry.get("scorers") or ()),
+                min_uncached_tokens=entry["disaggregation"]["minUncachedTokens"],
+                prefill_tokens_per_second=float(entry["prefillTokensPerSecond"]),
+            )
+        return configs
 
     # -- Budget ----------------------------------------------------------------------------------
 

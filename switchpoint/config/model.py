@@ -52,6 +52,20 @@ class PodSelector:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """How the router scrapes a pool's replicas (Prometheus text format)."""
+
+    path: str = "/metrics"
+    port: int | None = None  # default: the replica's serving port
+    interval_ms: int = 100
+    stale_after_ms: int = 2000
+    failures_to_unready: int = 3
+    waiting: tuple[str, ...] = ("vllm:num_requests_waiting",)
+    running: tuple[str, ...] = ("vllm:num_requests_running",)
+    kv_usage: tuple[str, ...] = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
+
+
+@dataclass(frozen=True)
 class Pool:
     namespace: str
     name: str
@@ -61,6 +75,7 @@ class Pool:
     pricing: Pricing
     static_replicas: tuple[Replica, ...] = ()
     selector: PodSelector | None = None
+    metrics: MetricsConfig | None = None  # None: not scraped; the router relies on its own accounting
 
     @property
     def key(self) -> str:
@@ -148,12 +163,28 @@ class NotRule:
 Rule = SignalRule | AllRule | AnyRule | NotRule
 
 
+SCORERS = ("predicted-latency", "decode-interference", "prefix-cache", "queue", "kv-cache", "least-request",
+           "inflight-tokens")
+PROFILES = ("switchpoint", "gie-default", "least-request", "round-robin", "random")
+
+
+@dataclass(frozen=True)
+class SchedulingConfig:
+    """How replicas of one pool are chosen, set per pool in a RoutingPolicy."""
+
+    profile: str = "switchpoint"
+    weights: tuple[tuple[str, float], ...] = ()  # overrides of the profile's scorer weights
+    min_uncached_tokens: int = 256  # disaggregate only when this many prompt tokens are not cached
+    prefill_tokens_per_second: float = 5000.0  # one replica's prefill rate, for predicted latency
+
+
 @dataclass(frozen=True)
 class Candidate:
     """A pool a decision may send to, with the upstream model name to use there."""
 
     pool: Pool
     model: str
+    scheduling: SchedulingConfig = SchedulingConfig()
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,42 @@
+"""Named scheduling profiles: weighted scorers plus a picker.
+
+- switchpoint: predicted TTFT from the router's own prefill backlog and prefix affinity
+  (one unit, time), with lighter terms for decode interference and KV-cache pressure.
+- gie-default: the Gateway API Inference Extension's default (v1.5.0 Helm) profile:
+  queue 2, kv-cache 2, prefix-cache 3, max-score picker with random ties.
+- least-request: the router's own in-flight counts (llm-d's active-request scorer).
+- round-robin, random: the classic baselines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from switchpoint.config.model import SchedulingConfig
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    weights: tuple[tuple[str, float], ...]
+    picker: str = "max-score"  # or round-robin, random
+
+
+PROFILES = {
+    "switchpoint": Profile("switchpoint", (("predicted-latency", 4.0), ("decode-interference", 1.0),
+                                           ("kv-cache", 1.0))),
+    "gie-default": Profile("gie-default", (("queue", 2.0), ("kv-cache", 2.0), ("prefix-cache", 3.0))),
+    "least-request": Profile("least-request", (("least-request", 1.0),)),
+    "round-robin": Profile("round-robin", (), picker="round-robin"),
+    "random": Profile("random", (), picker="random"),
+}
+
+
+def profile_for(config: SchedulingConfig) -> Profile:
+    """The named profile with the policy's weight overrides applied (weight 0 drops a scorer)."""
+    base = PROFILES[config.profile]
+    if not config.weights:
+        return base
+    weights = dict(base.weights)
+    weights.update(config.weights)
+    return Profile(base.name, tuple((n, w) for n, w in weights.items() if w > 0), base.picker)
