@@ -1,0 +1,65 @@
+"""`switchpoint operator`: run the kopf operator."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+
+import kopf
+
+from switchpoint.operator.handlers import register
+from switchpoint.operator.kube import KubeApi, find_connection
+from switchpoint.operator.reconciler import Reconciler
+from switchpoint.operator.settings import load_settings
+
+log = logging.getLogger("switchpoint.operator")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--namespace", action="append", default=[], metavar="NS",
+                        help="watch only this namespace (repeatable); default: the whole cluster")
+    parser.add_argument("--router-settings", default=os.environ.get("SWITCHPOINT_ROUTER_SETTINGS"), metavar="FILE",
+                        help="YAML with the router image, replicas, resources, Redis, OTLP (the chart renders it)")
+    parser.add_argument("--server", default=None, metavar="URL",
+                        help="API server URL without auth (e.g. kubectl proxy); default: in-cluster, then kubeconfig")
+    parser.add_argument("--context", default=None, help="kubeconfig context")
+    parser.add_argument("--no-nudge", dest="nudge", action="store_false",
+                        help="do not annotate router pods after a config change (then the kubelet refreshes their "
+                             "ConfigMap volume at its next sync, up to about a minute; needs no 'patch pods')")
+    parser.add_argument("--resync-seconds", type=float, default=60.0, help="full re-check of every namespace")
+    parser.add_argument("--debounce-seconds", type=float, default=0.2,
+                        help="how long a burst of watch events is coalesced into one pass")
+    parser.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", metavar="URL",
+                        help="kopf liveness endpoint ('' to disable)")
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # one line per watch event is noise
+    return asyncio.run(_main(args))
+
+
+async def _main(args: argparse.Namespace) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    return await serve(args, stop)
+
+
+async def serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
+    """Run until `stop` is set."""
+    connection = find_connection(args.server, args.context)
+    api = KubeApi(connection)
+    reconciler = Reconciler(api, load_settings(args.router_settings), nudge=args.nudge, resync_s=args.resync_seconds,
+                            debounce_s=args.debounce_seconds)
+    registry = kopf.OperatorRegistry()
+    register(registry, reconciler, connection)
+    log.info("switchpoint operator: API %s, namespaces %s", connection.server, ", ".join(args.namespace) or "all")
+    await kopf.operator(registry=registry, standalone=True, clusterwide=not args.namespace,
+                        namespaces=args.namespace, liveness_endpoint=args.liveness or None, stop_flag=stop)
+    return 0
