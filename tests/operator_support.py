@@ -27,7 +27,10 @@ from switchpoint.operator.kube import CUSTOM, OWNED, PODS, Resource
 BACKBONE = [("v1/namespaces", "Namespace", False), ("v1/events", "Event", True),
             ("apiextensions.k8s.io/v1/customresourcedefinitions", "CustomResourceDefinition", False)]
 VERBS = {"list", "watch", "get", "patch", "create", "delete"}
-CRDS = Path(__file__).resolve().parent.parent / "crds"
+ROOT = Path(__file__).resolve().parent.parent
+CRDS = ROOT / "crds"
+EXAMPLES = ROOT / "deploy" / "examples"
+LARGE = {"switchpoint.dev/example-pool": "large-reasoning"}
 
 
 def key(resource: Resource) -> str:
@@ -51,9 +54,9 @@ class Cluster:
             self.emulator.resources[name] = kmock.ResourceInfo(kind=kind, namespaced=namespaced, verbs=VERBS)
         for resource in (PODS, *OWNED):
             self.declare(resource)
+        self.session = aiohttp.ClientSession()
         if self.with_crds:
             await self.install_crds()
-        self.session = aiohttp.ClientSession()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -184,3 +187,18 @@ def condition(obj: dict[str, Any] | None, kind: str) -> dict[str, Any]:
         if entry["type"] == kind:
             return entry
     return {}
+
+
+async def apply_examples(cluster: Cluster) -> dict[str, Any]:
+    policy: dict[str, Any] = {}
+    for path in (EXAMPLES / "cluster" / "pools.yaml", EXAMPLES / "policy.yaml", EXAMPLES / "budgets.yaml"):
+        for doc in load(path):
+            created = await cluster.apply(doc)
+            if doc["kind"] == "RoutingPolicy":
+                policy = created
+    for pod in (model_pod("small-1", "10.0.0.1", {"switchpoint.dev/example-pool": "small-chat"}),
+                model_pod("large-p", "10.0.1.1", {**LARGE, "llm-d.ai/role": "prefill"}),
+                model_pod("large-d", "10.0.1.2", {**LARGE, "llm-d.ai/role": "decode"}),
+                model_pod("large-x", "10.0.1.3", {**LARGE, "llm-d.ai/role": "decode"}, ready=False)):
+        await cluster.apply(pod)
+    return policy
