@@ -17,6 +17,7 @@ class Observed:
     pods: list[Body] = field(default_factory=list)  # model-server pods, when a pool selects pods
     router_pods: list[Body] = field(default_factory=list)
     managed: list[Body] = field(default_factory=list)  # router objects owned by RoutingPolicies
+    spend: dict[str, Any] = field(default_factory=dict)  # budget "ns/name" -> spend.Spend, from the routers
 
     def owned_by(self, policy: str) -> list[Body]:
         return [obj for obj in self.managed if owner_name(obj) == policy]

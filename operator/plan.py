@@ -32,6 +32,7 @@ from switchpoint.operator.labels import (
 from switchpoint.operator.objects import router_objects
 from switchpoint.operator.observed import Body, Observed, owner_name
 from switchpoint.operator.settings import RouterSettings, for_policy
+from switchpoint.operator.spend import format_amount
 
 SOURCE = "cluster"
 REF_FIELD = re.compile(r"(\.pools\[\d+\]\.(pool|model)|^spec\.policy|^spec\.scope\.name"
@@ -342,6 +343,12 @@ class _Planner:
                       Condition(ACCEPTED, True, "Accepted", "valid")]
         conditions.append(Condition(RESOLVED_REFS, False, _ref_reason(refs), describe(refs)) if refs else
                           Condition(RESOLVED_REFS, True, "ResolvedRefs", "every reference resolves"))
+        fields: dict[str, Any] = {}
+        spend = self.o.spend.get(f"{self.o.namespace}/{body['metadata']['name']}")
+        if spend is not None:
+            fields = {"spent": format_amount(spend.spent), "remaining": format_amount(spend.remaining)}
+            if spend.window_ends:
+                fields["windowEnds"] = spend.window_ends
         enforcers = self.enforced_by.get(body["metadata"]["name"], [])
         if enforcers:
             conditions.append(Condition(READY, True, "Enforced",
@@ -349,7 +356,7 @@ class _Planner:
         else:
             conditions.append(Condition(READY, False, "NotEnforced",
                                         "no accepted RoutingPolicy in this namespace applies this budget"))
-        self.status(body, {}, conditions)
+        self.status(body, fields, conditions)
 
     # -- common ----------------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from switchpoint.operator.labels import MANAGED_BY, MANAGER, NAME, ROUTER_APP
 from switchpoint.operator.observed import Observed, needs_pods, owner_name
 from switchpoint.operator.plan import plan_namespace
 from switchpoint.operator.settings import RouterSettings
+from switchpoint.operator.spend import RouterAddress, namespace_spend, service_address
 
 log = logging.getLogger("switchpoint.operator")
 
@@ -29,7 +30,7 @@ TRANSIENT = (ApiError, aiohttp.ClientError, OSError, asyncio.TimeoutError)
 NUDGE_DELAY_S = 1.0  # after a ConfigMap write, look again this soon to nudge the router pods
 
 
-async def observe(api: KubeApi, namespace: str) -> Observed:
+async def observe(api: KubeApi, namespace: str, address: RouterAddress = service_address) -> Observed:
     pools, policies, budgets = await asyncio.gather(*(api.list(r, namespace) for r in (POOLS, POLICIES, BUDGETS)))
     managed_lists = await asyncio.gather(*(api.list(r, namespace, f"{MANAGED_BY}={MANAGER}") for r in OWNED))
     managed = [obj for items in managed_lists for obj in items
@@ -37,13 +38,17 @@ async def observe(api: KubeApi, namespace: str) -> Observed:
     pods = await api.list(PODS, namespace) if needs_pods(pools) else []
     router_pods = [p for p in await api.list(PODS, namespace, f"{NAME}={ROUTER_APP}")
                    if ((p.get("metadata") or {}).get("labels") or {}).get(NAME) == ROUTER_APP]
-    return Observed(namespace, pools, policies, budgets, pods, router_pods, managed)
+    serving = [owner_name(d) or "" for d in managed
+               if d["kind"] == "Deployment" and int((d.get("status") or {}).get("readyReplicas") or 0) > 0]
+    spend = await namespace_spend(namespace, sorted(serving), address) if budgets and serving else {}
+    return Observed(namespace, pools, policies, budgets, pods, router_pods, managed, spend)
 
 
 class Reconciler:
     def __init__(self, api: KubeApi, defaults: RouterSettings, nudge: bool = True, debounce_s: float = 0.2,
-                 resync_s: float = 60.0, max_backoff_s: float = 30.0):
+                 resync_s: float = 60.0, max_backoff_s: float = 30.0, router_address: RouterAddress = service_address):
         self.api = api
+        self.router_address = router_address
         self.defaults = defaults
         self.nudge = nudge
         self.debounce_s = debounce_s
@@ -95,7 +100,7 @@ class Reconciler:
     async def reconcile(self, namespace: str) -> Applied | None:
         """One pass over a namespace; None if it failed (and is scheduled again)."""
         try:
-            observed = await observe(self.api, namespace)
+            observed = await observe(self.api, namespace, self.router_address)
             plan = plan_namespace(observed, self.defaults, now(), self.nudge)
             applied = await apply_plan(self.api, plan, observed)
         except TRANSIENT as exc:

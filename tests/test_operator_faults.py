@@ -54,3 +54,15 @@ async def unreachable_then_back(error: Exception) -> None:
         finally:
             await reconciler.stop()
             await api.close()
+
+
+def test_command_line() -> None:
+    """The flags `switchpoint operator` takes (wired into the CLI by switchpoint/cli.py)."""
+    import argparse
+
+    from switchpoint.operator.command import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--namespace", "a", "--namespace", "b", "--no-nudge", "--router-settings", "x.yaml"])
+    assert (args.namespace, args.nudge, args.router_settings, args.resync_seconds) == (["a", "b"], False, "x.yaml", 60)
