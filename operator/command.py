@@ -1,4 +1,8 @@
-"""`switchpoint operator`: run the kopf operator."""
+"""`switchpoint operator`: run the kopf operator.
+
+Only the standard library is imported at module level, so that wiring these flags into
+the `switchpoint` CLI costs nothing to commands that do not run the operator.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +12,6 @@ import contextlib
 import logging
 import os
 import signal
-
-import kopf
-
-from switchpoint.operator.handlers import register
-from switchpoint.operator.kube import KubeApi, find_connection
-from switchpoint.operator.reconciler import Reconciler
-from switchpoint.operator.settings import load_settings
 
 log = logging.getLogger("switchpoint.operator")
 
@@ -53,6 +50,13 @@ async def _main(args: argparse.Namespace) -> int:
 
 async def serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
     """Run until `stop` is set."""
+    import kopf
+
+    from switchpoint.operator.handlers import register
+    from switchpoint.operator.kube import KubeApi, find_connection
+    from switchpoint.operator.reconciler import Reconciler
+    from switchpoint.operator.settings import load_settings
+
     connection = find_connection(args.server, args.context)
     api = KubeApi(connection)
     reconciler = Reconciler(api, load_settings(args.router_settings), nudge=args.nudge, resync_s=args.resync_seconds,
