@@ -99,6 +99,13 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--latency-calls", type=int, default=2000, help="sequential calls for the latency phase")
     b.add_argument("--concurrency", type=int, default=32, help="calls in flight during the throughput phase")
     b.add_argument("--json", action="store_true", help="print one JSON object")
+    b = bench.add_parser("scheduling", help="endpoint-picking policies on a simulated fleet, in virtual time")
+    b.set_defaults(run=_bench_scheduling)
+    b.add_argument("--quick", action="store_true", help="fewer rates and shorter runs (under a minute)")
+    b.add_argument("--workloads", nargs="+", choices=["chat", "mixed", "bursty"], help="default: all")
+    b.add_argument("--plot", default="bench-results/scheduling-ttft-p99.png", help="where to write the PNG")
+    b.add_argument("--no-plot", action="store_true")
+    b.add_argument("--json", action="store_true", help="print one JSON object")
     b = bench.add_parser("budgets", help="Route with two budgets in Redis against Route without; overspend")
     b.set_defaults(run=_bench_budgets)
     config_arg(b, [DEFAULT_CONFIG])
@@ -220,6 +227,12 @@ def _budget_status(args: argparse.Namespace) -> int:
 
 def _bench_router(args: argparse.Namespace) -> int:
     from switchpoint.bench.router import run
+
+    return run(args)
+
+
+def _bench_scheduling(args: argparse.Namespace) -> int:
+    from switchpoint.bench.scheduling import run
 
     return run(args)
 

@@ -90,3 +90,19 @@ def test_budget_status_reads_a_running_router(tmp_path: Path):
     assert out.returncode == 0, out.stderr
     assert "default/acme-daily-tokens" in out.stdout and "default/per-tenant-monthly-spend/acme" in out.stdout
     assert "5,000,000" in out.stdout
+
+
+def test_bench_scheduling_quick_prints_the_documented_json(tmp_path: Path):
+    plot = tmp_path / "ttft.png"
+    out = switchpoint("bench", "scheduling", "--quick", "--workloads", "mixed", "--json", "--plot", str(plot))
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    by_rate = result["workloads"]["mixed"]
+    assert set(by_rate) == {"2", "3", "4", "5"}
+    for by_policy in by_rate.values():
+        assert set(by_policy) == {"round_robin", "random", "least_request", "gie_default", "switchpoint"}
+        for stats in by_policy.values():
+            assert set(stats) == {"ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p99_ms", "throughput_tok_s",
+                                  "slo_attainment"}
+            assert stats["ttft_p50_ms"] <= stats["ttft_p99_ms"] and 0 <= stats["slo_attainment"] <= 1
+    assert result["plot"] == str(plot) and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -9,11 +9,13 @@ prompt tokens (chunked prefill), and lasts
 
 so a long prefill stretches the inter-token latency of everything decoding beside it (the
 prefill/decode interference that disaggregation removes), and decode time grows with the
-running batch. At most `max_num_seqs` run; the rest wait. A request is admitted only when
-the KV cache has blocks for its prompt and output (`kv_blocks` blocks of `block_tokens`).
-Prompt blocks already in the prefix cache (chained block hashes, LRU over free blocks) are
-not prefilled again. A decode-role replica receiving a disaggregated request skips prefill
-and pays a KV-transfer delay instead.
+running batch. At most `max_num_seqs` run; the rest wait. KV-cache blocks (`kv_blocks` of
+`block_tokens`) are allocated as tokens are computed — a prefill chunk's blocks when the
+chunk is scheduled, a decode's when it crosses a block boundary — as vLLM V1 does, so
+`kv_cache_usage_perc` shows computed work, not work queued behind it. A request that
+cannot get its blocks waits for the next iteration. Prompt blocks already in the prefix
+cache (chained block hashes, LRU over free blocks) are not prefilled again. A decode-role
+replica receiving a disaggregated request skips prefill and pays a KV-transfer delay instead.
 
 Defaults model one H100 serving an 8B model, after llm-d-inference-sim's reference values
 (../shared/ANCHORS.md): a 256-token prompt alone gives TTFT = 10 + 256 x 0.2 = 61 ms
@@ -166,9 +168,9 @@ class Engine:
         plan: list[tuple[EngineRequest, int]] = []
         decoding = 0
         for req in self.running:
-            if req.ready_at > now:
-                continue  # KV cache still in transfer
-            if req.in_prefill:
+            if req.ready_at > now or req.in_prefill:
+                continue  # KV cache still in transfer, or not yet prefilled
+            if not self._allocate(req, req.prefilled + req.generated + 1):
                 continue
             plan.append((req, 0))
             decoding += 1
@@ -176,6 +178,8 @@ class Engine:
         for req in self.running:
             if req.in_prefill and req.ready_at <= now and budget > 0:
                 chunk = min(budget, req.prompt_tokens - req.prefilled)
+                if not self._allocate(req, req.prefilled + chunk):
+                    continue
                 plan.append((req, chunk))
                 budget -= chunk
         if not plan:
@@ -224,20 +228,28 @@ class Engine:
                     return True
         return False
 
+    def _allocate(self, req: EngineRequest, tokens: int) -> bool:
+        """Hold blocks for `tokens` computed tokens of the request; False when the cache is full."""
+        need = math.ceil(tokens / self.config.block_tokens) - req.blocks_held
+        if need <= 0:
+            return True
+        free = self.config.kv_blocks - self.used_blocks
+        if need > free:
+            return False
+        self.cache.evict(max(0, len(self.cache) - (free - need)))  # cached blocks live in free space
+        self.used_blocks += need
+        req.blocks_held += need
+        return True
+
     def _admit(self, now: float) -> None:
         cfg = self.config
         while self.waiting and len(self.running) < cfg.max_num_seqs:
-            req = self.waiting[0]
-            need = math.ceil((req.prompt_tokens + req.output_tokens) / cfg.block_tokens)
-            free = cfg.kv_blocks - self.used_blocks
-            if need > free:
-                break  # head-of-line: wait for blocks (no preemption in this model)
-            self.cache.evict(max(0, len(self.cache) - (free - need)))
-            self.waiting.popleft()
-            self.used_blocks += need
-            req.blocks_held = need
+            req = self.waiting.popleft()
             self.prefix_queries += 1
             if req.kv_transferred:
+                if not self._allocate(req, req.prompt_tokens):
+                    self.waiting.appendleft(req)
+                    break
                 req.prefilled = req.prompt_tokens
                 req.ready_at = now + cfg.kv_transfer_base_ms + cfg.kv_transfer_ms_per_token * req.prompt_tokens
                 self.cache.add(req.blocks)
@@ -248,6 +260,7 @@ class Engine:
                 # vLLM always recomputes at least the last token, so a full hit leaves one token to prefill
                 req.cached_tokens = min(hit * cfg.block_tokens, req.prompt_tokens - 1)
                 req.prefilled = req.cached_tokens
+                self._allocate(req, req.cached_tokens)  # cached blocks are shared, still referenced
             self.running.append(req)
 
     def _finish(self, req: EngineRequest, now: float) -> None:
