@@ -16,7 +16,7 @@ from switchpoint.operator.objects import owner_reference
 from switchpoint.operator.observed import Observed
 from switchpoint.operator.plan import Plan, plan_namespace
 from switchpoint.operator.settings import RouterSettings, settings_from_dict
-from tests.conftest import EXAMPLES
+from tests.conftest import EXAMPLES, ThreadedRouter, chat
 from tests.operator_support import condition, load, model_pod
 
 CLUSTER = EXAMPLES / "cluster"
@@ -80,6 +80,17 @@ def test_accepted_policy_gets_router_objects_with_discovered_replicas(tmp_path: 
     for obj in plan.apply:
         assert obj["metadata"]["ownerReferences"] == [owner_reference(example()["policies"][0])]
         assert obj["metadata"]["ownerReferences"][0]["uid"] == "policy-auto"
+
+
+def test_a_real_router_routes_to_the_discovered_pods(tmp_path: Path) -> None:
+    config = desired(plan_for(example()), "ConfigMap", "auto-router-config")
+    assert config is not None
+    (tmp_path / CONFIG_FILE).write_text(config["data"][CONFIG_FILE])
+    with ThreadedRouter(config_paths=[tmp_path]) as router:
+        decision = router.stub.Route(chat("Refactor this Python class for me, please"), timeout=5)
+    # The only decode-capable pod of the pool (the prefill pod is offered for long prompts only).
+    assert (decision.pool, decision.replica) == ("large-reasoning", "10.0.1.2:8000")
+    assert [f.replica for f in decision.fallbacks] == ["10.0.0.1:8000"]  # small-chat's one ready pod
 
 
 def test_policy_conditions_and_pool_counts() -> None:
