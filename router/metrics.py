@@ -14,6 +14,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from switchpoint.router.scheduling.fleet import FleetState
+
 ROUTE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 disable_created_metrics()  # the *_created series double the series count for no routing value
 
@@ -21,7 +23,7 @@ REQUEST_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120
 
 
 class RouterMetrics:
-    def __init__(self, inflight: Callable[[], dict[str, int]]):
+    def __init__(self, inflight: Callable[[], dict[str, int]], fleet: FleetState):
         self.registry = CollectorRegistry()
         r = self.registry
         self.routes = Counter("switchpoint_route_requests", "Route calls answered with a decision",
@@ -54,6 +56,7 @@ class RouterMetrics:
                                        "Unix time the current window (Calendar) or slice (Rolling) ends",
                                        ["budget"], registry=r)
         r.register(_InflightCollector(inflight))
+        r.register(_FleetCollector(fleet))
         self._route_counters: dict[tuple[str, ...], Counter] = {}
         self._route_timers: dict[tuple[str, ...], Histogram] = {}
 
@@ -95,3 +98,30 @@ class _InflightCollector(Collector):
         for replica, count in sorted(self.loads().items()):
             family.add_metric([replica], count)
         yield family
+
+
+class _FleetCollector(Collector):
+    """What the scraper last saw of each replica (only replicas of pools that are scraped)."""
+
+    def __init__(self, fleet: FleetState):
+        self.fleet = fleet
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        families = {
+            "failures": GaugeMetricFamily("switchpoint_replica_scrape_failures",
+                                          "Consecutive failed scrapes (0 when the last one succeeded)",
+                                          labels=["replica"]),
+            "waiting": GaugeMetricFamily("switchpoint_replica_waiting", "Scraped requests waiting",
+                                         labels=["replica"]),
+            "running": GaugeMetricFamily("switchpoint_replica_running", "Scraped requests running",
+                                         labels=["replica"]),
+            "kv_usage": GaugeMetricFamily("switchpoint_replica_kv_cache_usage", "Scraped KV-cache use (0-1)",
+                                          labels=["replica"]),
+        }
+        for address, m in sorted(self.fleet.replicas.items()):
+            families["failures"].add_metric([address], m.failures)
+            for key in ("waiting", "running", "kv_usage"):
+                value = getattr(m, key)
+                if value is not None:
+                    families[key].add_metric([address], value)
+        yield from families.values()

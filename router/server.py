@@ -25,6 +25,7 @@ from switchpoint.router.reload import ConfigWatcher
 from switchpoint.router.request import RequestLimits
 from switchpoint.router.scheduling.fleet import FleetState
 from switchpoint.router.scheduling.scheduler import Scheduler
+from switchpoint.router.scheduling.scraper import Scraper
 from switchpoint.router.service import SERVICE_NAME, ConfigHolder, RouterService
 from switchpoint.router.telemetry import tracer_from
 
@@ -54,7 +55,8 @@ class RouterServer:
         self.limits = limits or RequestLimits()
         self.tracer_provider = tracer_provider
         self.ledger = InflightLedger(ttl_s=inflight_ttl_s)
-        self.metrics = RouterMetrics(self.ledger.loads)
+        self.fleet = FleetState()
+        self.metrics = RouterMetrics(self.ledger.loads, self.fleet)
         self.reload_interval = reload_interval
         self.redis_url = redis_url
         self.redis_timeout_s = redis_timeout_s
@@ -85,7 +87,6 @@ class RouterServer:
         # A reservation outlives the in-flight entry a little, so a Report that arrives in time always settles it.
         enforcer = BudgetEnforcer(self.budget_ledger, reservation_ttl_s=self.ledger.ttl_s + 60)
         self.budget_enforcer = enforcer
-        self.fleet = FleetState()
         self.scheduler = Scheduler(self.ledger, self.fleet)
         service = RouterService(self.holder, RoutePipeline(self.scheduler, tracer),
                                 self.ledger, self.metrics, tracer, self.limits, BudgetGate(enforcer, self.metrics))
@@ -116,7 +117,9 @@ class RouterServer:
                                                       registry=self.metrics.registry)
             self.metrics_port = self._metrics_http.server_port
         watcher = ConfigWatcher(self.config_paths, self._apply, self._refused, self.reload_interval)
-        self._tasks = [asyncio.create_task(watcher.run()), asyncio.create_task(self._sweep())]
+        scraper = Scraper(lambda: self.config, self.fleet)
+        self._tasks = [asyncio.create_task(watcher.run()), asyncio.create_task(self._sweep()),
+                       asyncio.create_task(scraper.run())]
         log.info("router serving %d policies, %d pools on %s:%d (config %s)", len(config.policies),
                  len(config.pools), self.host, self.port, config.digest)
         return self.port

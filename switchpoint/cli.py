@@ -79,6 +79,19 @@ def _parser() -> argparse.ArgumentParser:
     p = command("check", _check, "Compile CR manifests and report every problem")
     config_arg(p)
 
+    from switchpoint.operator import command as operator_command
+
+    p = command("operator", operator_command.run,
+                "Run the Kubernetes operator: CRs -> router Deployments, config and status")
+    operator_command.add_arguments(p)
+
+    p = command("sim", _sim, "Run simulated model-server replicas (OpenAI API, vLLM metrics) on 127.0.0.1")
+    p.add_argument("--fleet", type=Path, help="fleet description (JSON or YAML): {replicas: [{port, model, role}]}")
+    p.add_argument("--replicas", type=int, default=2, help="without --fleet: this many replicas")
+    p.add_argument("--base-port", type=int, default=8101, help="without --fleet: ports from here")
+    p.add_argument("--model", default="meta-llama/Llama-3.1-8B-Instruct", help="without --fleet: the model name")
+    p.add_argument("--role", default="both", choices=["both", "prefill", "decode"])
+
     p = command("demo", _demo, "Start a local router on the example policy and route sample prompts")
     config_arg(p, [DEFAULT_CONFIG])
 
@@ -183,6 +196,19 @@ def _check(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     print(f"ok: {len(config.pools)} pools, {len(config.policies)} policies, {len(config.budgets)} budgets, "
           f"aliases {', '.join(sorted(config.aliases)) or '-'} (digest {config.digest})")
+    return 0
+
+
+def _sim(args: argparse.Namespace) -> int:
+    from switchpoint.sim.fleet import ReplicaSpec, load_fleet, serve_fleet
+
+    try:
+        specs = load_fleet(args.fleet) if args.fleet else [
+            ReplicaSpec(args.base_port + i, args.model, args.role) for i in range(args.replicas)]
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"switchpoint sim: {exc}", file=sys.stderr)
+        return 2
+    asyncio.run(serve_fleet(specs))
     return 0
 
 

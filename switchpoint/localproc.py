@@ -83,3 +83,34 @@ class RouterProcess:
             self.proc.wait()
         if self.proc.stdout:
             self.proc.stdout.close()
+
+
+class SimProcess:
+    """`switchpoint sim --fleet FILE` on 127.0.0.1; stopped on exit."""
+
+    def __init__(self, fleet_file: Path, start_timeout_s: float = 30.0):
+        self.cmd = [sys.executable, "-m", "switchpoint.cli", "--log-level", "warning", "sim",
+                    "--fleet", str(fleet_file)]
+        self.start_timeout_s = start_timeout_s
+        self.proc: subprocess.Popen[str] | None = None
+
+    def __enter__(self) -> SimProcess:
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if "switchpoint sim:" not in line:
+            self.proc.kill()
+            raise RuntimeError(f"simulator did not start (exit {self.proc.wait()}): {line.strip() or 'no output'}")
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            if self.proc.stdout:
+                self.proc.stdout.close()
