@@ -92,8 +92,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="meta-llama/Llama-3.1-8B-Instruct", help="without --fleet: the model name")
     p.add_argument("--role", default="both", choices=["both", "prefill", "decode"])
 
-    p = command("demo", _demo, "Start a local router on the example policy and route sample prompts")
+    p = command("demo", _demo, "A simulated fleet, Redis and a router on the example policy: samples, a workload")
     config_arg(p, [DEFAULT_CONFIG])
+    p.add_argument("--duration", type=float, default=30.0, help="seconds of mixed workload")
+    p.add_argument("--rate", type=float, default=6.0, help="requests per second of the workload")
 
     p = command("budget", _bench_usage, "Budgets in force on a running router")
     budget = p.add_subparsers(dest="budget", required=True)
@@ -215,7 +217,7 @@ def _sim(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from switchpoint.demo import run_demo
 
-    return run_demo([Path(p) for p in args.config])
+    return run_demo([Path(p) for p in args.config], args.duration, args.rate)
 
 
 def _bench_usage(args: argparse.Namespace) -> int:

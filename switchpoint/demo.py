@@ -1,14 +1,28 @@
-"""`make demo`: a local router on the example policy, routing sample prompts over real gRPC."""
+"""`make demo`: a simulated fleet, Redis and a router on the example policy; sample prompts, a live workload."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import random
+import sys
+import tempfile
+import time
 import urllib.request
 from pathlib import Path
 
+import aiohttp
 import grpc
+import yaml
 
-from switchpoint.localproc import RouterProcess
-from switchpoint.localredis import RedisServer
+from switchpoint.bench.workloads import words
+from switchpoint.config.compiler import load_config
+from switchpoint.config.manifests import manifest_files
+from switchpoint.config.model import Pool
+from switchpoint.frontend import Served, serve
+from switchpoint.localproc import RouterProcess, SimProcess
+from switchpoint.localredis import RedisServer, free_port
 from switchpoint.v1 import router_pb2, router_pb2_grpc
 
 SAMPLES: list[tuple[str, dict]] = [
@@ -24,45 +38,162 @@ SAMPLES: list[tuple[str, dict]] = [
 ]
 
 
-def run_demo(config: list[Path]) -> int:
-    with RedisServer() as redis, RouterProcess(config, extra=["--redis", redis.url]) as router:
-        print(f"router in local mode on {router.address}, config {' '.join(map(str, config))}, "
-              f"budgets in Redis at {redis.url}\n")
-        header = f"{'#':>2}  {'prompt':<42} {'signals fired':<30} {'decision':<15} {'pool':<16} replica (prefill)"
-        print(header)
-        print("-" * len(header))
+def run_demo(config: list[Path], duration: float = 30.0, rate: float = 6.0) -> int:
+    """The fleet demo: simulated replicas for every static endpoint of the example pools, Redis, a router,
+    the sample prompts, then a mixed workload through the reference frontend, and a summary."""
+    with tempfile.TemporaryDirectory(prefix="switchpoint-demo-") as tmp, contextlib.ExitStack() as stack:
+        fleet_file, config_dir, pools = _simulated_fleet(config, Path(tmp))
+        stack.enter_context(SimProcess(fleet_file))
+        redis = stack.enter_context(RedisServer())
+        router = stack.enter_context(RouterProcess([config_dir], extra=["--redis", redis.url]))
+        replicas = sum(len(p.static_replicas) for p in pools.values())
+        print(f"{replicas} simulated replicas (switchpoint sim), Redis at {redis.url}, router on {router.address}\n")
+        _route_samples(router.address)
+        print(f"\nmixed workload for {duration:g} s at ~{rate:g} requests/s through the reference frontend "
+              "(Route -> stream from the replica -> Report):")
+        served = asyncio.run(_drive(router.address, duration, rate))
+        _summarise(served, pools, duration)
         with grpc.insecure_channel(router.address) as channel:
-            stub = router_pb2_grpc.RouterStub(channel)
-            for i, (prompt, extra) in enumerate(SAMPLES, 1):
-                fields = {"model": "auto", **extra}
-                request = router_pb2.RouteRequest(messages=[router_pb2.ChatMessage(role="user", content=prompt)],
-                                                  **fields)
-                short = prompt.replace("\n", " ")
-                short = short[:39] + "..." if len(short) > 42 else short
-                try:
-                    d = stub.Route(request, timeout=5)
-                except grpc.RpcError as exc:
-                    print(f"{i:>2}  {short:<42} refused: {exc.code().name}: {exc.details()}")
-                    continue
-                replica = d.replica + (f" ({d.prefill_replica})" if d.prefill_replica else "")
-                print(f"{i:>2}  {short:<42} {','.join(d.signals) or '-':<30} {d.decision:<15} {d.pool:<16} {replica}")
-                stub.Report(router_pb2.ReportRequest(request_id=d.request_id, outcome=router_pb2.OUTCOME_SUCCESS),
-                            timeout=5)
-            try:
-                stub.Route(router_pb2.RouteRequest(model="no-such-model",
-                                                   messages=[router_pb2.ChatMessage(role="user", content="hi")]))
-            except grpc.RpcError as exc:
-                print(f"\nunknown alias -> {exc.code().name}: {exc.details()}")
-            _spend_the_trial_budget(stub)
+            _spend_the_trial_budget(router_pb2_grpc.RouterStub(channel))
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{router.metrics_port}/metrics", timeout=5).read().decode()
         routed = [line for line in metrics.splitlines() if line.startswith("switchpoint_route_requests_total")]
-        example = routed[0] if routed else "-"
-        print(f"\n/metrics: {len(routed)} series of switchpoint_route_requests_total, e.g.\n  {example}")
+        print(f"\n/metrics: {len(routed)} series of switchpoint_route_requests_total (policy x decision x pool x "
+              "workload class)")
     return 0
+
+
+def _simulated_fleet(config: list[Path], tmp: Path) -> tuple[Path, Path, dict[str, Pool]]:
+    """A config like the user's, its static endpoints moved to free local ports served by the simulator."""
+    config_dir = tmp / "config"
+    config_dir.mkdir()
+    replicas = []
+    for f in manifest_files(config):
+        docs = [d for d in yaml.safe_load_all(f.read_text()) if d]
+        for doc in docs:
+            if doc.get("kind") == "ModelPool" and "static" in doc.get("spec", {}).get("replicas", {}):
+                doc["spec"]["metrics"] = {"intervalMs": 100}
+                for r in doc["spec"]["replicas"]["static"]:
+                    port = free_port()
+                    r["address"] = f"127.0.0.1:{port}"
+                    replicas.append({"port": port, "model": doc["spec"]["models"][0]["name"],
+                                     "role": r.get("role", "both")})
+        (config_dir / f.name).write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    fleet_file = tmp / "fleet.json"
+    fleet_file.write_text(json.dumps({"replicas": replicas}))
+    return fleet_file, config_dir, load_config([config_dir]).pools
+
+
+def _route_samples(address: str) -> None:
+    header = f"{'#':>2}  {'prompt':<42} {'signals fired':<30} {'decision':<15} {'pool':<16} replica (prefill)"
+    print(header)
+    print("-" * len(header))
+    with grpc.insecure_channel(address) as channel:
+        stub = router_pb2_grpc.RouterStub(channel)
+        for i, (prompt, extra) in enumerate(SAMPLES, 1):
+            fields = {"model": "auto", **extra}
+            request = router_pb2.RouteRequest(messages=[router_pb2.ChatMessage(role="user", content=prompt)],
+                                              **fields)
+            short = prompt.replace("\n", " ")
+            short = short[:39] + "..." if len(short) > 42 else short
+            try:
+                d = stub.Route(request, timeout=5)
+            except grpc.RpcError as exc:
+                print(f"{i:>2}  {short:<42} refused: {exc.code().name}: {exc.details()}")
+                continue
+            replica = d.replica + (f" ({d.prefill_replica})" if d.prefill_replica else "")
+            print(f"{i:>2}  {short:<42} {','.join(d.signals) or '-':<30} {d.decision:<15} {d.pool:<16} {replica}")
+            stub.Report(router_pb2.ReportRequest(request_id=d.request_id, outcome=router_pb2.OUTCOME_ERROR),
+                        timeout=5)
+        try:
+            stub.Route(router_pb2.RouteRequest(model="no-such-model",
+                                               messages=[router_pb2.ChatMessage(role="user", content="hi")]))
+        except grpc.RpcError as exc:
+            print(f"\nunknown alias -> {exc.code().name}: {exc.details()}")
+
+
+def _workload_request(rng: random.Random) -> router_pb2.RouteRequest:
+    kind = rng.choices(["chat", "code", "document", "math", "agent", "premium"], [40, 15, 10, 10, 10, 15])[0]
+    tenant, tools = "", False
+    if kind == "chat":
+        text, max_tokens = f"Tell me something interesting about {words(rng, 12)}", rng.randint(60, 150)
+    elif kind == "code":
+        text, max_tokens = "Refactor this Python function:\n```python\n" + words(rng, 300) + "\n```", 200
+    elif kind == "document":
+        text, max_tokens = "Summarise this document:\n" + words(rng, rng.randint(6500, 9000)), 100
+    elif kind == "math":
+        text, max_tokens = "Prove the following theorem step by step: " + words(rng, 80), 150
+    elif kind == "agent":
+        text, max_tokens, tools = "Book a table for two at " + words(rng, 10), 80, True
+    else:
+        text, max_tokens, tenant = "Draft a reply to this customer: " + words(rng, 60), 120, "acme"
+    return router_pb2.RouteRequest(model="auto", max_tokens=max_tokens, tenant=tenant, tools_present=tools,
+                                   messages=[router_pb2.ChatMessage(role="user", content=text)])
+
+
+async def _drive(address: str, duration: float, rate: float) -> list[Served]:
+    rng = random.Random(42)
+    served: list[Served] = []
+    tasks: set[asyncio.Task] = set()
+    started = time.monotonic()
+    async with grpc.aio.insecure_channel(address) as channel, aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=300)) as http:
+        stub = router_pb2_grpc.RouterStub(channel)
+        next_at = started
+        while (now := time.monotonic()) - started < duration:
+            if now >= next_at:
+                task = asyncio.create_task(serve(stub, http, _workload_request(rng)))
+                task.add_done_callback(lambda t: served.append(t.result()))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                next_at += rng.expovariate(rate)
+            _progress(now - started, duration, len(served) + len(tasks), len(served))
+            await asyncio.sleep(min(0.05, max(0.0, next_at - time.monotonic())))
+        while tasks:
+            _progress(duration, duration, len(served) + len(tasks), len(served))
+            await asyncio.sleep(0.1)
+    _progress(duration, duration, len(served), len(served), final=True)
+    print()
+    return served
+
+
+_last_progress = [0.0]
+
+
+def _progress(elapsed: float, duration: float, sent: int, done: int, final: bool = False) -> None:
+    """A progress bar on a terminal, redrawn at most five times a second; one line otherwise."""
+    now = time.monotonic()
+    if not final and (not sys.stdout.isatty() or now - _last_progress[0] < 0.2):
+        return
+    _last_progress[0] = now
+    width = 30
+    filled = int(width * min(1.0, elapsed / duration))
+    print(f"\r  [{'#' * filled}{'.' * (width - filled)}] {elapsed:5.1f}/{duration:g} s  sent {sent}  done {done}",
+          end="", flush=True)
+
+
+def _summarise(served: list[Served], pools: dict[str, Pool], duration: float) -> None:
+    by_cell: dict[tuple[str, str], list[Served]] = {}
+    for s in served:
+        by_cell.setdefault((s.decision or "(refused)", s.pool or "-"), []).append(s)
+    price = {p.name: p.pricing for p in pools.values()}
+    print(f"\n{'decision':<16}{'pool':<17}{'requests':>9}{'P/D':>5}{'TTFT p50':>10}{'TTFT p99':>10}"
+          f"{'tok/s':>8}{'cost USD':>11}  errors")
+    for (decision, pool), items in sorted(by_cell.items()):
+        ok = [s for s in items if s.outcome == "success"]
+        ttft = sorted(s.ttft_s * 1000 for s in ok if s.ttft_s)
+        p50 = f"{ttft[len(ttft) // 2]:.0f} ms" if ttft else "-"
+        p99 = f"{ttft[min(len(ttft) - 1, int(0.99 * len(ttft)))]:.0f} ms" if ttft else "-"
+        tokens = sum(s.completion_tokens for s in ok)
+        cost = sum(price[pool].cost(s.prompt_tokens, s.completion_tokens) for s in ok) if pool in price else 0.0
+        pd = sum(s.disaggregated for s in items)
+        errors = [s.detail for s in items if s.outcome != "success"]
+        print(f"{decision:<16}{pool:<17}{len(items):>9}{pd:>5}{p50:>10}{p99:>10}{tokens / duration:>8.0f}"
+              f"{cost:>11.6f}  {len(errors)}{(' e.g. ' + errors[0][:60]) if errors else ''}")
 
 
 def _spend_the_trial_budget(stub: router_pb2_grpc.RouterStub) -> None:
     """Tenant `trial` has 2,000 tokens an hour (deploy/examples/budgets.yaml): route until it is spent."""
+    print()
     request = router_pb2.RouteRequest(model="auto", tenant="trial", max_tokens=300,
                                       messages=[router_pb2.ChatMessage(role="user", content="Write me a haiku.")])
     for n in range(1, 20):

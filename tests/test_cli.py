@@ -56,11 +56,13 @@ def test_router_refuses_to_start_on_a_broken_config(tmp_path: Path):
 
 
 def test_demo_routes_the_sample_prompts():
-    out = switchpoint("demo", "--config", str(EXAMPLES))
+    out = switchpoint("demo", "--config", str(EXAMPLES), "--duration", "4")
     assert out.returncode == 0, out.stderr
     for decision in ("coding", "math-reasoning", "agentic", "premium", "long-documents", "direct", "default"):
         assert decision in out.stdout
     assert "unknown alias -> NOT_FOUND" in out.stdout
+    assert "sent " in out.stdout and "TTFT p50" in out.stdout  # the live workload ran and was summarised
+    assert "RESOURCE_EXHAUSTED: budget default/trial-tenant-tokens is spent" in out.stdout
 
 
 def test_bench_router_prints_the_documented_json():
