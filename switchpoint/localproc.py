@@ -1,4 +1,4 @@
-"""Running a router as a separate local process (for the demo and the benchmarks)."""
+"""Running Switchpoint commands as separate local processes (for the demo, the benchmarks and tests)."""
 
 from __future__ import annotations
 
@@ -15,16 +15,51 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 LISTENING = re.compile(r"listening on (\S+):(\d+)(?:, metrics on :(\d+))?")
 
-class RouterProcess:
-    """`switchpoint router` on 127.0.0.1 with OS-chosen ports; stopped (SIGTERM) on exit."""
+
+class _Child:
+    """A `switchpoint …` child process whose first line of output says it is up; stopped (SIGTERM) on exit."""
+
+    what = "process"
+
+    def __init__(self, args: list[str], start_timeout_s: float):
+        self.cmd = [sys.executable, "-m", "switchpoint.cli", "--log-level", "warning", *args]
+        self.start_timeout_s = start_timeout_s
+        self.proc: subprocess.Popen[str] | None = None
+
+    def _start(self) -> str:
+        """Start the process and return its first line of output."""
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        return self.proc.stdout.readline()
+
+    def _failed(self, line: str) -> RuntimeError:
+        assert self.proc is not None
+        self.proc.kill()
+        return RuntimeError(f"{self.what} did not start (exit {self.proc.wait()}): {line.strip() or 'no output'}")
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdout:
+            self.proc.stdout.close()
+
+
+class RouterProcess(_Child):
+    """`switchpoint router` on 127.0.0.1 with OS-chosen ports."""
+
+    what = "router"
 
     def __init__(self, config: list[Path], metrics: bool = True, extra: list[str] | None = None,
                  start_timeout_s: float = 30.0):
-        self.cmd = [sys.executable, "-m", "switchpoint.cli", "--log-level", "warning", "router",
-                    "--config", *map(str, config), "--port", "0", *(["--metrics-port", "0"] if metrics else []),
-                    *(extra or [])]
-        self.start_timeout_s = start_timeout_s
-        self.proc: subprocess.Popen[str] | None = None
+        super().__init__(["router", "--config", *map(str, config), "--port", "0",
+                          *(["--metrics-port", "0"] if metrics else []), *(extra or [])], start_timeout_s)
         self.port = 0
         self.metrics_port: int | None = None
 
@@ -38,13 +73,10 @@ class RouterProcess:
         return self.proc.pid
 
     def __enter__(self) -> RouterProcess:
-        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
+        line = self._start()
         found = LISTENING.search(line)
         if not found:
-            self.proc.kill()
-            raise RuntimeError(f"router did not start (exit {self.proc.wait()}): {line.strip() or 'no output'}")
+            raise self._failed(line)
         self.port = int(found.group(2))
         self.metrics_port = int(found.group(3)) if found.group(3) else None
         self._wait_serving()
@@ -68,49 +100,19 @@ class RouterProcess:
     def cpu_seconds(self) -> float:
         """User + system CPU time the router process has used so far (Linux /proc)."""
         fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        if self.proc is None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        if self.proc.stdout:
-            self.proc.stdout.close()
 
+class SimProcess(_Child):
+    """`switchpoint sim --fleet FILE` on 127.0.0.1."""
 
-class SimProcess:
-    """`switchpoint sim --fleet FILE` on 127.0.0.1; stopped on exit."""
+    what = "simulator"
 
     def __init__(self, fleet_file: Path, start_timeout_s: float = 30.0):
-        self.cmd = [sys.executable, "-m", "switchpoint.cli", "--log-level", "warning", "sim",
-                    "--fleet", str(fleet_file)]
-        self.start_timeout_s = start_timeout_s
-        self.proc: subprocess.Popen[str] | None = None
+        super().__init__(["sim", "--fleet", str(fleet_file)], start_timeout_s)
 
     def __enter__(self) -> SimProcess:
-        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
+        line = self._start()
         if "switchpoint sim:" not in line:
-            self.proc.kill()
-            raise RuntimeError(f"simulator did not start (exit {self.proc.wait()}): {line.strip() or 'no output'}")
+            raise self._failed(line)
         return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            if self.proc.stdout:
-                self.proc.stdout.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,16 @@ class ThreadedRouter:
 
         url = f"http://127.0.0.1:{self.server.metrics_port}/metrics"
         return urllib.request.urlopen(url, timeout=5).read().decode()
+
+
+def wait_for(predicate: Any, timeout: float = 10.0, step: float = 0.02) -> bool:
+    """Poll until predicate() is true or the timeout passes; returns whether it became true."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return False
 
 
 def chat(content: str, model: str = "auto", **fields: Any) -> router_pb2.RouteRequest:

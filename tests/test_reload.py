@@ -10,18 +10,9 @@ import grpc
 
 from switchpoint.v1 import router_pb2
 
-from .conftest import ThreadedRouter, chat
+from .conftest import ThreadedRouter, chat, wait_for
 
 INTERVAL = 0.05
-
-
-def wait_for(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def edit(path: Path, old: str, new: str) -> None:

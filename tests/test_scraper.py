@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 import urllib.request
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from switchpoint.localredis import free_port
 from switchpoint.router.scheduling.scraper import parse_vllm_metrics
 from switchpoint.v1 import router_pb2
 
-from .conftest import ThreadedRouter, chat
+from .conftest import ThreadedRouter, chat, wait_for
 
 VLLM = """# TYPE vllm:num_requests_waiting gauge
 vllm:num_requests_waiting{model_name="a"} 2
@@ -65,15 +64,6 @@ def set_fault(port: int, fault: str | None) -> None:
     req = urllib.request.Request(f"http://127.0.0.1:{port}/sim/fault", data=json.dumps({"metrics": fault}).encode(),
                                  headers={"Content-Type": "application/json"})
     urllib.request.urlopen(req, timeout=5).read()
-
-
-def wait_for(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def replicas_chosen(router: ThreadedRouter, n: int = 8) -> set[str]:
