@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -34,6 +35,32 @@ def describe_rule(rule: Rule) -> str:
     raise TypeError(f"unknown rule type {type(rule).__name__}")
 
 
+Predicate = Callable[[Callable[[str], bool]], bool]
+
+
+def compile_rule(rule: Rule) -> Predicate:
+    """The rule as nested closures: the same logic as rule_holds without per-node type dispatch."""
+    match rule:
+        case SignalRule(signal):
+            return lambda fired: fired(signal)
+        case AllRule(rules):
+            parts = tuple(compile_rule(r) for r in rules)
+            return lambda fired: all(p(fired) for p in parts)
+        case AnyRule(rules):
+            parts = tuple(compile_rule(r) for r in rules)
+            return lambda fired: any(p(fired) for p in parts)
+        case NotRule(inner):
+            test = compile_rule(inner)
+            return lambda fired: not test(fired)
+    raise TypeError(f"unknown rule type {type(rule).__name__}")
+
+
+@functools.lru_cache(maxsize=64)
+def compiled_decisions(policy: Policy) -> tuple[tuple[Decision, Predicate], ...]:
+    """A policy's decisions with their compiled rules; cached per policy object (configs are immutable)."""
+    return tuple((d, compile_rule(d.rule)) for d in policy.decisions if d.rule is not None)
+
+
 @dataclass(frozen=True)
 class DecisionOutcome:
     decision: Decision
@@ -45,9 +72,9 @@ class DecisionOutcome:
 def decide(policy: Policy, fired: Callable[[str], bool]) -> DecisionOutcome:
     """The first decision, by descending priority, whose rule holds; else the policy's default."""
     evaluated = []
-    for decision in policy.decisions:
+    for decision, test in compiled_decisions(policy):
         assert decision.rule is not None
-        matched = rule_holds(decision.rule, fired)
+        matched = test(fired)
         evaluated.append((decision.name, matched))
         if matched:
             reason = f"decision '{decision.name}' (priority {decision.priority}) matched {describe_rule(decision.rule)}"

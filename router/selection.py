@@ -31,7 +31,8 @@ class Selection:
 def select_static(decision: Decision, req: RouteInput, scheduler: Scheduler) -> Selection:
     """The first candidate that fits the request's context and has a ready replica."""
     context_tokens = req.context_tokens
-    placed: list[tuple[Candidate, Placement]] = []
+    chosen: tuple[Candidate, Placement] | None = None
+    others: list[Fallback] = []
     skipped: list[str] = []
     too_small: list[str] = []
     for cand in decision.candidates:
@@ -40,12 +41,17 @@ def select_static(decision: Decision, req: RouteInput, scheduler: Scheduler) -> 
             too_small.append(f"'{pool.name}' ({pool.context_tokens})")
             skipped.append(f"pool '{pool.name}': context {pool.context_tokens} < {context_tokens} tokens needed")
             continue
+        if chosen is not None:
+            # a fallback only needs a ready replica: no scoring for pools the request will probably not use
+            if len(others) < MAX_FALLBACKS and (replica := scheduler.fallback(cand)) is not None:
+                others.append(Fallback(cand, replica))
+            continue
         placement = scheduler.place(cand, req)
         if placement is None:
             skipped.append(f"pool '{pool.name}': no ready replica")
             continue
-        placed.append((cand, placement))
-    if not placed:
+        chosen = (cand, placement)
+    if chosen is None:
         if too_small and len(too_small) == len(decision.candidates):
             raise RouteError(
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -55,7 +61,6 @@ def select_static(decision: Decision, req: RouteInput, scheduler: Scheduler) -> 
         names = ", ".join(f"'{c.pool.name}'" for c in decision.candidates)
         raise RouteError(grpc.StatusCode.UNAVAILABLE,
                          f"no ready replica in pool(s) {names} of decision '{decision.name}'; " + "; ".join(skipped))
-    (chosen, placement), others = placed[0], placed[1:]
-    fallbacks = [Fallback(chosen, r) for r in placement.alternatives]
-    fallbacks += [Fallback(cand, p.replica) for cand, p in others]
-    return Selection(chosen, placement, tuple(fallbacks[:MAX_FALLBACKS]), tuple(skipped))
+    cand, placement = chosen
+    fallbacks = [Fallback(cand, r) for r in placement.alternatives] + others
+    return Selection(cand, placement, tuple(fallbacks[:MAX_FALLBACKS]), tuple(skipped))

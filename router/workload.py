@@ -37,6 +37,6 @@ def classify(req: RouteInput) -> Workload:
     expected_output = req.max_tokens or DEFAULT_EXPECTED_OUTPUT
     return Workload(
         agent=req.tools_present or AGENT_HEADER in req.metadata,
-        multi_turn=req.user_turns > 1 or any(m.role == "assistant" for m in req.messages),
+        multi_turn=len(req.messages) > 1 and (req.user_turns > 1 or any(m.role == "assistant" for m in req.messages)),
         prefill_heavy=req.input_tokens >= PREFILL_HEAVY_RATIO * expected_output,
     )

@@ -78,6 +78,11 @@ class Scheduler:
             uncached = p_facts[prefill.address].uncached_tokens
         return Placement(chosen, prefill, tuple(ranked[1:]), uncached, blocks, scores)
 
+    def fallback(self, candidate: Candidate) -> Replica | None:
+        """A ready decode-capable replica of the pool, least in flight first: cheap, for the fallback list."""
+        decoders = [r for r in ready_replicas(candidate.pool, self.fleet) if r.role.decodes]
+        return min(decoders, key=lambda r: self.ledger.load(r.address)) if decoders else None
+
     def commit(self, candidate: Candidate, placement: Placement) -> None:
         """The request was admitted there: remember what the replicas now hold and owe."""
         now = self.clock()
@@ -102,18 +107,20 @@ class Scheduler:
             for i, score in enumerate(SCORERS[name](x)):
                 total[i] += weight * score
         # max-score picker; ties broken at random, as GIE's
-        order = sorted(range(len(replicas)), key=lambda i: (-total[i], self.rng.random()))
-        return [replicas[i] for i in order], facts, tuple((replicas[i].address, round(total[i], 4)) for i in order)
+        jitter = self.rng.random
+        order = sorted(range(len(replicas)), key=lambda i: (-total[i], jitter()))
+        return [replicas[i] for i in order], facts, tuple((replicas[i].address, total[i]) for i in order)
 
     def _facts(self, pool: Pool, replica: Replica, blocks: tuple[int, ...], prompt_tokens: int, now: float,
                rate: float) -> ReplicaFacts:
-        matched = self.prefix.match(replica.address, blocks)
+        address = replica.address
+        matched = self.prefix.match(address, blocks) if blocks else 0
         return ReplicaFacts(
-            address=replica.address,
-            metrics=self.fleet.fresh(pool, replica, now),
-            inflight=self.ledger.load(replica.address),
-            backlog_tokens=self.backlog.tokens(replica.address, now, rate),
-            prefix_blocks=matched,
-            total_blocks=len(blocks),
-            uncached_tokens=max(1, prompt_tokens - matched * TOKENS_PER_BLOCK),
+            address,
+            self.fleet.fresh(pool, replica, now) if pool.metrics is not None else None,
+            self.ledger.load(address),
+            self.backlog.tokens(address, now, rate),
+            matched,
+            len(blocks),
+            max(1, prompt_tokens - matched * TOKENS_PER_BLOCK),
         )

@@ -16,7 +16,7 @@ from switchpoint.router.scheduling.fleet import ReplicaMetrics
 ITERATION_S = 0.010  # one engine iteration: the floor of any predicted latency
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ReplicaFacts:
     address: str
     metrics: ReplicaMetrics | None

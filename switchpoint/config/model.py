@@ -201,7 +201,7 @@ DEFAULT_DECISION = "default"
 DIRECT_DECISION = "direct"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # identity equality: cheap to hash, and each compile makes new objects
 class Policy:
     namespace: str
     name: str
