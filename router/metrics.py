@@ -32,12 +32,15 @@ class RouterMetrics:
                                     ["code"], registry=r)
         self.route_seconds = Histogram("switchpoint_route_duration_seconds", "Time the router took to decide",
                                        ["decision", "pool"], buckets=ROUTE_BUCKETS, registry=r)
-        self.reports = Counter("switchpoint_reports", "Reports received", ["decision", "pool", "outcome"], registry=r)
+        cell = ["workload", "decision", "pool"]
+        self.reports = Counter("switchpoint_reports", "Reports received", [*cell, "outcome"], registry=r)
         self.ttft = Histogram("switchpoint_request_ttft_seconds", "Time to first token, as reported",
-                              ["decision", "pool"], buckets=REQUEST_BUCKETS, registry=r)
+                              cell, buckets=REQUEST_BUCKETS, registry=r)
         self.latency = Histogram("switchpoint_request_duration_seconds", "Request latency, as reported",
-                                 ["decision", "pool"], buckets=REQUEST_BUCKETS, registry=r)
-        self.tokens = Counter("switchpoint_tokens", "Tokens, as reported", ["decision", "pool", "type"], registry=r)
+                                 cell, buckets=REQUEST_BUCKETS, registry=r)
+        self.tokens = Counter("switchpoint_tokens", "Tokens, as reported", [*cell, "type"], registry=r)
+        self.cost = Counter("switchpoint_cost_usd", "Cost of reported usage at the pool's prices (USD)", cell,
+                            registry=r)
         self.config_reloads = Counter("switchpoint_config_reloads", "Config reloads, by result", ["result"], registry=r)
         self.config_info = Gauge("switchpoint_config_info", "The digest of the config in force (value 1)",
                                  ["digest"], registry=r)

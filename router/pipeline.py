@@ -21,7 +21,7 @@ from switchpoint.router.request import RouteInput
 from switchpoint.router.scheduling.scheduler import Scheduler
 from switchpoint.router.selection import Selection, select_static
 from switchpoint.router.signals.rules import SignalBoard, SignalResult
-from switchpoint.router.workload import Workload, classify
+from switchpoint.router.workload import Workload, classify, with_cache_state
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,7 @@ class RoutePipeline:
             selection = select_static(outcome.decision, req, self.scheduler)
             span.set_attribute("switchpoint.pool", selection.candidate.pool.name)
             span.set_attribute("switchpoint.replica", selection.placement.replica.address)
+            workload = with_cache_state(workload, req.input_tokens, selection.placement.uncached_tokens)
         return RouteResult(req, policy, workload, board, outcome, selection)
 
 

@@ -123,6 +123,7 @@ class RouterService:
             input_tokens=req.input_tokens,
             span_context=span.get_span_context(),
             budget=admission,
+            pricing=result.selection.candidate.pool.pricing,
         ))
         self.pipeline.scheduler.commit(result.selection.candidate, result.selection.placement)
         self.metrics.route_counter(result.policy_name, decision.decision, decision.pool, result.workload.label).inc()
@@ -182,16 +183,19 @@ class RouterService:
                 "switchpoint.latency_ms": request.latency_ms,
             })
         m = self.metrics
-        m.reports.labels(entry.decision, entry.pool, outcome).inc()
+        cell = (entry.workload, entry.decision, entry.pool)
+        m.reports.labels(*cell, outcome).inc()
         if request.outcome == router_pb2.OUTCOME_SUCCESS:
             if request.ttft_ms > 0:
-                m.ttft.labels(entry.decision, entry.pool).observe(request.ttft_ms / 1000)
+                m.ttft.labels(*cell).observe(request.ttft_ms / 1000)
             if request.latency_ms > 0:
-                m.latency.labels(entry.decision, entry.pool).observe(request.latency_ms / 1000)
+                m.latency.labels(*cell).observe(request.latency_ms / 1000)
         for kind, count in (("input", request.prompt_tokens), ("output", request.completion_tokens),
                             ("cached", request.cached_tokens)):
             if count:
-                m.tokens.labels(entry.decision, entry.pool, kind).inc(count)
+                m.tokens.labels(*cell, kind).inc(count)
+        if entry.pricing is not None and (request.prompt_tokens or request.completion_tokens):
+            m.cost.labels(*cell).inc(entry.pricing.cost(request.prompt_tokens, request.completion_tokens))
         if entry.budget is not None:
             await self.budgets.settle(entry.budget, entry.decision, request.outcome == router_pb2.OUTCOME_SUCCESS,
                                       request.prompt_tokens, request.completion_tokens)

@@ -4,18 +4,22 @@ Deterministic rules over the request alone:
 - agent when tools are present or the `x-switchpoint-agent` header is set, else chat;
 - multi-turn when the conversation already has an assistant turn or more than one user turn;
 - prefill-heavy when the input tokens are at least PREFILL_HEAVY_RATIO times the expected
-  output tokens (max_tokens, or DEFAULT_EXPECTED_OUTPUT when not given), else decode-heavy.
+  output tokens (max_tokens, or DEFAULT_EXPECTED_OUTPUT when not given), else decode-heavy;
+- warm when the replica chosen is believed to hold at least WARM_PREFIX_SHARE of the
+  prompt already (the router's prefix index), else cold. Known only after placement.
+The label has four parts, e.g. chat/single/decode/cold: 16 classes, a bounded metric label.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from switchpoint.router.request import RouteInput
 
 AGENT_HEADER = "x-switchpoint-agent"
 PREFILL_HEAVY_RATIO = 4
 DEFAULT_EXPECTED_OUTPUT = 256
+WARM_PREFIX_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -23,6 +27,7 @@ class Workload:
     agent: bool
     multi_turn: bool
     prefill_heavy: bool
+    warm: bool = False
 
     @property
     def label(self) -> str:
@@ -30,7 +35,14 @@ class Workload:
             "agent" if self.agent else "chat",
             "multi" if self.multi_turn else "single",
             "prefill" if self.prefill_heavy else "decode",
+            "warm" if self.warm else "cold",
         ))
+
+
+def with_cache_state(workload: Workload, input_tokens: int, uncached_tokens: int) -> Workload:
+    """The Workload once the replica is chosen: warm if enough of the prompt is believed cached there."""
+    warm = input_tokens > 0 and (input_tokens - uncached_tokens) >= WARM_PREFIX_SHARE * input_tokens
+    return replace(workload, warm=warm)
 
 
 def classify(req: RouteInput) -> Workload:

@@ -66,9 +66,13 @@ def test_least_inflight_spreads_and_report_frees_the_replica(router):
         assert (reply.decision, reply.pool) == ("default", "small-chat")
     text = router.metrics_text()
     assert "switchpoint_replica_inflight{" not in text
-    assert 'switchpoint_reports_total{decision="default",outcome="success",pool="small-chat"} 4.0' in text
-    assert 'switchpoint_tokens_total{decision="default",pool="small-chat",type="output"} 120.0' in text
-    assert re.search(r'switchpoint_request_ttft_seconds_count\{decision="default",pool="small-chat"\} 4\.0', text)
+    cell = 'decision="default",pool="small-chat",workload="chat/single/decode/cold"'
+    reports = 'switchpoint_reports_total{decision="default",outcome="success",pool="small-chat",workload='
+    assert reports + '"chat/single/decode/cold"} 4.0' in text
+    assert ('switchpoint_tokens_total{decision="default",pool="small-chat",type="output",'
+            'workload="chat/single/decode/cold"} 120.0') in text
+    assert f'switchpoint_request_ttft_seconds_count{{{cell}}} 4.0' in text
+    assert f'switchpoint_cost_usd_total{{{cell}}}' in text
 
 
 REFUSALS = [
@@ -152,5 +156,5 @@ def test_route_latency_histogram_is_labelled_by_decision_and_pool(router):
     text = router.metrics_text()
     assert re.search(r'switchpoint_route_duration_seconds_count\{decision="default",pool="small-chat"\} 1\.0', text)
     assert re.search(r'switchpoint_route_requests_total\{decision="default",policy="default/auto",pool="small-chat",'
-                     r'workload="chat/single/decode"\} 1\.0', text)
+                     r'workload="chat/single/decode/cold"\} 1\.0', text)
     assert 'switchpoint_config_info{digest="' in text

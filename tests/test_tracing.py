@@ -43,7 +43,7 @@ def test_route_has_a_root_span_and_one_child_per_stage(traced):
     assert attrs["switchpoint.pool"] == "large-reasoning" and attrs["switchpoint.replica"] == d.replica
     assert attrs["switchpoint.prefill_replica"] == "127.0.0.1:8201"
     assert attrs["switchpoint.hardware_class"] == "nvidia-h100"
-    assert attrs["switchpoint.workload"] == "chat/single/decode"
+    assert attrs["switchpoint.workload"] == "chat/single/decode/cold"
     assert attrs["gen_ai.request.model"] == "auto" and attrs["gen_ai.response.model"] == d.model
     decision_span = next(c for c in children if c.name == "switchpoint.decision")
     assert "math-words" in decision_span.attributes["switchpoint.signals.fired"]
