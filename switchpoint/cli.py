@@ -76,6 +76,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print JSON")
 
+    p = command("matrix", _matrix, "Print the Workload x Router x Pool matrix from a router's /metrics")
+    p.add_argument("--metrics", default="http://127.0.0.1:9090/metrics", help="the router's metrics URL")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
     p = command("check", _check, "Compile CR manifests and report every problem")
     config_arg(p)
 
@@ -190,6 +194,12 @@ def _route(args: argparse.Namespace) -> int:
     info = explanation(result)
     print(json.dumps(info, indent=2) if args.json else render(info))
     return 0
+
+
+def _matrix(args: argparse.Namespace) -> int:
+    from switchpoint.matrix import run
+
+    return run(args.metrics, args.json)
 
 
 def _check(args: argparse.Namespace) -> int:

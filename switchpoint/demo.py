@@ -23,6 +23,8 @@ from switchpoint.config.model import Pool
 from switchpoint.frontend import Served, serve
 from switchpoint.localproc import RouterProcess, SimProcess
 from switchpoint.localredis import RedisServer, free_port
+from switchpoint.matrix import read_matrix
+from switchpoint.matrix import render as render_matrix
 from switchpoint.v1 import router_pb2, router_pb2_grpc
 
 SAMPLES: list[tuple[str, dict]] = [
@@ -56,9 +58,8 @@ def run_demo(config: list[Path], duration: float = 30.0, rate: float = 6.0) -> i
         with grpc.insecure_channel(router.address) as channel:
             _spend_the_trial_budget(router_pb2_grpc.RouterStub(channel))
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{router.metrics_port}/metrics", timeout=5).read().decode()
-        routed = [line for line in metrics.splitlines() if line.startswith("switchpoint_route_requests_total")]
-        print(f"\n/metrics: {len(routed)} series of switchpoint_route_requests_total (policy x decision x pool x "
-              "workload class)")
+        print("\nthe Workload x Router x Pool matrix (switchpoint matrix, from the router's /metrics):\n")
+        print(render_matrix(*read_matrix(metrics)))
     return 0
 
 

@@ -108,3 +108,27 @@ def test_bench_scheduling_quick_prints_the_documented_json(tmp_path: Path):
                                   "slo_attainment"}
             assert stats["ttft_p50_ms"] <= stats["ttft_p99_ms"] and 0 <= stats["slo_attainment"] <= 1
     assert result["plot"] == str(plot) and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_matrix_reads_a_running_router(tmp_path: Path):
+    import grpc
+
+    from switchpoint.localproc import RouterProcess
+    from switchpoint.v1 import router_pb2, router_pb2_grpc
+
+    with RouterProcess([EXAMPLES]) as router:
+        with grpc.insecure_channel(router.address) as channel:
+            stub = router_pb2_grpc.RouterStub(channel)
+            for text in ("hello there", "Refactor this Python class please", "hello again"):
+                d = stub.Route(router_pb2.RouteRequest(model="auto", messages=[
+                    router_pb2.ChatMessage(role="user", content=text)]), timeout=5)
+                stub.Report(router_pb2.ReportRequest(request_id=d.request_id, outcome=router_pb2.OUTCOME_SUCCESS,
+                                                     ttft_ms=80, latency_ms=400), timeout=5)
+        url = f"http://127.0.0.1:{router.metrics_port}/metrics"
+        out = switchpoint("matrix", "--metrics", url)
+        as_json = json.loads(switchpoint("matrix", "--metrics", url, "--json").stdout)
+    assert out.returncode == 0, out.stderr
+    assert "chat/single/decode/cold" in out.stdout and "default -> small-chat" in out.stdout
+    assert "coding -> large-reasoning" in out.stdout and "3 requests" in out.stdout
+    cell = next(c for c in as_json if c["decision"] == "default")
+    assert cell["requests"] == 2 and 50 <= cell["ttft_p50_ms"] <= 100
