@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench install clean
+.PHONY: demo test lint bench install clean chart-crds
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/switchpoint bench router
+
+# The chart carries copies of crds/ (helm package does not follow links out of the chart); a test checks them.
+chart-crds:
+	cp crds/*.yaml charts/switchpoint/crds/
 
 clean:
 	rm -rf $(VENV) build *.egg-info switchpoint/v1/*_pb2*.py switchpoint/v1/*_pb2*.pyi

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import grpc
 from opentelemetry import trace
 
-from switchpoint.config.model import DIRECT_DECISION, Candidate, Decision, Policy, Pool, RouterConfig
+from switchpoint.config.model import DIRECT_DECISION, Candidate, Decision, Policy, Pool, RouterConfig, WorkloadRules
 from switchpoint.router.decision import DecisionOutcome, decide
 from switchpoint.router.errors import RouteError
 from switchpoint.router.request import RouteInput
@@ -62,7 +62,8 @@ class RoutePipeline:
         # Child spans only under a recording (sampled, exported) parent: they cost ~5 us each otherwise.
         stage = self.tracer.start_as_current_span if trace.get_current_span().is_recording() else _untraced
         with stage("switchpoint.workload") as span:
-            workload = classify(req)
+            rules = policy.workload if policy else DEFAULT_WORKLOAD_RULES
+            workload = classify(req, rules)
             span.set_attribute("switchpoint.workload", workload.label)
         with stage("switchpoint.decision") as span:
             board = SignalBoard(policy.signals if policy else (), req)
@@ -79,11 +80,12 @@ class RoutePipeline:
             selection = select_static(outcome.decision, req, self.scheduler)
             span.set_attribute("switchpoint.pool", selection.candidate.pool.name)
             span.set_attribute("switchpoint.replica", selection.placement.replica.address)
-            workload = with_cache_state(workload, req.input_tokens, selection.placement.uncached_tokens)
+            workload = with_cache_state(workload, rules, req.input_tokens, selection.placement.uncached_tokens)
         return RouteResult(req, policy, workload, board, outcome, selection)
 
 
 _UNTRACED = contextlib.nullcontext(trace.INVALID_SPAN)
+DEFAULT_WORKLOAD_RULES = WorkloadRules()
 
 
 def downgraded(result: RouteResult, pool: Pool, why: str, scheduler: Scheduler) -> RouteResult:

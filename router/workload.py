@@ -1,11 +1,12 @@
 """The Workload dimension of the matrix: what kind of work a request is.
 
-Deterministic rules over the request alone:
-- agent when tools are present or the `x-switchpoint-agent` header is set, else chat;
+Deterministic rules over the request, with thresholds from the RoutingPolicy's
+`spec.workload` (defaults in brackets):
+- agent when tools are present or the agent header (`x-switchpoint-agent`) is set, else chat;
 - multi-turn when the conversation already has an assistant turn or more than one user turn;
-- prefill-heavy when the input tokens are at least PREFILL_HEAVY_RATIO times the expected
-  output tokens (max_tokens, or DEFAULT_EXPECTED_OUTPUT when not given), else decode-heavy;
-- warm when the replica chosen is believed to hold at least WARM_PREFIX_SHARE of the
+- prefill-heavy when the input tokens are at least `prefillHeavyRatio` (4) times the expected
+  output tokens (max_tokens, or `defaultOutputTokens` (256) when not given), else decode-heavy;
+- warm when the replica chosen is believed to hold at least `warmPrefixShare` (0.5) of the
   prompt already (the router's prefix index), else cold. Known only after placement.
 The label has four parts, e.g. chat/single/decode/cold: 16 classes, a bounded metric label.
 """
@@ -14,12 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from switchpoint.config.model import WorkloadRules
 from switchpoint.router.request import RouteInput
-
-AGENT_HEADER = "x-switchpoint-agent"
-PREFILL_HEAVY_RATIO = 4
-DEFAULT_EXPECTED_OUTPUT = 256
-WARM_PREFIX_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -39,16 +36,16 @@ class Workload:
         ))
 
 
-def with_cache_state(workload: Workload, input_tokens: int, uncached_tokens: int) -> Workload:
+def with_cache_state(workload: Workload, rules: WorkloadRules, input_tokens: int, uncached_tokens: int) -> Workload:
     """The Workload once the replica is chosen: warm if enough of the prompt is believed cached there."""
-    warm = input_tokens > 0 and (input_tokens - uncached_tokens) >= WARM_PREFIX_SHARE * input_tokens
+    warm = input_tokens > 0 and (input_tokens - uncached_tokens) >= rules.warm_prefix_share * input_tokens
     return replace(workload, warm=warm)
 
 
-def classify(req: RouteInput) -> Workload:
-    expected_output = req.max_tokens or DEFAULT_EXPECTED_OUTPUT
+def classify(req: RouteInput, rules: WorkloadRules) -> Workload:
+    expected_output = req.max_tokens or rules.default_output_tokens
     return Workload(
-        agent=req.tools_present or AGENT_HEADER in req.metadata,
+        agent=req.tools_present or rules.agent_header in req.metadata,
         multi_turn=len(req.messages) > 1 and (req.user_turns > 1 or any(m.role == "assistant" for m in req.messages)),
-        prefill_heavy=req.input_tokens >= PREFILL_HEAVY_RATIO * expected_output,
+        prefill_heavy=req.input_tokens >= rules.prefill_heavy_ratio * expected_output,
     )

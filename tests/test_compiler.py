@@ -224,3 +224,11 @@ def test_an_invalid_object_is_reported_once_not_at_every_reference():
         compile_objs(objs)
     assert [(p.obj, p.field) for p in caught.value.problems] == [
         ("ModelPool default/large-reasoning", "spec.replicas.static[0].role")]
+
+
+def test_workload_thresholds_come_from_the_policy():
+    objs = example_objects()
+    objs["auto"]["spec"]["workload"] = {"agentHeader": "X-Agent", "prefillHeavyRatio": 1, "warmPrefixShare": 0.9}
+    rules = compile_objs(objs).policies["default/auto"].workload
+    assert (rules.agent_header, rules.prefill_heavy_ratio, rules.default_output_tokens, rules.warm_prefix_share) == (
+        "x-agent", 1.0, 256, 0.9)

@@ -62,3 +62,16 @@ def test_a_decision_that_wins_early_leaves_later_signals_uncomputed():
     board = SignalBoard(POLICY.signals, route_input("hello", tools_present=True))
     assert decide(POLICY, board.fired).decision.name == "agentic"
     assert [r.name for r in board.results()] == ["agent"]
+
+
+def test_workload_classes_follow_the_policy_thresholds():
+    from switchpoint.config.model import WorkloadRules
+    from switchpoint.router.workload import classify, with_cache_state
+
+    rules = WorkloadRules(agent_header="x-agent", prefill_heavy_ratio=1.0, default_output_tokens=10)
+    req = RouteInput(request_id="r", model="auto", messages=(ChatTurn("user", "word " * 50),),
+                     metadata={"x-agent": "1"})
+    workload = classify(req, rules)
+    assert workload.label == "agent/single/prefill/cold"
+    assert with_cache_state(workload, rules, 100, 40).label == "agent/single/prefill/warm"
+    assert classify(req, WorkloadRules()).label == "chat/single/decode/cold"

@@ -46,6 +46,7 @@ from switchpoint.config.model import (
     TokenCount,
     TokenRangeSignal,
     ToolsSignal,
+    WorkloadRules,
 )
 
 RULE_KEYS = ("signal", "all", "any", "not")
@@ -230,6 +231,12 @@ class _Reporter:
             signals=signals,
             decisions=tuple(sorted(decisions, key=lambda d: -d.priority)),
             default=default,
+            workload=WorkloadRules(
+                agent_header=spec["workload"]["agentHeader"].lower(),
+                prefill_heavy_ratio=float(spec["workload"]["prefillHeavyRatio"]),
+                default_output_tokens=spec["workload"]["defaultOutputTokens"],
+                warm_prefix_share=float(spec["workload"]["warmPrefixShare"]),
+            ),
         )
 
     def signal(self, raw: dict[str, Any], index: int) -> Signal | None:

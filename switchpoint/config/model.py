@@ -201,6 +201,16 @@ DEFAULT_DECISION = "default"
 DIRECT_DECISION = "direct"
 
 
+@dataclass(frozen=True)
+class WorkloadRules:
+    """Thresholds of the Workload classification (RoutingPolicy spec.workload)."""
+
+    agent_header: str = "x-switchpoint-agent"
+    prefill_heavy_ratio: float = 4.0
+    default_output_tokens: int = 256
+    warm_prefix_share: float = 0.5
+
+
 @dataclass(frozen=True, eq=False)  # identity equality: cheap to hash, and each compile makes new objects
 class Policy:
     namespace: str
@@ -209,6 +219,7 @@ class Policy:
     signals: tuple[Signal, ...]
     decisions: tuple[Decision, ...]  # sorted by priority, highest first
     default: Decision
+    workload: WorkloadRules = WorkloadRules()
 
     @property
     def key(self) -> str:
