@@ -58,6 +58,8 @@ class RouterMetrics:
         self.budget_window_end = Gauge("switchpoint_budget_window_end_seconds",
                                        "Unix time the current window (Calendar) or slice (Rolling) ends",
                                        ["budget"], registry=r)
+        self.trace_spans = Counter("switchpoint_trace_spans", "Spans ended, exported and failed to export "
+                                   "(ended - exported - export_failed: queued or dropped)", ["stage"], registry=r)
         r.register(_InflightCollector(inflight))
         r.register(_FleetCollector(fleet))
         self._route_counters: dict[tuple[str, ...], Counter] = {}

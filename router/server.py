@@ -11,6 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import start_http_server
 
 from switchpoint.config.compiler import load_config
@@ -27,7 +28,7 @@ from switchpoint.router.scheduling.fleet import FleetState
 from switchpoint.router.scheduling.scheduler import Scheduler
 from switchpoint.router.scheduling.scraper import Scraper
 from switchpoint.router.service import SERVICE_NAME, ConfigHolder, RouterService
-from switchpoint.router.telemetry import tracer_from
+from switchpoint.router.telemetry import otlp_tracer_provider, tracer_from
 
 log = logging.getLogger("switchpoint.router")
 
@@ -47,6 +48,7 @@ class RouterServer:
         inflight_ttl_s: float = 600.0,
         redis_url: str | None = None,
         redis_timeout_s: float = 0.25,
+        otlp_endpoint: str | None = None,
     ):
         self.config_paths = list(config_paths)
         self.host = host
@@ -54,6 +56,8 @@ class RouterServer:
         self.metrics_port = metrics_port
         self.limits = limits or RequestLimits()
         self.tracer_provider = tracer_provider
+        self.otlp_endpoint = otlp_endpoint
+        self._owns_provider = False
         self.ledger = InflightLedger(ttl_s=inflight_ttl_s)
         self.fleet = FleetState()
         self.metrics = RouterMetrics(self.ledger.loads, self.fleet)
@@ -78,6 +82,10 @@ class RouterServer:
         config = load_config(self.config_paths)
         self.holder = ConfigHolder(config)
         self.metrics.config_loaded(config.digest)
+        if self.tracer_provider is None and self.otlp_endpoint:
+            self.tracer_provider = otlp_tracer_provider(
+                self.otlp_endpoint, count=lambda stage, n: self.metrics.trace_spans.labels(stage).inc(n))
+            self._owns_provider = True
         tracer = tracer_from(self.tracer_provider)
         if self.redis_url:
             self.budget_ledger = RedisLedger(self.redis_url, self.redis_timeout_s)
@@ -158,3 +166,5 @@ class RouterServer:
             self._metrics_http.server_close()
         if self.budget_ledger is not None:
             await self.budget_ledger.close()
+        if self._owns_provider and isinstance(self.tracer_provider, TracerProvider):
+            await asyncio.to_thread(self.tracer_provider.shutdown)

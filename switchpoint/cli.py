@@ -137,12 +137,9 @@ def _parser() -> argparse.ArgumentParser:
 def _router(args: argparse.Namespace) -> int:
     from switchpoint.router.request import RequestLimits
     from switchpoint.router.server import RouterServer
-    from switchpoint.router.telemetry import otlp_tracer_provider
-
-    provider = otlp_tracer_provider(args.otlp_endpoint) if args.otlp_endpoint else None
     server = RouterServer(args.config, host=args.host, port=args.port, metrics_port=args.metrics_port,
                           limits=RequestLimits(max_prompt_bytes=args.max_prompt_bytes),
-                          tracer_provider=provider, reload_interval=args.reload_interval,
+                          otlp_endpoint=args.otlp_endpoint, reload_interval=args.reload_interval,
                           redis_url=args.redis, redis_timeout_s=args.redis_timeout_ms / 1000)
 
     async def serve() -> None:
@@ -155,8 +152,6 @@ def _router(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
         await server.stop(grace=5.0)
-        if provider is not None:
-            provider.shutdown()
 
     asyncio.run(serve())
     return 0

@@ -14,7 +14,6 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from switchpoint.localredis import free_port
-from switchpoint.router.telemetry import otlp_tracer_provider
 from switchpoint.v1 import router_pb2
 
 from .conftest import EXAMPLES, ThreadedRouter, chat, wait_for
@@ -59,9 +58,8 @@ def attributes(span) -> dict:
 
 def test_a_real_router_exports_the_route_span_tree_over_otlp(collector):
     receiver, endpoint = collector
-    provider = otlp_tracer_provider(endpoint)
     client = TracerProvider().get_tracer("frontend")
-    with ThreadedRouter(config_paths=[EXAMPLES], tracer_provider=provider) as router:
+    with ThreadedRouter(config_paths=[EXAMPLES], otlp_endpoint=endpoint) as router:
         with client.start_as_current_span("frontend") as parent:
             carrier: dict[str, str] = {}
             TraceContextTextMapPropagator().inject(carrier)
@@ -69,9 +67,11 @@ def test_a_real_router_exports_the_route_span_tree_over_otlp(collector):
                                   metadata=tuple(carrier.items()), timeout=5)
         router.stub.Report(router_pb2.ReportRequest(request_id=d.request_id, outcome=router_pb2.OUTCOME_SUCCESS,
                                                     prompt_tokens=200, completion_tokens=20, ttft_ms=90), timeout=5)
-        provider.force_flush()
-    provider.shutdown()
-    assert wait_for(lambda: len(receiver.spans) >= 6)
+        router.server.tracer_provider.force_flush()
+        assert wait_for(lambda: len(receiver.spans) >= 6)
+        text = router.metrics_text()
+    assert 'switchpoint_trace_spans_total{stage="ended"} 6.0' in text
+    assert 'switchpoint_trace_spans_total{stage="exported"} 6.0' in text
     by_name = {s.name: s for s in receiver.spans}
     root = by_name["switchpoint.route"]
     assert root.trace_id == parent.get_span_context().trace_id.to_bytes(16, "big")
@@ -88,11 +88,11 @@ def test_a_real_router_exports_the_route_span_tree_over_otlp(collector):
 
 
 def test_an_unreachable_collector_never_fails_or_stalls_routing():
-    provider = otlp_tracer_provider(f"127.0.0.1:{free_port()}")  # nothing listens there
-    with ThreadedRouter(config_paths=[EXAMPLES], tracer_provider=provider) as router:
+    with ThreadedRouter(config_paths=[EXAMPLES], otlp_endpoint=f"127.0.0.1:{free_port()}") as router:
         started = time.monotonic()
         for _ in range(50):
             assert router.stub.Route(chat("hello there"), timeout=5).pool == "small-chat"
         elapsed = time.monotonic() - started
-    provider.shutdown()
+        text = router.metrics_text()
     assert elapsed < 10  # exports happen off the request path (a batch queue), whatever the collector does
+    assert 'switchpoint_trace_spans_total{stage="ended"} 250.0' in text  # 5 spans per Route, none exported
