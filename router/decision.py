@@ -9,19 +9,6 @@ from dataclasses import dataclass
 from switchpoint.config.model import AllRule, AnyRule, Decision, NotRule, Policy, Rule, SignalRule
 
 
-def rule_holds(rule: Rule, fired: Callable[[str], bool]) -> bool:
-    match rule:
-        case SignalRule(signal):
-            return fired(signal)
-        case AllRule(rules):
-            return all(rule_holds(r, fired) for r in rules)
-        case AnyRule(rules):
-            return any(rule_holds(r, fired) for r in rules)
-        case NotRule(inner):
-            return not rule_holds(inner, fired)
-    raise TypeError(f"unknown rule type {type(rule).__name__}")
-
-
 def describe_rule(rule: Rule) -> str:
     match rule:
         case SignalRule(signal):
@@ -39,7 +26,7 @@ Predicate = Callable[[Callable[[str], bool]], bool]
 
 
 def compile_rule(rule: Rule) -> Predicate:
-    """The rule as nested closures: the same logic as rule_holds without per-node type dispatch."""
+    """The rule as nested closures, built once per policy: no per-node type dispatch per request."""
     match rule:
         case SignalRule(signal):
             return lambda fired: fired(signal)

@@ -25,7 +25,6 @@ class InflightEntry:
     replica: str
     prefill_replica: str = ""
     workload: str = ""
-    input_tokens: int = 0
     span_context: Any = None  # the Route span's context, so the Report span can link to it
     budget: Any = None  # the BudgetAdmission to settle at Report, when budgets applied
     pricing: Any = None  # the pool's Pricing, for the cost of the reported usage

@@ -120,7 +120,6 @@ class RouterService:
             replica=decision.replica,
             prefill_replica=decision.prefill_replica,
             workload=result.workload.label,
-            input_tokens=req.input_tokens,
             span_context=span.get_span_context(),
             budget=admission,
             pricing=result.selection.candidate.pool.pricing,

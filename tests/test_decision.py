@@ -6,7 +6,7 @@ import pytest
 
 from switchpoint.config.compiler import load_config
 from switchpoint.config.model import AllRule, AnyRule, NotRule, SignalRule
-from switchpoint.router.decision import decide, describe_rule, rule_holds
+from switchpoint.router.decision import compile_rule, decide, describe_rule
 from switchpoint.router.request import ChatTurn, RouteInput
 from switchpoint.router.signals.rules import SignalBoard
 
@@ -29,7 +29,7 @@ RULES = [
 @pytest.mark.parametrize(("rule", "fired", "holds"), RULES,
                          ids=[f"{describe_rule(r)}|{sorted(f)}" for r, f, _ in RULES])
 def test_rules_are_boolean_logic(rule, fired, holds):
-    assert rule_holds(rule, fired.__contains__) is holds
+    assert compile_rule(rule)(fired.__contains__) is holds
 
 
 def route_input(text: str, **fields) -> RouteInput:

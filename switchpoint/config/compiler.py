@@ -87,7 +87,6 @@ def compile_manifests(manifests: list[Manifest]) -> RouterConfig:
         direct=_direct_decisions(pools),
         budgets=budgets,
         digest=_digest(manifests),
-        sources=tuple(sorted({m.source.split("#")[0] for m in manifests})),
     )
 
 

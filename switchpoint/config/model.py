@@ -253,4 +253,3 @@ class RouterConfig:
     direct: dict[str, Decision] = field(default_factory=dict)
     budgets: tuple[Budget, ...] = ()
     digest: str = ""
-    sources: tuple[str, ...] = ()
