@@ -8,6 +8,7 @@ import time
 import pytest
 
 from switchpoint.config.model import Budget
+from switchpoint.router.budget.enforcer import BudgetEnforcer, BudgetLine
 from switchpoint.router.budget.ledger import ADMITTED, DOWNGRADE, REJECTED, RedisLedger
 from switchpoint.router.budget.scope import BudgetInstance
 
@@ -140,3 +141,26 @@ def test_peek_changes_nothing(redis_url, reset):
         return await ledger.client.keys("sp:budget:*")
 
     assert run(_with_ledger(redis_url, body)) == []
+
+
+def test_a_reserve_whose_reply_was_lost_is_released_when_the_ledger_answers_again(redis_server):
+    """Redis ran the reserve script, then died before the reply arrived: the router admitted the request
+    unenforced, so the orphaned reservation must not stay held (it would refuse others until it expired)."""
+    b = budget(limit=100)
+
+    async def body():
+        ledger = RedisLedger(redis_server.url)
+        enforcer = BudgetEnforcer(ledger, reservation_ttl_s=600, breaker_s=0)
+        try:
+            await ledger.reserve("lost-reply", 600_000, [(b, 60)], False)  # what Redis executed
+            redis_server.stop()
+            check = await enforcer.reserve("lost-reply", [BudgetLine(b, 60)])  # what the router saw
+            redis_server.start()
+            flushed = await enforcer.flush_pending()
+            return check, flushed, await ledger.peek([b])
+        finally:
+            await ledger.close()
+
+    check, flushed, after = run(body())
+    assert check.outcome == "unenforced" and flushed == 1
+    assert (after.states[0].spent, after.states[0].reserved) == (0, 0)

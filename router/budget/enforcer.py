@@ -13,6 +13,11 @@ unenforced, and its usage is not counted. A Report that cannot be settled is que
 (up to MAX_PENDING) and settled when the ledger answers again, so no request admitted
 with a reservation is lost from the ledger; settling is idempotent, so a retry never
 counts twice.
+
+A reserve whose connection broke may still have run in Redis (the script executed, the
+reply was lost). The request is then admitted unenforced, so a zero-amount settle for its
+id is queued: it releases such an orphaned reservation when the ledger answers again
+(and does nothing if the reserve never ran), instead of leaving it held until it expires.
 """
 
 from __future__ import annotations
@@ -71,7 +76,9 @@ class BudgetEnforcer:
         try:
             reply = await self._call(lambda ledger: ledger.reserve(
                 rid, self.ttl_ms, [(ln.instance, ln.units) for ln in lines], force_soft))
-        except _StoreDown:
+        except _StoreDown as down:
+            if down.attempted:
+                self.pending.append((rid, [BudgetLine(ln.instance, 0) for ln in lines]))
             return self._unreachable(lines)
         with_state = tuple(BudgetLine(ln.instance, ln.units, st) for ln, st in zip(lines, reply.states, strict=True))
         if reply.status == ADMITTED:
@@ -121,7 +128,7 @@ class BudgetEnforcer:
 
     async def _call(self, op):  # type: ignore[no-untyped-def]
         if not self.store_up:
-            raise _StoreDown
+            raise _StoreDown(attempted=False)
         assert self.ledger is not None
         try:
             return await op(self.ledger)
@@ -130,7 +137,7 @@ class BudgetEnforcer:
             self._down_until = time.monotonic() + self.breaker_s
             log.error("budget store %s unreachable (%s); failurePolicy applies for %.1fs",
                       self.ledger.url, exc, self.breaker_s)
-            raise _StoreDown from exc
+            raise _StoreDown(attempted=True) from exc
 
     def _unreachable(self, lines: list[BudgetLine]) -> BudgetCheck:
         closed = next((ln.instance for ln in lines if ln.instance.budget.failure_policy == "Closed"), None)
@@ -138,4 +145,6 @@ class BudgetEnforcer:
 
 
 class _StoreDown(Exception):
-    pass
+    def __init__(self, attempted: bool):
+        super().__init__()
+        self.attempted = attempted  # the call reached the network, so it may have run in Redis
