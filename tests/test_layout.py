@@ -20,3 +20,20 @@ def test_generated_stubs_are_importable_as_switchpoint_v1():
 
     assert router_pb2.DESCRIPTOR.package == "switchpoint.v1"
     assert hasattr(router_pb2_grpc, "RouterStub")
+
+
+def test_every_package_folder_is_in_the_distribution():
+    """An installed (non-editable) wheel only carries the packages pyproject lists: a folder left out works
+    in the editable checkout and breaks in the container image."""
+    import tomllib
+
+    from tests.conftest import ROOT
+
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed, roots = set(setuptools["packages"]), setuptools["package-dir"]
+    found = set()
+    for package, folder in roots.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            parts = init.parent.relative_to(ROOT / folder).parts
+            found.add(".".join((package, *parts)))
+    assert found - listed == set(), "folders missing from [tool.setuptools] packages"
