@@ -1,0 +1,266 @@
+"""cost-quality and knn: order candidates by predicted quality - lambda x predicted cost (USD).
+
+lambda is quality points per USD per request (the CRD's `lambda`): 0 orders by quality alone, a large value
+by cost alone. Either lambda is set directly or a target quality share t in (0, 1] is translated into one on
+the training data: the largest lambda (on a geometric grid) whose routed mean quality on the dataset, with
+out-of-sample predictions (kNN: leave-one-out; linear heads: 2-fold cross-fitting), is at least t x the mean
+quality of the best single candidate. Because costs depend on the candidates' prices, the translation is made
+per candidate set (`prepare(candidates)`, memoised; the first rank() does it if prepare was not called).
+
+Predicted cost = the candidate's price x (the request's input tokens, and its output tokens as the estimator
+predicts them for that model — the neighbours' mean for kNN, the dataset mean for the heads — or the
+request's expected output tokens where the estimator has no figure).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from switchpoint.router.selectors.base import (
+    CandidateModel,
+    CandidateScore,
+    Ranking,
+    SelectionRequest,
+    SelectorError,
+    candidate_costs,
+    check_candidates,
+    check_lambda,
+    cost_quality_order,
+    first_choice,
+    ranking,
+)
+from switchpoint.router.selectors.dataset import OnMissing, RoutingDataset, load_dataset
+from switchpoint.router.selectors.estimators import (
+    Estimate,
+    Estimator,
+    KnnEstimator,
+    LinearEstimator,
+    MeanEstimator,
+    UnknownModel,
+)
+from switchpoint.router.selectors.index import KnnIndex, TextEncoder, embed_dataset
+
+LAMBDA_GRID_POINTS = 121
+
+
+@dataclass(frozen=True)
+class CostQualityParams:
+    """cost-quality: estimator "linear" (logistic heads on embeddings; needs dataset + encoder) or "mean"
+    (each model's dataset mean: the same choice for every prompt)."""
+
+    lam: float | None = None
+    target_quality_share: float | None = None
+    dataset: str | None = None
+    estimator: Literal["linear", "mean"] = "linear"
+    l2: float = 1e-3
+    unknown_model: UnknownModel = "error"
+    prior_quality: float | None = None
+    on_missing: OnMissing = "error"
+
+    def __post_init__(self) -> None:
+        _check_tradeoff(self.lam, self.target_quality_share)
+        if self.estimator not in ("linear", "mean"):
+            raise SelectorError(f"estimator must be 'linear' or 'mean', not {self.estimator!r}")
+        if self.dataset is None:
+            raise SelectorError("cost-quality needs a dataset (labelled prompts) to predict quality from")
+        _check_prior(self.prior_quality)
+        if not (math.isfinite(self.l2) and self.l2 >= 0):
+            raise SelectorError(f"l2 must be a finite number >= 0, got {self.l2!r}")
+
+
+@dataclass(frozen=True)
+class KnnParams:
+    dataset: str
+    k: int = 10
+    lam: float | None = None
+    target_quality_share: float | None = None
+    temperature: float = 0.0  # softmax temperature on cosine similarity; 0 = uniform weights
+    prior_strength: float = 0.0  # pseudo-neighbours pulling toward each model's dataset mean
+    unknown_model: UnknownModel = "error"
+    prior_quality: float | None = None
+    on_missing: OnMissing = "error"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+            raise SelectorError(f"k must be an integer >= 1, got {self.k!r}")
+        _check_tradeoff(self.lam, self.target_quality_share)
+        if not self.dataset:
+            raise SelectorError("knn needs a dataset (labelled prompts) to build its index from")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise SelectorError(f"temperature must be a finite number >= 0, got {self.temperature!r}")
+        if not (math.isfinite(self.prior_strength) and self.prior_strength >= 0):
+            raise SelectorError(f"prior_strength must be a finite number >= 0, got {self.prior_strength!r}")
+        _check_prior(self.prior_quality)
+
+
+def _check_tradeoff(lam: float | None, share: float | None) -> None:
+    if lam is not None and share is not None:
+        raise SelectorError("set lambda or target_quality_share, not both")
+    if lam is not None:
+        check_lambda(lam)
+    if share is not None and not (isinstance(share, int | float) and 0 < share <= 1):
+        raise SelectorError(f"target_quality_share must be in (0, 1], got {share!r}")
+
+
+def _check_prior(prior: float | None) -> None:
+    if prior is not None and not (math.isfinite(prior) and 0 <= prior <= 1):
+        raise SelectorError(f"prior_quality must be in [0, 1], got {prior!r}")
+
+
+def lambda_grid(costs: np.ndarray, points: int = LAMBDA_GRID_POINTS) -> np.ndarray:
+    """0 then a geometric grid spanning the scale 1 / (typical cost gap between candidates) by 1e-3 .. 1e4."""
+    spread = costs.max(axis=1) - costs.min(axis=1)
+    gap = float(np.median(spread[spread > 0])) if np.any(spread > 0) else 1.0
+    return np.concatenate([[0.0], np.geomspace(1e-3 / gap, 1e4 / gap, points - 1)])
+
+
+def lambda_for_share(quality: np.ndarray, cost: np.ndarray, true_quality: np.ndarray, share: float) -> float:
+    """The largest grid lambda whose routed mean true quality >= share x the best single column's mean.
+
+    quality, cost: (n, m) out-of-sample predictions and predicted costs; true_quality: (n, m) the labels.
+    lambda = 0 when even 0 misses the target (the best the predictions can do).
+    """
+    target = share * float(true_quality.mean(axis=0).max())
+    best = 0.0
+    rows = np.arange(quality.shape[0])
+    for lam in lambda_grid(cost):
+        pick = first_choice(quality, cost, float(lam))
+        if true_quality[rows, pick].mean() >= target - 1e-12:
+            best = float(lam)
+    return best
+
+
+class CostQualitySelector:
+    """Argmax of predicted quality - lambda x predicted cost, over any Estimator (knn and cost-quality)."""
+
+    def __init__(self, estimator: Estimator, lam: float | None = None, target_quality_share: float | None = None,
+                 algorithm: str = "cost-quality", calibration: tuple[RoutingDataset, np.ndarray | None] | None = None,
+                 calibration_estimate: Estimate | None = None):
+        _check_tradeoff(lam, target_quality_share)
+        if lam is None and target_quality_share is None:
+            lam = 0.0
+        if target_quality_share is not None and calibration is None:
+            raise SelectorError("a target quality share needs the training dataset to translate it into lambda")
+        self.algorithm = algorithm
+        self.estimator = estimator
+        self.lam = lam
+        self.share = target_quality_share
+        self.calibration = calibration
+        self._calib_estimate = calibration_estimate
+        self._lams: dict[tuple[CandidateModel, ...], float] = {}
+
+    # -- the decision, shared by rank() and the benchmark harness --------------------------------------
+    def estimate_batch(self, candidates: Sequence[CandidateModel], embeddings: np.ndarray | None,
+                       input_tokens: np.ndarray, output_tokens: np.ndarray,
+                       exclude: np.ndarray | None = None) -> tuple[Estimate, np.ndarray]:
+        """(estimate, predicted cost (n, m)) for a batch of requests; output_tokens (n,) is the requests' own
+        expectation, used where the estimator has no figure for a model."""
+        est = self.estimator.estimate(embeddings, [c.model for c in candidates], exclude)
+        n = est.quality.shape[0]
+        req_out = np.broadcast_to(np.asarray(output_tokens, dtype=np.float64).reshape(-1, 1), (n, len(candidates)))
+        out = np.where(np.isnan(est.output_tokens), req_out, est.output_tokens)
+        return est, candidate_costs(candidates, np.broadcast_to(np.asarray(input_tokens), (n,)), out)
+
+    def lambda_for(self, candidates: Sequence[CandidateModel]) -> float:
+        if self.lam is not None:
+            return self.lam
+        key = tuple(candidates)
+        if key not in self._lams:
+            self._lams[key] = self._calibrate(candidates)
+        return self._lams[key]
+
+    prepare = lambda_for  # call at policy load so the first request does not pay for the calibration
+
+    def _calibrate(self, candidates: Sequence[CandidateModel]) -> float:
+        assert self.calibration is not None and self.share is not None
+        data, emb = self.calibration
+        cols = [data.model_index(c.model) for c in candidates]
+        prior = getattr(self.estimator, "prior", float(data.scores.mean()))
+        if self._calib_estimate is not None:  # cross-fitted head predictions, one column per dataset model
+            ce = self._calib_estimate
+            quality = np.stack([ce.quality[:, c] if c is not None else np.full(len(data), prior) for c in cols], 1)
+            out = np.stack([ce.output_tokens[:, c] if c is not None else np.full(len(data), np.nan) for c in cols], 1)
+        else:
+            loo = np.arange(len(data)) if isinstance(self.estimator, KnnEstimator) else None
+            est = self.estimator.estimate(emb, [c.model for c in candidates], loo)
+            shape = (len(data), len(candidates))  # the mean estimator answers one row for all
+            quality, out = np.broadcast_to(est.quality, shape), np.broadcast_to(est.output_tokens, shape)
+        out = np.where(np.isnan(out), data.output_tokens.mean(), out)
+        cost = candidate_costs(candidates, data.input_tokens, out)
+        truth = np.stack([data.scores[:, c] if c is not None else np.full(len(data), prior) for c in cols], axis=1)
+        return lambda_for_share(quality, cost, truth, self.share)
+
+    def rank(self, candidates: Sequence[CandidateModel], request: SelectionRequest) -> Ranking:
+        check_candidates(candidates)
+        emb = None if request.embedding is None else np.asarray(request.embedding)[None, :]
+        est, cost = self.estimate_batch(candidates, emb, np.array([request.input_tokens]),
+                                        np.array([request.output_tokens]))
+        lam = self.lambda_for(candidates)
+        order = cost_quality_order(est.quality[:1], cost[:1], lam)[0]
+        scores = {i: CandidateScore(c.key, c.model, float(est.quality[0, i]), float(cost[0, i]),
+                                    float(est.quality[0, i] - lam * cost[0, i]), bool(est.known[i]))
+                  for i, c in enumerate(candidates)}
+        notes = []
+        if emb is None and self.estimator.name != "mean":
+            notes.append("no request embedding: the dataset's mean quality per model")
+        if not est.known.all():
+            unknown = [c.model for c, k in zip(candidates, est.known, strict=True) if not k]
+            notes.append(f"not in the dataset (prior quality): {', '.join(unknown)}")
+        if self.share is not None:
+            notes.append(f"lambda from target quality share {self.share}")
+        return ranking(self.algorithm, candidates, order, scores=scores, lam=lam,
+                       neighbours=est.neighbours[0] if est.neighbours else (), notes=tuple(notes))
+
+
+def load_labelled(dataset: str | Path, encoder: TextEncoder | None, cache_dir: Path | None,
+                  on_missing: OnMissing) -> tuple[RoutingDataset, np.ndarray | None]:
+    data = load_dataset(dataset, on_missing)
+    emb = embed_dataset(data, encoder, cache_dir) if encoder is not None else None
+    return data, emb
+
+
+def knn_selector(params: KnnParams, encoder: TextEncoder, cache_dir: Path | None = None) -> CostQualitySelector:
+    """The knn algorithm: the index is the dataset's prompts embedded by `encoder` (cached on disk)."""
+    data, emb = load_labelled(params.dataset, encoder, cache_dir, params.on_missing)
+    assert emb is not None
+    index = KnnIndex.from_dataset(data, emb, encoder.name)
+    est = KnnEstimator(index, params.k, params.temperature, params.prior_strength, params.unknown_model,
+                       params.prior_quality)
+    return CostQualitySelector(est, params.lam, params.target_quality_share, "knn", (data, emb))
+
+
+def cost_quality_selector(params: CostQualityParams, encoder: TextEncoder | None,
+                          cache_dir: Path | None = None) -> CostQualitySelector:
+    assert params.dataset is not None
+    if params.estimator == "mean":
+        data = load_dataset(params.dataset, params.on_missing)
+        est: Estimator = MeanEstimator(data, params.unknown_model, params.prior_quality)
+        return CostQualitySelector(est, params.lam, params.target_quality_share, "cost-quality", (data, None))
+    if encoder is None:
+        raise SelectorError("cost-quality with the linear estimator needs the router's encoder")
+    data, emb = load_labelled(params.dataset, encoder, cache_dir, params.on_missing)
+    assert emb is not None
+    est = LinearEstimator.fit(data, emb, params.l2, unknown_model=params.unknown_model,
+                              prior_quality=params.prior_quality)
+    calib = None
+    if params.target_quality_share is not None:  # 2-fold cross-fitted predictions for the translation
+        calib = cross_fitted_linear(data, emb, params.l2)
+    return CostQualitySelector(est, params.lam, params.target_quality_share, "cost-quality", (data, emb), calib)
+
+
+def cross_fitted_linear(data: RoutingDataset, emb: np.ndarray, l2: float, folds: int = 2) -> Estimate:
+    """Out-of-sample head predictions for every row of `data` (each fold predicted by heads fit on the rest)."""
+    fold = np.arange(len(data)) % folds
+    q = np.empty(data.scores.shape)
+    for f in range(folds):
+        tr, te = np.nonzero(fold != f)[0], np.nonzero(fold == f)[0]
+        heads = LinearEstimator.fit(data.take(tr), emb[tr], l2)
+        q[te] = heads.estimate(emb[te], data.models).quality
+    out = np.tile(data.output_tokens.mean(axis=0).astype(np.float64), (len(data), 1))
+    return Estimate(q, out, np.ones(len(data.models), dtype=bool))
