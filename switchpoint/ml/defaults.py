@@ -40,6 +40,7 @@ class HeadData:
     texts: tuple[str, ...]
     labels: tuple[str, ...]
     options: TrainOptions
+    sources: tuple[str, ...] = ()  # where each row comes from (jailbreak data), for per-source results
 
 
 def _routing_rows(data: Path) -> list[dict]:
@@ -77,7 +78,8 @@ def head_data(name: str, data: Path | None = None) -> HeadData:
             name="jailbreak", kind="binary", labels=("benign", "jailbreak"), positive="jailbreak",
             weighting="balanced", threshold="f1",
             description="data/classifiers/jailbreak.jsonl (sources and licences in data/classifiers/README.md)")
-        return HeadData(tuple(r["text"] for r in rows), tuple(r["label"] for r in rows), opts)
+        return HeadData(tuple(r["text"] for r in rows), tuple(r["label"] for r in rows), opts,
+                        tuple(r["source"].split(" ")[0] for r in rows))
     raise ValueError(f"no default head named {name!r} (known: {', '.join(DEFAULT_HEADS)})")
 
 
@@ -90,12 +92,33 @@ def _load_encoder(models: Path, encoder_name: str):  # -> Encoder (imported lazi
 def train_default(models: Path, name: str, encoder_name: str, max_rows: int | None = None,
                   data: Path | None = None, out: Path | None = None) -> TrainedHead:
     hd = head_data(name, data)
-    texts, labels = hd.texts, hd.labels
+    texts, labels, sources = hd.texts, hd.labels, hd.sources
     if max_rows is not None:
         keep = fixed_subset(texts, max_rows)
         texts, labels = tuple(texts[i] for i in keep), tuple(labels[i] for i in keep)
+        sources = tuple(sources[i] for i in keep) if sources else ()
         hd.options.extra["subset"] = {"max_rows": max_rows, "rule": SUBSET_RULE}
-    return train_head(texts, labels, _load_encoder(models, encoder_name), hd.options, out)
+    trained = train_head(texts, labels, _load_encoder(models, encoder_name), hd.options)
+    if sources and trained.heldout_index is not None and trained.kind_binary:
+        trained.manifest["metrics"]["heldout_by_source"] = _by_source(trained, labels, sources)
+    if out is not None:
+        trained.write(out)
+    return trained
+
+
+def _by_source(trained: TrainedHead, labels: tuple[str, ...], sources: tuple[str, ...]) -> dict:
+    """Per data source: held-out rows, their label, and the share the head flags as positive."""
+    positive = trained.labels[1]
+    threshold = trained.manifest["thresholds"][positive]
+    groups: dict[str, list[int]] = {}
+    for j, i in enumerate(trained.heldout_index):
+        groups.setdefault(sources[i], []).append(j)
+    out = {}
+    for source, js in sorted(groups.items()):
+        flagged = sum(float(trained.heldout_probs[j, 1]) >= threshold for j in js)
+        label = labels[trained.heldout_index[js[0]]]
+        out[source] = {"label": label, "rows": len(js), f"flagged_{positive}": round(flagged / len(js), 4)}
+    return out
 
 
 def build_default_heads(models: Path, encoder_name: str = "minilm-static", data: Path | None = None,

@@ -57,6 +57,12 @@ class TrainedHead:
     head: linear.LinearHead
     labels: tuple[str, ...]
     manifest: dict
+    heldout_index: np.ndarray | None = None  # row indices of the held-out part
+    heldout_probs: np.ndarray | None = None  # the final head's probabilities on them
+
+    @property
+    def kind_binary(self) -> bool:
+        return self.manifest["kind"] == "binary"
 
     def write(self, out: Path) -> Path:
         """head.onnx and head.json into directory ``out`` (created); returns ``out``."""
@@ -127,7 +133,8 @@ def train_on_embeddings(x: np.ndarray, texts: Sequence[str], labels: Sequence[st
     l2 = best[1]
     threshold = round(float(best[2]) if opts.threshold == "f1" else float(opts.threshold), 4)
     head = linear.fit(x[train_idx], y[train_idx], len(order), kind, l2=l2, weighting=opts.weighting)
-    held_metrics = _score(order, y[held_idx], head.predict_proba(x[held_idx]), kind, threshold)
+    held_probs = head.predict_proba(x[held_idx])
+    held_metrics = _score(order, y[held_idx], held_probs, kind, threshold)
 
     thresholds = {order[1]: threshold} if kind == "binary" else {lab: 0.0 for lab in order}
     manifest = {
@@ -160,7 +167,7 @@ def train_on_embeddings(x: np.ndarray, texts: Sequence[str], labels: Sequence[st
         "metrics": {"heldout": held_metrics},
         "created_by": f"switchpoint {version} (switchpoint.ml.train)",
     }
-    return TrainedHead(head, order, manifest)
+    return TrainedHead(head, order, manifest, held_idx, held_probs)
 
 
 def encode_all(encoder: TextEncoder, texts: Sequence[str], batch: int = 64) -> np.ndarray:
