@@ -20,7 +20,8 @@ from switchpoint.router.errors import RouteError
 from switchpoint.router.request import RouteInput
 from switchpoint.router.scheduling.scheduler import Scheduler
 from switchpoint.router.selection import Selection, select_static
-from switchpoint.router.signals.rules import SignalBoard, SignalResult
+from switchpoint.router.signals.neural import RequestInference, SignalInference
+from switchpoint.router.signals.rules import Inferred, NeedsInference, NeuralSignal, SignalBoard, SignalResult
 from switchpoint.router.workload import Workload, classify, with_cache_state
 
 
@@ -32,6 +33,7 @@ class RouteResult:
     board: SignalBoard  # the signals computed to reach the decision
     outcome: DecisionOutcome
     selection: Selection
+    inference: RequestInference | None = None  # embeddings and classifier outputs computed for the request
 
     @property
     def fired(self) -> tuple[str, ...]:
@@ -47,11 +49,23 @@ class RouteResult:
 
 
 class RoutePipeline:
-    def __init__(self, scheduler: Scheduler, tracer: trace.Tracer):
+    def __init__(self, scheduler: Scheduler, tracer: trace.Tracer, inference: SignalInference | None = None):
         self.scheduler = scheduler
         self.tracer = tracer
+        self.inference = inference
 
-    def route(self, config: RouterConfig, req: RouteInput, all_signals: bool = False) -> RouteResult:
+    def route_now(self, config: RouterConfig, req: RouteInput) -> RouteResult:
+        """`route` for callers without an event loop (the offline scheduling bench), for policies whose
+        decisions need no classifier: the coroutine then finishes without ever suspending."""
+        coro = self.route(config, req)
+        try:
+            coro.send(None)
+        except StopIteration as done:
+            return done.value
+        coro.close()
+        raise RuntimeError("this policy's decisions need classifiers: call route() on an event loop")
+
+    async def route(self, config: RouterConfig, req: RouteInput, all_signals: bool = False) -> RouteResult:
         """Decide for one request. Signals are computed as decisions need them, or all with all_signals."""
         policy = config.aliases.get(req.model)
         direct = None if policy else config.direct.get(req.model)
@@ -67,21 +81,46 @@ class RoutePipeline:
             span.set_attribute("switchpoint.workload", workload.label)
         with stage("switchpoint.decision") as span:
             board = SignalBoard(policy.signals if policy else (), req)
-            if all_signals:
-                board.evaluate_all()
-            outcome = decide(policy, board.fired) if policy else _direct_outcome(direct)
+            state = RequestInference()
+            if policy is None:
+                outcome = _direct_outcome(direct)
+            else:
+                if all_signals:
+                    board.evaluate_rules()
+                    for signal in board.pending():
+                        board.record(signal.name, await self._infer(policy, signal, req, state))
+                outcome = await self._decide(policy, board, req, state)
             if span.is_recording():
                 span.set_attribute("switchpoint.signals.fired", list(board.fired_names))
+                if board.degraded:
+                    span.set_attribute("switchpoint.signals.degraded", list(board.degraded))
                 span.set_attributes({f"switchpoint.signal.{s.name}": s.evidence for s in board.results()})
             span.set_attribute("switchpoint.decision", outcome.decision.name)
             span.set_attribute("switchpoint.decision.reason", outcome.reason)
         with stage("switchpoint.placement") as span:
-            span.set_attribute("switchpoint.selection.algorithm", outcome.decision.selection)
+            span.set_attribute("switchpoint.selection.algorithm", outcome.decision.selection.algorithm)
             selection = select_static(outcome.decision, req, self.scheduler)
             span.set_attribute("switchpoint.pool", selection.candidate.pool.name)
             span.set_attribute("switchpoint.replica", selection.placement.replica.address)
             workload = with_cache_state(workload, rules, req.input_tokens, selection.placement.uncached_tokens)
-        return RouteResult(req, policy, workload, board, outcome, selection)
+        return RouteResult(req, policy, workload, board, outcome, selection, state)
+
+    async def _decide(self, policy: Policy, board: SignalBoard, req: RouteInput,
+                      state: RequestInference) -> DecisionOutcome:
+        """The decisions in priority order; a classifier signal they reach is computed, then they are checked
+        again (signals already computed are remembered, so each runs at most once)."""
+        while True:
+            try:
+                return decide(policy, board.fired)
+            except NeedsInference as need:
+                board.record(need.signal.name, await self._infer(policy, need.signal, req, state))
+
+    async def _infer(self, policy: Policy, signal: NeuralSignal, req: RouteInput,
+                     state: RequestInference) -> Inferred:
+        if self.inference is None:
+            raise RouteError(grpc.StatusCode.FAILED_PRECONDITION,
+                             f"signal '{signal.name}' needs a classifier, and this router runs without models")
+        return await self.inference.infer(policy, signal, req, state)
 
 
 _UNTRACED = contextlib.nullcontext(trace.INVALID_SPAN)

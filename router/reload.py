@@ -37,9 +37,11 @@ def fingerprint(paths: list[str | Path]) -> Fingerprint:
 
 class ConfigWatcher:
     def __init__(self, paths: list[str | Path], apply: Callable[[RouterConfig], None],
-                 refused: Callable[[ConfigError], None], interval: float = 1.0):
+                 refused: Callable[[ConfigError], None], interval: float = 1.0,
+                 prepare: Callable[[RouterConfig], None] | None = None):
         self.paths = paths
         self.apply = apply
+        self.prepare = prepare  # loads what the config needs (models); ConfigError refuses it
         self.refused = refused
         self.interval = interval
         self.seen = fingerprint(paths)
@@ -56,10 +58,16 @@ class ConfigWatcher:
             return False
         self.seen = current
         try:
-            config = await asyncio.to_thread(load_config, self.paths)
+            config = await asyncio.to_thread(self._load)
         except ConfigError as exc:
             log.error("config reload refused; the previous config keeps serving:\n%s", exc)
             self.refused(exc)
             return False
         self.apply(config)
         return True
+
+    def _load(self) -> RouterConfig:
+        config = load_config(self.paths)
+        if self.prepare is not None:
+            self.prepare(config)
+        return config

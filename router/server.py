@@ -19,6 +19,7 @@ from switchpoint.config.model import RouterConfig
 from switchpoint.router.budget.enforcer import BudgetEnforcer
 from switchpoint.router.budget.gate import BudgetGate
 from switchpoint.router.budget.ledger import RedisLedger
+from switchpoint.router.classifiers.bank import ModelBank
 from switchpoint.router.inflight import InflightLedger
 from switchpoint.router.metrics import RouterMetrics
 from switchpoint.router.pipeline import RoutePipeline
@@ -28,6 +29,7 @@ from switchpoint.router.scheduling.fleet import FleetState
 from switchpoint.router.scheduling.scheduler import Scheduler
 from switchpoint.router.scheduling.scraper import Scraper
 from switchpoint.router.service import SERVICE_NAME, ConfigHolder, RouterService
+from switchpoint.router.signals.neural import SignalInference
 from switchpoint.router.telemetry import otlp_tracer_provider, tracer_from
 
 log = logging.getLogger("switchpoint.router")
@@ -49,6 +51,8 @@ class RouterServer:
         redis_url: str | None = None,
         redis_timeout_s: float = 0.25,
         otlp_endpoint: str | None = None,
+        models_dir: Path | None = None,
+        classifier_threads: int = 2,
     ):
         self.config_paths = list(config_paths)
         self.host = host
@@ -71,6 +75,9 @@ class RouterServer:
         self.health = HealthServicer()
         self._tasks: list[asyncio.Task] = []
         self._metrics_http = None
+        self.bank = ModelBank(models_dir)
+        self.classifier_threads = classifier_threads
+        self.inference: SignalInference | None = None
 
     @property
     def config(self) -> RouterConfig:
@@ -80,6 +87,7 @@ class RouterServer:
     async def start(self) -> int:
         """Compile the config (ConfigError if it is broken), bind, and serve. Returns the gRPC port."""
         config = load_config(self.config_paths)
+        await asyncio.to_thread(self.bank.prepare, config)
         self.holder = ConfigHolder(config)
         self.metrics.config_loaded(config.digest)
         if self.tracer_provider is None and self.otlp_endpoint:
@@ -96,7 +104,8 @@ class RouterServer:
         enforcer = BudgetEnforcer(self.budget_ledger, reservation_ttl_s=self.ledger.ttl_s + 60)
         self.budget_enforcer = enforcer
         self.scheduler = Scheduler(self.ledger, self.fleet)
-        service = RouterService(self.holder, RoutePipeline(self.scheduler, tracer),
+        self.inference = SignalInference(self.bank, self.classifier_threads, tracer)
+        service = RouterService(self.holder, RoutePipeline(self.scheduler, tracer, self.inference),
                                 self.ledger, self.metrics, tracer, self.limits, BudgetGate(enforcer, self.metrics))
         # The transport limit sits above the prompt limit, so an oversized prompt gets our
         # INVALID_ARGUMENT naming the limit rather than the transport's RESOURCE_EXHAUSTED.
@@ -124,7 +133,8 @@ class RouterServer:
             self._metrics_http, _ = start_http_server(self.metrics_port, addr=self.host,
                                                       registry=self.metrics.registry)
             self.metrics_port = self._metrics_http.server_port
-        watcher = ConfigWatcher(self.config_paths, self._apply, self._refused, self.reload_interval)
+        watcher = ConfigWatcher(self.config_paths, self._apply, self._refused, self.reload_interval,
+                                prepare=self.bank.prepare)
         scraper = Scraper(lambda: self.config, self.fleet)
         self._tasks = [asyncio.create_task(watcher.run()), asyncio.create_task(self._sweep()),
                        asyncio.create_task(scraper.run())]
@@ -166,5 +176,7 @@ class RouterServer:
             self._metrics_http.server_close()
         if self.budget_ledger is not None:
             await self.budget_ledger.close()
+        if self.inference is not None:
+            self.inference.close()
         if self._owns_provider and isinstance(self.tracer_provider, TracerProvider):
             await asyncio.to_thread(self.tracer_provider.shutdown)

@@ -100,7 +100,7 @@ class RouterService:
                 return _Refusal(grpc.StatusCode.ALREADY_EXISTS,
                                 f"request_id '{req.request_id}' is already in flight; Report it or use a new id")
             config = self.holder.config
-            result = self.pipeline.route(config, req)
+            result = await self.pipeline.route(config, req)
             admission = None
             if config.budgets:
                 result, admission = await self._budget_stage(config, req, result, span)

@@ -46,6 +46,11 @@ def _parser() -> argparse.ArgumentParser:
         p.set_defaults(run=run)
         return p
 
+    def models_arg(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--models", type=Path, default=None, metavar="DIR",
+                       help="built encoders and heads (default: $SWITCHPOINT_MODELS, else ./models of a checkout, "
+                            "else ~/.cache/switchpoint/models); `switchpoint models build` makes them")
+
     def config_arg(p: argparse.ArgumentParser, default: list[str] | None = None) -> None:
         p.add_argument("--config", nargs="+", required=default is None, default=default, metavar="PATH",
                        help="CR manifest files or folders (the YAML you would kubectl apply)")
@@ -63,8 +68,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--redis", default=os.environ.get("SWITCHPOINT_REDIS_URL"), metavar="URL",
                    help="Redis shared by all router replicas, for budgets (default: $SWITCHPOINT_REDIS_URL)")
     p.add_argument("--redis-timeout-ms", type=float, default=250, help="Redis call timeout")
+    models_arg(p)
+    p.add_argument("--classifier-threads", type=int, default=2,
+                   help="threads that run classifiers and encoders, off the event loop")
 
     p = command("route", _route, "Explain one routing decision offline")
+    models_arg(p)
     config_arg(p)
     p.add_argument("prompt", nargs="?", help="the user message (may follow the --config paths directly)")
     p.add_argument("--model", default="auto", help="model or alias the client asks for")
@@ -82,6 +91,10 @@ def _parser() -> argparse.ArgumentParser:
 
     p = command("check", _check, "Compile CR manifests and report every problem")
     config_arg(p)
+
+    from switchpoint.ml import cli as classifier_cli
+
+    classifier_cli.add_parser(sub, models_arg)  # switchpoint classifier train|eval
 
     from switchpoint.operator import command as operator_command
 
@@ -140,7 +153,8 @@ def _router(args: argparse.Namespace) -> int:
     server = RouterServer(args.config, host=args.host, port=args.port, metrics_port=args.metrics_port,
                           limits=RequestLimits(max_prompt_bytes=args.max_prompt_bytes),
                           otlp_endpoint=args.otlp_endpoint, reload_interval=args.reload_interval,
-                          redis_url=args.redis, redis_timeout_s=args.redis_timeout_ms / 1000)
+                          redis_url=args.redis, redis_timeout_s=args.redis_timeout_ms / 1000,
+                          models_dir=args.models, classifier_threads=args.classifier_threads)
 
     async def serve() -> None:
         await server.start()
@@ -159,12 +173,14 @@ def _router(args: argparse.Namespace) -> int:
 
 def _route(args: argparse.Namespace) -> int:
     from switchpoint.config.compiler import load_config
+    from switchpoint.router.classifiers.bank import ModelBank
     from switchpoint.router.errors import RouteError
     from switchpoint.router.explain import explanation, render
     from switchpoint.router.inflight import InflightLedger
     from switchpoint.router.pipeline import RoutePipeline
     from switchpoint.router.request import InvalidRequest, RequestLimits, parse_route_request
     from switchpoint.router.scheduling.scheduler import Scheduler
+    from switchpoint.router.signals.neural import SignalInference
     from switchpoint.router.telemetry import tracer_from
     from switchpoint.v1 import router_pb2
 
@@ -180,12 +196,17 @@ def _route(args: argparse.Namespace) -> int:
     headers = dict(h.split("=", 1) for h in args.header if "=" in h)
     msg = router_pb2.RouteRequest(model=args.model, messages=messages, tenant=args.tenant, user=args.user,
                                   metadata=headers, max_tokens=args.max_tokens, tools_present=args.tools)
-    pipeline = RoutePipeline(Scheduler(InflightLedger()), tracer_from(None))
+    bank = ModelBank(args.models)
+    bank.prepare(config)
+    inference = SignalInference(bank, threads=1)
+    pipeline = RoutePipeline(Scheduler(InflightLedger()), tracer_from(None), inference)
     try:
-        result = pipeline.route(config, parse_route_request(msg, RequestLimits()), all_signals=True)
+        result = asyncio.run(pipeline.route(config, parse_route_request(msg, RequestLimits()), all_signals=True))
     except (InvalidRequest, RouteError) as exc:
         print(f"switchpoint: refused: {exc}", file=sys.stderr)
         return 1
+    finally:
+        inference.close()
     info = explanation(result)
     print(json.dumps(info, indent=2) if args.json else render(info))
     return 0

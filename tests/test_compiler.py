@@ -49,7 +49,7 @@ def test_schema_defaults_fill_what_the_user_left_out():
     config = load_config([EXAMPLES])
     signals = {s.name: s for s in config.policies["default/auto"].signals}
     assert signals["code"].case_sensitive is False  # keywords.caseSensitive default
-    assert config.policies["default/auto"].default.selection == "static"
+    assert config.policies["default/auto"].default.selection.algorithm == "static"
     budget = next(b for b in config.budgets if b.name == "acme-daily-tokens")
     assert budget.failure_policy == "Open" and budget.team_header == "x-switchpoint-team"
 

@@ -93,7 +93,7 @@ def test_signals_are_computed_only_when_asked():
     assert board.fired("k") and board.fired("k")
     assert [r.name for r in board.results()] == ["k"]
     assert board.fired_names == ("k",)
-    board.evaluate_all()
+    board.evaluate_rules()
     assert [(r.name, r.fired) for r in board.results()] == [("k", True), ("t", False)]
 
 

@@ -12,17 +12,23 @@ from dataclasses import dataclass
 from typing import Any
 
 from switchpoint.config.model import (
+    ClassifierSignal,
     KeywordSignal,
     MetadataSignal,
+    PiiSignal,
     RegexSignal,
     Signal,
+    SimilaritySignal,
     TenantSignal,
     TextScope,
     TokenCount,
     TokenRangeSignal,
     ToolsSignal,
 )
+from switchpoint.router.classifiers.pii import find_pii
 from switchpoint.router.request import RouteInput
+
+NeuralSignal = ClassifierSignal | SimilaritySignal
 
 
 @dataclass(frozen=True)
@@ -33,28 +39,65 @@ class SignalResult:
     evidence: str  # what the signal saw, for traces and `switchpoint route`
 
 
+@dataclass(frozen=True)
+class Inferred:
+    """The outcome of a classifier or similarity signal (see signals/neural.py)."""
+
+    fired: bool
+    evidence: str
+    degraded: bool = False
+
+
+class NeedsInference(Exception):
+    """Raised by the signal board for a neural signal it has no outcome for yet."""
+
+    def __init__(self, signal: NeuralSignal):
+        super().__init__(signal.name)
+        self.signal = signal
+
+
 class SignalBoard:
     """The signals of one request, each computed on first use and remembered.
 
     Decisions are checked in priority order, so a signal that no rule on the way to
     the winning decision needs is never computed: a long prompt pays for the
-    keyword and regex scans only when the outcome depends on them.
+    keyword and regex scans only when the outcome depends on them, and a classifier
+    runs only when a decision being checked tests it. Classifier and similarity
+    signals are computed elsewhere (off the event loop): asking for one that has no
+    outcome yet raises NeedsInference, and the caller records it with `record`.
     """
 
     def __init__(self, signals: tuple[Signal, ...], req: RouteInput):
         self._signals = {s.name: s for s in signals}
         self._req = req
         self._fired: dict[str, bool] = {}
+        self._inferred: dict[str, Inferred] = {}
 
     def fired(self, name: str) -> bool:
         fired = self._fired.get(name)
         if fired is None:
-            fired = self._fired[name] = signal_fired(self._signals[name], self._req)
+            signal = self._signals[name]
+            if isinstance(signal, NEURAL):
+                raise NeedsInference(signal)
+            fired = self._fired[name] = signal_fired(signal, self._req)
         return fired
 
-    def evaluate_all(self) -> None:
-        for name in self._signals:
-            self.fired(name)
+    def record(self, name: str, outcome: Inferred) -> None:
+        self._inferred[name] = outcome
+        self._fired[name] = outcome.fired
+
+    def pending(self) -> list[NeuralSignal]:
+        """The neural signals not computed yet (for `switchpoint route`, which shows every signal)."""
+        return [s for n, s in self._signals.items() if isinstance(s, NEURAL) and n not in self._fired]
+
+    def evaluate_rules(self) -> None:
+        for name, signal in self._signals.items():
+            if not isinstance(signal, NEURAL):
+                self.fired(name)
+
+    @property
+    def degraded(self) -> tuple[str, ...]:
+        return tuple(n for n, o in self._inferred.items() if o.degraded)
 
     @property
     def fired_names(self) -> tuple[str, ...]:
@@ -63,7 +106,8 @@ class SignalBoard:
     def results(self) -> tuple[SignalResult, ...]:
         """The signals computed so far, in policy order, with their evidence."""
         return tuple(
-            SignalResult(n, signal_kind(s), self._fired[n], signal_evidence(s, self._req))
+            SignalResult(n, signal_kind(s), self._fired[n],
+                         self._inferred[n].evidence if n in self._inferred else signal_evidence(s, self._req))
             for n, s in self._signals.items() if n in self._fired
         )
 
@@ -106,10 +150,20 @@ def _tools_fired(signal: ToolsSignal, req: RouteInput) -> bool:
     return req.tools_present == signal.present
 
 
+def _pii_found(signal: PiiSignal, req: RouteInput) -> list[str]:
+    found = sorted({e.type for e in find_pii(scoped_text(req, signal.scope))})
+    return found if signal.types is None else [t for t in found if t in signal.types]
+
+
+def _pii_fired(signal: PiiSignal, req: RouteInput) -> bool:
+    return bool(_pii_found(signal, req))
+
+
 _FIRED: dict[type, Callable[[Any, RouteInput], bool]] = {
     KeywordSignal: _keywords_fired, RegexSignal: _regex_fired, TokenRangeSignal: _tokens_fired,
-    MetadataSignal: _metadata_fired, TenantSignal: _tenant_fired, ToolsSignal: _tools_fired,
+    MetadataSignal: _metadata_fired, TenantSignal: _tenant_fired, ToolsSignal: _tools_fired, PiiSignal: _pii_fired,
 }
+NEURAL = (ClassifierSignal, SimilaritySignal)
 
 
 def signal_evidence(signal: Signal, req: RouteInput) -> str:
@@ -128,14 +182,18 @@ def signal_evidence(signal: Signal, req: RouteInput) -> str:
             return f"tenant={req.tenant or '-'}"
         case ToolsSignal():
             return "tools present" if req.tools_present else "no tools"
+        case PiiSignal():
+            found = _pii_found(signal, req)
+            return f"found {', '.join(found)}" if found else "none found"
     raise TypeError(f"unknown signal type {type(signal).__name__}")
 
 
 _KINDS: dict[type, str] = {KeywordSignal: "keywords", RegexSignal: "regex", MetadataSignal: "metadata",
-                           TenantSignal: "tenant", ToolsSignal: "tools"}
+                           TenantSignal: "tenant", ToolsSignal: "tools", PiiSignal: "pii",
+                           ClassifierSignal: "classifier", SimilaritySignal: "similarity"}
 
 
-def _text(req: RouteInput, scope: TextScope) -> str:
+def scoped_text(req: RouteInput, scope: TextScope) -> str:
     if scope is TextScope.LAST_USER:
         return req.last_user_text
     if scope is TextScope.USER:
@@ -149,7 +207,7 @@ def _token_count(signal: TokenRangeSignal, req: RouteInput) -> int:
 
 def _keywords_found(signal: KeywordSignal, req: RouteInput) -> list[str]:
     """The terms found (all of them for match 'all'; the first for 'any')."""
-    text = _text(req, signal.scope)
+    text = scoped_text(req, signal.scope)
     if not signal.case_sensitive:
         text = req.lowered(text)
     present = [t for t in signal.terms if t in text]  # C-level prefilter: most terms are absent
@@ -191,7 +249,7 @@ def _is_word(char: str) -> bool:
 
 def _regex_matched(signal: RegexSignal, req: RouteInput) -> int:
     """How many patterns matched, stopping as soon as the answer is known."""
-    text = _text(req, signal.scope)
+    text = scoped_text(req, signal.scope)
     matched = 0
     for pattern in signal.patterns:
         if pattern.search(text):

@@ -96,7 +96,7 @@ def run_once(profile: str, requests: list[WorkloadRequest], duration: float, see
     def arrive(item: tuple[int, WorkloadRequest]) -> None:
         index, w = item
         req = RouteInput(request_id=str(index), model="bench", messages=w.messages, max_tokens=w.output_tokens)
-        result = pipeline.route(config, req)
+        result = pipeline.route_now(config, req)
         placement = result.selection.placement
         ledger.admit(InflightEntry(req.request_id, result.policy_name, result.outcome.decision.name, "bench",
                                    result.selection.candidate.model, placement.replica.address, started=fleet.now))

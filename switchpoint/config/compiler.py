@@ -18,17 +18,22 @@ from switchpoint.config import schema
 from switchpoint.config.errors import ConfigError, Problem, field_path
 from switchpoint.config.manifests import GROUP, KINDS, VERSION, Manifest, load_manifests
 from switchpoint.config.model import (
+    BUILTIN_CLASSIFIERS,
     DEFAULT_DECISION,
     DIRECT_DECISION,
     AllRule,
     AnyRule,
     Budget,
+    CacheConfig,
     Candidate,
+    ClassifierSignal,
+    ClassifierSpec,
     Decision,
     KeywordSignal,
     MetadataSignal,
     MetricsConfig,
     NotRule,
+    PiiSignal,
     PodSelector,
     Policy,
     Pool,
@@ -39,8 +44,10 @@ from switchpoint.config.model import (
     RouterConfig,
     Rule,
     SchedulingConfig,
+    SelectionConfig,
     Signal,
     SignalRule,
+    SimilaritySignal,
     TenantSignal,
     TextScope,
     TokenCount,
@@ -205,21 +212,25 @@ class _Reporter:
     # -- RoutingPolicy ---------------------------------------------------------------------------
 
     def policy(self, spec: dict[str, Any], pools: dict[str, Pool]) -> Policy | None:
+        declared = {c["name"]: _classifier_spec(c) for c in spec.get("classifiers") or ()}
         signals = tuple(s for i, raw in enumerate(spec.get("signals") or ()) if (s := self.signal(raw, i)))
         names = {raw["name"] for raw in spec.get("signals") or ()}
+        classifiers = self.used_classifiers(signals, declared)
         self.scheduling = self.scheduling_configs(spec.get("scheduling") or (), pools)
         decisions = []
         for i, raw in enumerate(spec.get("decisions") or ()):
             rule = self.rule(raw["when"], ("decisions", i, "when"), names)
             candidates = self.candidates(raw["pools"], ("decisions", i, "pools"), pools)
             decisions.append(
-                Decision(raw["name"], raw["priority"], rule, candidates, raw["selection"]["algorithm"],
-                         raw.get("description", ""))
+                Decision(raw["name"], raw["priority"], rule, candidates,
+                         self.selection(raw["selection"], candidates, ("decisions", i, "selection")),
+                         raw.get("description", ""), _cache_config(raw["cache"]))
             )
+        candidates = self.candidates(spec["default"]["pools"], ("default", "pools"), pools)
         default = Decision(
-            DEFAULT_DECISION, -1, None,
-            self.candidates(spec["default"]["pools"], ("default", "pools"), pools),
-            spec["default"]["selection"]["algorithm"],
+            DEFAULT_DECISION, -1, None, candidates,
+            self.selection(spec["default"]["selection"], candidates, ("default", "selection")),
+            cache=_cache_config(spec["default"]["cache"]),
         )
         if not self.ok:
             return None
@@ -236,6 +247,39 @@ class _Reporter:
                 default_output_tokens=spec["workload"]["defaultOutputTokens"],
                 warm_prefix_share=float(spec["workload"]["warmPrefixShare"]),
             ),
+            classifiers=classifiers,
+        )
+
+    def used_classifiers(self, signals: tuple[Signal, ...],
+                         declared: dict[str, ClassifierSpec]) -> tuple[ClassifierSpec, ...]:
+        """The classifiers the signals name: declared ones, else built-in ones; unknown names are problems."""
+        used: dict[str, ClassifierSpec] = {}
+        for i, signal in enumerate(signals):
+            if not isinstance(signal, ClassifierSignal):
+                continue
+            name = signal.classifier
+            found = declared.get(name) or (ClassifierSpec(name, f"builtin:{name}") if name in BUILTIN_CLASSIFIERS
+                                           else None)
+            if found is None:
+                known = ", ".join(sorted({*declared, *BUILTIN_CLASSIFIERS}))
+                self.fail(("signals", i, "classifier", "name"),
+                          f"unknown classifier '{name}' (declare it in spec.classifiers; known: {known})")
+                continue
+            used[name] = found
+        return tuple(used.values())
+
+    def selection(self, raw: dict[str, Any], candidates: tuple[Candidate, ...],
+                  path: tuple[str | int, ...]) -> SelectionConfig:
+        weights = tuple(float(w) for w in raw.get("weights") or ())
+        if raw["algorithm"] == "weighted" and candidates and len(weights) != len(candidates):
+            self.fail((*path, "weights"), f"weighted selection needs one weight per candidate pool: "
+                                          f"{len(weights)} weight(s) for {len(candidates)} pool(s)")
+        if weights and not any(weights):
+            self.fail((*path, "weights"), "at least one weight must be above 0")
+        return SelectionConfig(
+            algorithm=raw["algorithm"], weights=weights, lam=raw.get("lambda"),
+            target_quality_share=raw.get("targetQualityShare"), dataset=raw.get("dataset"), k=raw["k"],
+            encoder=raw["encoder"], exploration=float(raw["exploration"]),
         )
 
     def signal(self, raw: dict[str, Any], index: int) -> Signal | None:
@@ -267,6 +311,17 @@ class _Reporter:
             return MetadataSignal(name, md["key"].lower(), values)
         if "tenant" in raw:
             return TenantSignal(name, frozenset(raw["tenant"]["in"]))
+        if "classifier" in raw:
+            c = raw["classifier"]
+            labels = tuple(dict.fromkeys(c["labels"])) if "labels" in c else None
+            return ClassifierSignal(name, c["name"], labels, c.get("above"), TextScope(c["scope"]))
+        if "pii" in raw:
+            pii = raw["pii"]
+            return PiiSignal(name, frozenset(pii["types"]) if pii.get("types") else None, TextScope(pii["scope"]))
+        if "similarity" in raw:
+            sim = raw["similarity"]
+            return SimilaritySignal(name, tuple(sim["examples"]), float(sim["threshold"]), sim["encoder"],
+                                    TextScope(sim["scope"]))
         return ToolsSignal(name, raw["tools"]["present"])
 
     def rule(self, raw: Any, path: tuple[str | int, ...], signals: set[str]) -> Rule:
@@ -366,6 +421,19 @@ class _Reporter:
             downgrade_to=target,
             failure_policy=spec["failurePolicy"],
         )
+
+
+def _classifier_spec(raw: dict[str, Any]) -> ClassifierSpec:
+    return ClassifierSpec(raw["name"], raw["source"], tuple(sorted((raw.get("thresholds") or {}).items())),
+                          raw["onError"], raw["timeoutMs"])
+
+
+def _cache_config(raw: dict[str, Any]) -> CacheConfig:
+    return CacheConfig(
+        enabled=raw["enabled"], similarity_threshold=float(raw["similarityThreshold"]),
+        ttl_seconds=_window_seconds(raw["ttl"]), max_entry_bytes=raw["maxEntryBytes"],
+        store_truncated=raw["storeTruncated"], store_pii=raw["storePii"], encoder=raw["encoder"],
+    )
 
 
 def _window_seconds(duration: str) -> int:

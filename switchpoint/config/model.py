@@ -137,7 +137,47 @@ class ToolsSignal:
     present: bool
 
 
-Signal = KeywordSignal | RegexSignal | TokenRangeSignal | MetadataSignal | TenantSignal | ToolsSignal
+@dataclass(frozen=True)
+class ClassifierSignal:
+    """Fires on a classifier head's output; see the CRD for the rule (labels, above, thresholds)."""
+
+    name: str
+    classifier: str  # a ClassifierSpec name of the policy
+    labels: tuple[str, ...] | None  # None: the head's positive label (binary heads)
+    above: float | None
+    scope: TextScope
+
+
+@dataclass(frozen=True)
+class PiiSignal:
+    name: str
+    types: frozenset[str] | None  # None: any type
+    scope: TextScope
+
+
+@dataclass(frozen=True)
+class SimilaritySignal:
+    name: str
+    examples: tuple[str, ...]
+    threshold: float
+    encoder: str
+    scope: TextScope
+
+
+Signal = (KeywordSignal | RegexSignal | TokenRangeSignal | MetadataSignal | TenantSignal | ToolsSignal
+          | ClassifierSignal | PiiSignal | SimilaritySignal)
+BUILTIN_CLASSIFIERS = ("domain", "difficulty", "jailbreak")
+
+
+@dataclass(frozen=True)
+class ClassifierSpec:
+    """A classifier head a policy's signals use (spec.classifiers, or a built-in one)."""
+
+    name: str
+    source: str  # builtin:NAME, a directory, or a file:// / https:// URL
+    thresholds: tuple[tuple[str, float], ...] = ()
+    on_error: str = "Degrade"  # or Fail
+    timeout_ms: int = 500
 
 
 @dataclass(frozen=True)
@@ -188,13 +228,41 @@ class Candidate:
 
 
 @dataclass(frozen=True)
+class SelectionConfig:
+    """How a decision chooses among its candidate pools (spec.decisions[].selection)."""
+
+    algorithm: str = "static"  # static | weighted | cost-quality | knn | bandit
+    weights: tuple[float, ...] = ()
+    lam: float | None = None  # the CRD's `lambda`
+    target_quality_share: float | None = None
+    dataset: str | None = None
+    k: int = 10
+    encoder: str = "minilm-static"
+    exploration: float = 1.0
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """The semantic cache of one decision (spec.decisions[].cache)."""
+
+    enabled: bool = False
+    similarity_threshold: float = 0.9
+    ttl_seconds: int = 3600
+    max_entry_bytes: int = 65536
+    store_truncated: bool = False
+    store_pii: bool = False
+    encoder: str = "minilm-static"
+
+
+@dataclass(frozen=True)
 class Decision:
     name: str
     priority: int
     rule: Rule | None  # None for the default decision
     candidates: tuple[Candidate, ...]
-    selection: str = "static"
+    selection: SelectionConfig = SelectionConfig()
     description: str = ""
+    cache: CacheConfig = CacheConfig()
 
 
 DEFAULT_DECISION = "default"
@@ -220,6 +288,7 @@ class Policy:
     decisions: tuple[Decision, ...]  # sorted by priority, highest first
     default: Decision
     workload: WorkloadRules = WorkloadRules()
+    classifiers: tuple[ClassifierSpec, ...] = ()  # those its signals use, built-in ones included
 
     @property
     def key(self) -> str:

@@ -1,0 +1,150 @@
+"""The models a config needs (encoders, heads, example embeddings), loaded before the config serves.
+
+Loading is I/O and takes from milliseconds (a head) to a second (the transformer), so it happens
+when a config is loaded or reloaded, never on a request: a config whose heads cannot be loaded, or
+whose signals ask a head for labels it does not have, is refused like any other broken config, and
+the one in force keeps serving. Loaded models are kept by name or source and shared by every
+policy that uses them; a head is reloaded when its files change on disk.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from switchpoint.config.errors import ConfigError, Problem
+from switchpoint.config.model import ClassifierSignal, ClassifierSpec, Policy, RouterConfig, SimilaritySignal
+from switchpoint.router.classifiers.encoder import Encoder, EncoderError, load_encoder
+from switchpoint.router.classifiers.head import Head, HeadError, load_head
+
+
+@dataclass(frozen=True)
+class LoadedClassifier:
+    spec: ClassifierSpec
+    head: Head
+    encoder: Encoder
+    thresholds: dict[str, float]  # the head's own, overridden by the policy's
+
+    @property
+    def positive_label(self) -> str:
+        return self.head.labels[-1]
+
+
+class ModelBank:
+    def __init__(self, models: Path | None = None):
+        self.models = models
+        self._encoders: dict[str, Encoder] = {}
+        self._heads: dict[str, tuple[float, Head]] = {}  # source -> (manifest mtime, head)
+        self._classifiers: dict[tuple[str, str], LoadedClassifier] = {}  # (policy key, classifier name)
+        self._examples: dict[tuple[str, tuple[str, ...]], np.ndarray] = {}
+        self._lock = threading.Lock()  # prepare() runs in a worker thread; lookups are dict reads
+
+    def encoder(self, name: str) -> Encoder:
+        found = self._encoders.get(name)
+        if found is None:
+            with self._lock:
+                found = self._encoders.get(name) or load_encoder(name, self.models)
+                self._encoders[name] = found
+        return found
+
+    def classifier(self, policy: Policy, name: str) -> LoadedClassifier:
+        return self._classifiers[(policy.key, name)]
+
+    def examples(self, signal: SimilaritySignal) -> np.ndarray:
+        """The L2-normalised embeddings of a similarity signal's examples, one row each."""
+        key = (signal.encoder, signal.examples)
+        found = self._examples.get(key)
+        if found is None:
+            found = self._examples[key] = self.encoder(signal.encoder).encode(list(signal.examples))
+        return found
+
+    def prepare(self, config: RouterConfig, encoders: set[str] | None = None) -> None:
+        """Load everything the config's policies need; ConfigError naming the policy and field otherwise.
+
+        `encoders` adds encoders needed outside signals (the cache's and the selectors'); those of a
+        decision's cache and selection settings are added here from the config itself.
+        """
+        problems: list[Problem] = []
+        wanted = set(encoders or ())
+        for policy in config.policies.values():
+            obj = f"RoutingPolicy {policy.key}"
+            for decision in (*policy.decisions, policy.default):
+                if decision.cache.enabled:
+                    wanted.add(decision.cache.encoder)
+                if decision.selection.algorithm in ("knn", "cost-quality", "bandit"):
+                    wanted.add(decision.selection.encoder)
+            for spec in policy.classifiers:
+                loaded = self._load_classifier(policy, spec, obj, problems)
+                if loaded is not None:
+                    self._classifiers[(policy.key, spec.name)] = loaded
+            for i, signal in enumerate(policy.signals):
+                if isinstance(signal, ClassifierSignal):
+                    self._check_labels(policy, signal, f"spec.signals[{i}].classifier", obj, problems)
+                elif isinstance(signal, SimilaritySignal):
+                    try:
+                        self.examples(signal)
+                    except EncoderError as exc:
+                        problems.append(Problem("", obj, f"spec.signals[{i}].similarity.encoder", str(exc)))
+        for name in sorted(wanted):
+            try:
+                self.encoder(name)
+            except EncoderError as exc:
+                problems.append(Problem("", "", "", f"encoder '{name}': {exc}"))
+        if problems:
+            raise ConfigError(problems)
+
+    def _load_classifier(self, policy: Policy, spec: ClassifierSpec, obj: str,
+                         problems: list[Problem]) -> LoadedClassifier | None:
+        index = next((i for i, c in enumerate(policy.classifiers) if c.name == spec.name), 0)
+        field = f"spec.classifiers[{index}]" if not spec.source.startswith("builtin:") else "spec.signals"
+        try:
+            head = self._head(spec.source)
+            encoder = self.encoder(head.encoder)
+        except (HeadError, EncoderError) as exc:
+            problems.append(Problem("", obj, field, f"classifier '{spec.name}' ({spec.source}): {exc}"))
+            return None
+        unknown = sorted(label for label, _ in spec.thresholds if label not in head.labels)
+        if unknown:
+            problems.append(Problem("", obj, f"{field}.thresholds",
+                                    f"classifier '{spec.name}' has no label(s) {', '.join(unknown)} "
+                                    f"(its labels: {', '.join(head.labels)})"))
+            return None
+        return LoadedClassifier(spec, head, encoder, {**head.thresholds, **dict(spec.thresholds)})
+
+    def _head(self, source: str) -> Head:
+        stamp = _stamp(source)
+        cached = self._heads.get(source)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        head = load_head(source, self.models)
+        self._heads[source] = (stamp, head)
+        return head
+
+    def _check_labels(self, policy: Policy, signal: ClassifierSignal, field: str, obj: str,
+                      problems: list[Problem]) -> None:
+        loaded = self._classifiers.get((policy.key, signal.classifier))
+        if loaded is None:
+            return  # its loading problem is already reported
+        head = loaded.head
+        if signal.labels is None and head.kind != "binary":
+            problems.append(Problem("", obj, f"{field}.labels",
+                                    f"classifier '{signal.classifier}' has {len(head.labels)} labels: say which "
+                                    f"fire the signal (one or more of {', '.join(head.labels)})"))
+            return
+        unknown = [label for label in signal.labels or () if label not in head.labels]
+        if unknown:
+            problems.append(Problem("", obj, f"{field}.labels",
+                                    f"classifier '{signal.classifier}' has no label(s) {', '.join(unknown)} "
+                                    f"(its labels: {', '.join(head.labels)})"))
+
+
+def _stamp(source: str) -> float:
+    """The modification time of a local head's manifest (0 for URLs and built-ins resolved elsewhere)."""
+    path = Path(source.removeprefix("file://"))
+    try:
+        return (path / "head.json").stat().st_mtime if path.is_dir() else 0.0
+    except OSError:
+        return 0.0
