@@ -51,6 +51,9 @@ class RequestLimits:
     max_metadata_entries: int = 256
     max_metadata_bytes: int = 64 * 1024
     max_id_length: int = 253
+    max_tools_bytes: int = 1024 * 1024
+    max_stop_sequences: int = 16
+    max_sampling_text: int = 64 * 1024  # each stop sequence, and response_format
 
 
 class Turn(Protocol):
@@ -83,6 +86,8 @@ class RouteInput:
     max_tokens: int | None = None
     stream: bool = False
     tools_present: bool = False
+    sampling: router_pb2.Sampling | None = None  # None when the frontend sent none
+    tools_json: str = ""
 
     @lazy
     def last_user_text(self) -> str:
@@ -153,6 +158,11 @@ def parse_route_request(msg: router_pb2.RouteRequest, limits: RequestLimits) -> 
                 f"messages: {size:,} bytes of content; the limit is {limits.max_prompt_bytes:,} bytes"
             )
     metadata = _metadata(msg.metadata, limits)
+    sampling = msg.sampling if msg.HasField("sampling") else None
+    if sampling is not None:
+        _check_sampling(sampling, limits)
+    if len(msg.tools_json) > limits.max_tools_bytes:
+        raise InvalidRequest(f"tools_json: {len(msg.tools_json):,} characters; the limit is {limits.max_tools_bytes:,}")
     return RouteInput(
         request_id=msg.request_id or os.urandom(12).hex(),
         model=msg.model,
@@ -163,8 +173,25 @@ def parse_route_request(msg: router_pb2.RouteRequest, limits: RequestLimits) -> 
         metadata=metadata,
         max_tokens=msg.max_tokens or None,
         stream=msg.stream,
-        tools_present=msg.tools_present,
+        tools_present=msg.tools_present or bool(msg.tools_json),
+        sampling=sampling,
+        tools_json=msg.tools_json,
     )
+
+
+def _check_sampling(sampling: router_pb2.Sampling, limits: RequestLimits) -> None:
+    for name, low, high in (("temperature", 0.0, 2.0), ("top_p", 0.0, 1.0)):
+        if sampling.HasField(name) and not low <= getattr(sampling, name) <= high:
+            raise InvalidRequest(f"sampling.{name}: {getattr(sampling, name)} is outside [{low:g}, {high:g}]")
+    if len(sampling.stop) > limits.max_stop_sequences:
+        raise InvalidRequest(f"sampling.stop: {len(sampling.stop)} sequences; the limit is {limits.max_stop_sequences}")
+    for i, stop in enumerate(sampling.stop):
+        if len(stop) > limits.max_sampling_text:
+            raise InvalidRequest(
+                f"sampling.stop[{i}]: {len(stop):,} characters; the limit is {limits.max_sampling_text:,}")
+    if len(sampling.response_format) > limits.max_sampling_text:
+        raise InvalidRequest(f"sampling.response_format: {len(sampling.response_format):,} characters; "
+                             f"the limit is {limits.max_sampling_text:,}")
 
 
 def _metadata(raw: dict[str, str], limits: RequestLimits) -> dict[str, str]:

@@ -28,6 +28,12 @@ BAD = [
     ("too many headers", msg(("user", "hi"), metadata={"a": "1", "b": "2", "c": "3"}), "metadata: 3 entries"),
     ("headers too large", msg(("user", "hi"), metadata={"a": "x" * 200}), "metadata: 201 characters"),
     ("tenant too long", msg(("user", "hi"), tenant="t" * 300), "tenant: 300 characters"),
+    ("temperature out of range", msg(("user", "hi"), sampling=router_pb2.Sampling(temperature=3)),
+     "sampling.temperature: 3.0 is outside [0, 2]"),
+    ("top_p out of range", msg(("user", "hi"), sampling=router_pb2.Sampling(top_p=-0.1)), "sampling.top_p: -0.1"),
+    ("too many stop sequences", msg(("user", "hi"), sampling=router_pb2.Sampling(stop=["x"] * 17)),
+     "sampling.stop: 17 sequences; the limit is 16"),
+    ("tools too large", msg(("user", "hi"), tools_json="[" + " " * (1 << 20) + "]"), "tools_json: 1,048,578 characters"),
 ]
 
 
