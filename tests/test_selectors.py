@@ -30,7 +30,7 @@ from switchpoint.router.selectors import (
     knn_selector,
     load_dataset,
 )
-from switchpoint.router.selectors.base import cost_quality_order, first_choice
+from switchpoint.router.selectors.base import cost_quality_order, decision_costs, first_choice
 from switchpoint.router.selectors.costquality import lambda_for_share
 from switchpoint.router.selectors.estimators import KnnEstimator, LinearEstimator, MeanEstimator
 from switchpoint.router.selectors.index import KnnIndex, cache_path, embed_dataset
@@ -142,6 +142,21 @@ def test_first_choice_agrees_with_the_full_order_including_ties():
     c = rng.integers(0, 3, (500, 4)) * 1e-4
     for lam in (0.0, 1e3, 5e3, 1e5):
         assert (first_choice(q, c, lam) == cost_quality_order(q, c, lam)[:, 0]).all()
+
+
+def test_relative_cost_basis_weighs_price_ratios_not_prompt_length():
+    q = np.array([[0.5, 0.9], [0.5, 0.9]])
+    usd = np.array([[1e-6, 1e-4], [1e-4, 1e-2]])  # the same two models, a short and a 100x longer prompt
+    assert first_choice(q, decision_costs(usd, "absolute"), 2000.0).tolist() == [1, 0]  # the long one goes cheap
+    rel = decision_costs(usd, "relative")
+    assert rel == pytest.approx(np.array([[0.01, 1.0], [0.01, 1.0]]))
+    assert first_choice(q, rel, 0.3).tolist() == [1, 1] and first_choice(q, rel, 0.5).tolist() == [0, 0]
+    with pytest.raises(SelectorError, match="cost basis"):
+        decision_costs(usd, "per-token")
+    with pytest.raises(SelectorError, match="cost_basis"):
+        KnnParams(dataset="x.jsonl", cost_basis="per-token")  # type: ignore[arg-type]
+    with pytest.raises(SelectorError, match="cost_basis"):
+        BanditParams(cost_basis="per-token")
 
 
 @pytest.mark.parametrize("lam", [-1.0, math.inf, math.nan, True, "1"])

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from switchpoint.router.selectors.base import (
+    COST_BASES,
     CandidateModel,
     CandidateScore,
     Ranking,
@@ -36,6 +37,7 @@ from switchpoint.router.selectors.base import (
     SelectorError,
     check_candidates,
     check_lambda,
+    decision_costs,
     ranking,
 )
 
@@ -51,9 +53,12 @@ class BanditParams:
     prior: tuple[float, float] = (1.0, 1.0)  # Beta(a0, b0) before any feedback
     seed: int | None = None  # of the Thompson draws (None: OS entropy); tests and the benchmark fix it
     plane_seed: int = 20240917  # of the bucketing hyperplanes: the same on every replica
+    cost_basis: str = "absolute"  # or "relative" (see costquality.py)
 
     def __post_init__(self) -> None:
         check_lambda(self.lam)
+        if self.cost_basis not in COST_BASES:
+            raise SelectorError(f"cost_basis must be one of {', '.join(COST_BASES)}, not {self.cost_basis!r}")
         if not (isinstance(self.exploration, int | float) and math.isfinite(self.exploration)
                 and 0 <= self.exploration <= 10):
             raise SelectorError(f"exploration must be in [0, 10], got {self.exploration!r}")
@@ -193,10 +198,11 @@ class BanditSelector:
         mean = (a0 + counts[:, 0]) / (a0 + b0 + counts.sum(axis=1))
         theta = mean if e == 0 else self.rng.beta(a0 + counts[:, 0] / e, b0 + counts[:, 1] / e)
         cost = np.array([c.cost(request.input_tokens, request.output_tokens) for c in candidates])
+        weighed = decision_costs(cost[None, :], self.params.cost_basis)[0]
         lam = self.params.lam
-        reward = theta - lam * cost
+        reward = theta - lam * weighed
         order = sorted(range(len(candidates)), key=lambda i: (-reward[i], cost[i], i))
-        greedy = min(range(len(candidates)), key=lambda i: (-(mean[i] - lam * cost[i]), cost[i], i))
+        greedy = min(range(len(candidates)), key=lambda i: (-(mean[i] - lam * weighed[i]), cost[i], i))
         known = counts.sum(axis=1) > 0
         scores = {i: CandidateScore(c.key, c.model, float(mean[i]), float(cost[i]), float(reward[i]), bool(known[i]))
                   for i, c in enumerate(candidates)}

@@ -154,6 +154,20 @@ def candidate_costs(candidates: Sequence[CandidateModel], input_tokens: np.ndarr
     return (np.asarray(input_tokens, dtype=np.float64)[:, None] * pin[None, :] + out * pout[None, :]) / 1e6
 
 
+COST_BASES = ("absolute", "relative")
+
+
+def decision_costs(cost: np.ndarray, basis: str) -> np.ndarray:
+    """The cost the decision weighs: USD ("absolute"), or each candidate's share of the request's most expensive
+    candidate ("relative": lambda is then quality points per full price, whatever the prompt's length)."""
+    if basis == "absolute":
+        return cost
+    if basis != "relative":
+        raise SelectorError(f"cost basis must be one of {', '.join(COST_BASES)}, not {basis!r}")
+    top = cost.max(axis=1, keepdims=True)
+    return np.divide(cost, top, out=np.zeros_like(cost), where=top > 0)
+
+
 def cost_quality_order(quality: np.ndarray, cost: np.ndarray, lam: float) -> np.ndarray:
     """Rows of candidate indices, best first, by quality - lam * cost; ties go to the cheaper, then declared order.
 

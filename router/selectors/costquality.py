@@ -1,7 +1,12 @@
-"""cost-quality and knn: order candidates by predicted quality - lambda x predicted cost (USD).
+"""cost-quality and knn: order candidates by predicted quality - lambda x predicted cost.
 
-lambda is quality points per USD per request (the CRD's `lambda`): 0 orders by quality alone, a large value
-by cost alone. Either lambda is set directly or a target quality share t in (0, 1] is translated into one on
+Cost basis "absolute" (default): cost in USD and lambda in quality points per USD per request (the CRD's
+`lambda`): 0 orders by quality alone, a large value by cost alone, and a long prompt (dearer everywhere) leans
+cheaper than a short one. Cost basis "relative": each candidate's cost as a share of the request's most
+expensive candidate, so lambda (quality points per full price) trades quality against price ratios whatever
+the prompt's length — the right basis when what is budgeted is the share of calls to the dear model.
+
+Either lambda is set directly or a target quality share t in (0, 1] is translated into one on
 the training data: the largest lambda (on a geometric grid) whose routed mean quality on the dataset, with
 out-of-sample predictions (kNN: leave-one-out; linear heads: 2-fold cross-fitting), is at least t x the mean
 quality of the best single candidate. Because costs depend on the candidates' prices, the translation is made
@@ -23,6 +28,7 @@ from typing import Literal
 import numpy as np
 
 from switchpoint.router.selectors.base import (
+    COST_BASES,
     CandidateModel,
     CandidateScore,
     Ranking,
@@ -32,6 +38,7 @@ from switchpoint.router.selectors.base import (
     check_candidates,
     check_lambda,
     cost_quality_order,
+    decision_costs,
     first_choice,
     ranking,
 )
@@ -46,6 +53,7 @@ from switchpoint.router.selectors.estimators import (
 )
 from switchpoint.router.selectors.index import KnnIndex, TextEncoder, embed_dataset
 
+CostBasis = Literal["absolute", "relative"]
 LAMBDA_GRID_POINTS = 121
 
 
@@ -59,12 +67,14 @@ class CostQualityParams:
     dataset: str | None = None
     estimator: Literal["linear", "mean"] = "linear"
     l2: float = 1e-3
+    cost_basis: CostBasis = "absolute"
     unknown_model: UnknownModel = "error"
     prior_quality: float | None = None
     on_missing: OnMissing = "error"
 
     def __post_init__(self) -> None:
         _check_tradeoff(self.lam, self.target_quality_share)
+        _check_basis(self.cost_basis)
         if self.estimator not in ("linear", "mean"):
             raise SelectorError(f"estimator must be 'linear' or 'mean', not {self.estimator!r}")
         if self.dataset is None:
@@ -82,11 +92,13 @@ class KnnParams:
     target_quality_share: float | None = None
     temperature: float = 0.0  # softmax temperature on cosine similarity; 0 = uniform weights
     prior_strength: float = 0.0  # pseudo-neighbours pulling toward each model's dataset mean
+    cost_basis: CostBasis = "absolute"
     unknown_model: UnknownModel = "error"
     prior_quality: float | None = None
     on_missing: OnMissing = "error"
 
     def __post_init__(self) -> None:
+        _check_basis(self.cost_basis)
         if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
             raise SelectorError(f"k must be an integer >= 1, got {self.k!r}")
         _check_tradeoff(self.lam, self.target_quality_share)
@@ -106,6 +118,11 @@ def _check_tradeoff(lam: float | None, share: float | None) -> None:
         check_lambda(lam)
     if share is not None and not (isinstance(share, int | float) and 0 < share <= 1):
         raise SelectorError(f"target_quality_share must be in (0, 1], got {share!r}")
+
+
+def _check_basis(basis: str) -> None:
+    if basis not in COST_BASES:
+        raise SelectorError(f"cost_basis must be one of {', '.join(COST_BASES)}, not {basis!r}")
 
 
 def _check_prior(prior: float | None) -> None:
@@ -141,8 +158,10 @@ class CostQualitySelector:
 
     def __init__(self, estimator: Estimator, lam: float | None = None, target_quality_share: float | None = None,
                  algorithm: str = "cost-quality", calibration: tuple[RoutingDataset, np.ndarray | None] | None = None,
-                 calibration_estimate: Estimate | None = None):
+                 calibration_estimate: Estimate | None = None, cost_basis: CostBasis = "absolute"):
         _check_tradeoff(lam, target_quality_share)
+        _check_basis(cost_basis)
+        self.cost_basis = cost_basis
         if lam is None and target_quality_share is None:
             lam = 0.0
         if target_quality_share is not None and calibration is None:
@@ -192,7 +211,7 @@ class CostQualitySelector:
             shape = (len(data), len(candidates))  # the mean estimator answers one row for all
             quality, out = np.broadcast_to(est.quality, shape), np.broadcast_to(est.output_tokens, shape)
         out = np.where(np.isnan(out), data.output_tokens.mean(), out)
-        cost = candidate_costs(candidates, data.input_tokens, out)
+        cost = decision_costs(candidate_costs(candidates, data.input_tokens, out), self.cost_basis)
         truth = np.stack([data.scores[:, c] if c is not None else np.full(len(data), prior) for c in cols], axis=1)
         return lambda_for_share(quality, cost, truth, self.share)
 
@@ -202,9 +221,10 @@ class CostQualitySelector:
         est, cost = self.estimate_batch(candidates, emb, np.array([request.input_tokens]),
                                         np.array([request.output_tokens]))
         lam = self.lambda_for(candidates)
-        order = cost_quality_order(est.quality[:1], cost[:1], lam)[0]
+        weighed = decision_costs(cost[:1], self.cost_basis)
+        order = cost_quality_order(est.quality[:1], weighed, lam)[0]
         scores = {i: CandidateScore(c.key, c.model, float(est.quality[0, i]), float(cost[0, i]),
-                                    float(est.quality[0, i] - lam * cost[0, i]), bool(est.known[i]))
+                                    float(est.quality[0, i] - lam * weighed[0, i]), bool(est.known[i]))
                   for i, c in enumerate(candidates)}
         notes = []
         if emb is None and self.estimator.name != "mean":
@@ -214,6 +234,8 @@ class CostQualitySelector:
             notes.append(f"not in the dataset (prior quality): {', '.join(unknown)}")
         if self.share is not None:
             notes.append(f"lambda from target quality share {self.share}")
+        if self.cost_basis != "absolute":
+            notes.append(f"cost basis {self.cost_basis}")
         return ranking(self.algorithm, candidates, order, scores=scores, lam=lam,
                        neighbours=est.neighbours[0] if est.neighbours else (), notes=tuple(notes))
 
@@ -232,7 +254,8 @@ def knn_selector(params: KnnParams, encoder: TextEncoder, cache_dir: Path | None
     index = KnnIndex.from_dataset(data, emb, encoder.name)
     est = KnnEstimator(index, params.k, params.temperature, params.prior_strength, params.unknown_model,
                        params.prior_quality)
-    return CostQualitySelector(est, params.lam, params.target_quality_share, "knn", (data, emb))
+    return CostQualitySelector(est, params.lam, params.target_quality_share, "knn", (data, emb),
+                               cost_basis=params.cost_basis)
 
 
 def cost_quality_selector(params: CostQualityParams, encoder: TextEncoder | None,
@@ -241,7 +264,8 @@ def cost_quality_selector(params: CostQualityParams, encoder: TextEncoder | None
     if params.estimator == "mean":
         data = load_dataset(params.dataset, params.on_missing)
         est: Estimator = MeanEstimator(data, params.unknown_model, params.prior_quality)
-        return CostQualitySelector(est, params.lam, params.target_quality_share, "cost-quality", (data, None))
+        return CostQualitySelector(est, params.lam, params.target_quality_share, "cost-quality", (data, None),
+                                   cost_basis=params.cost_basis)
     if encoder is None:
         raise SelectorError("cost-quality with the linear estimator needs the router's encoder")
     data, emb = load_labelled(params.dataset, encoder, cache_dir, params.on_missing)
@@ -251,7 +275,8 @@ def cost_quality_selector(params: CostQualityParams, encoder: TextEncoder | None
     calib = None
     if params.target_quality_share is not None:  # 2-fold cross-fitted predictions for the translation
         calib = cross_fitted_linear(data, emb, params.l2)
-    return CostQualitySelector(est, params.lam, params.target_quality_share, "cost-quality", (data, emb), calib)
+    return CostQualitySelector(est, params.lam, params.target_quality_share, "cost-quality", (data, emb), calib,
+                               params.cost_basis)
 
 
 def cross_fitted_linear(data: RoutingDataset, emb: np.ndarray, l2: float, folds: int = 2) -> Estimate:

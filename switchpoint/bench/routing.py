@@ -43,7 +43,7 @@ from switchpoint.router.selectors import (
     WeightedParams,
     WeightedSelector,
 )
-from switchpoint.router.selectors.base import first_choice
+from switchpoint.router.selectors.base import candidate_costs, decision_costs, first_choice
 from switchpoint.router.selectors.costquality import CostQualitySelector, lambda_grid
 from switchpoint.router.selectors.dataset import RoutingDataset, load_dataset
 from switchpoint.router.selectors.estimators import KnnEstimator, LinearEstimator
@@ -147,34 +147,44 @@ def close_two_model(share: Sequence[float], quality: Sequence[float], weak: floa
 
 
 # -- algorithms ---------------------------------------------------------------------------------------------
+BASES = ("absolute", "relative")
+
+
 def run_knn(sp: Split, quick: bool, log: Callable[[str], None]) -> dict:
     train, temb = sp.rows(sp.train)
     test, eemb = sp.rows(sp.test)
     index = KnnIndex.from_dataset(train, temb, "bench")
     max_cost = float(train.costs.mean(axis=0).max())
-    best: tuple[float, int, float] | None = None
+    best: tuple[float, int, float, str] | None = None
     loo = np.arange(len(train))
     for k in (10, 40) if quick else K_GRID:
         for temp in (0.0,) if quick else TEMPERATURE_GRID:
             sel = CostQualitySelector(KnnEstimator(index, k, temp), lam=0.0, algorithm="knn")
             est, cost = sel.estimate_batch(sp.candidates, temb, train.input_tokens, train.output_tokens[:, 0], loo)
-            score = curve_score(train, sweep_cost_quality(train, est.quality, cost, lambda_grid(cost)), max_cost)
-            if best is None or score > best[0]:
-                best = (score, k, temp)
+            for basis in BASES:
+                weighed = decision_costs(cost, basis)
+                score = curve_score(train, sweep_cost_quality(train, est.quality, weighed, lambda_grid(weighed)),
+                                    max_cost)
+                if best is None or score > best[0]:
+                    best = (score, k, temp, basis)
     assert best is not None
-    _, k, temp = best
-    log(f"  knn: k={k} temperature={temp} (train leave-one-out {'APGR' if sp.two_model else 'AIQ'} {best[0]:.4f})")
-    sel = CostQualitySelector(KnnEstimator(index, k, temp), lam=0.0, algorithm="knn")
+    _, k, temp, basis = best
+    log(f"  knn: k={k} temperature={temp} cost basis {basis} (train leave-one-out "
+        f"{'APGR' if sp.two_model else 'AIQ'} {best[0]:.4f})")
+    sel = CostQualitySelector(KnnEstimator(index, k, temp), lam=0.0, algorithm="knn", cost_basis=basis)
+    return {"params": {"k": k, "temperature": temp, "cost_basis": basis}, **test_sweep(sel, sp, train, test, eemb)}
+
+
+def test_sweep(sel: CostQualitySelector, sp: Split, train: RoutingDataset, test: RoutingDataset,
+               eemb: np.ndarray) -> dict:
+    """The trade-off sweep on the test split (lambda grid from the train split's costs), and rank()'s cost."""
     est, cost = sel.estimate_batch(sp.candidates, eemb, test.input_tokens, test.output_tokens[:, 0])
-    lams = lambda_grid(candidate_cost_matrix(sp, train))
-    res = {"params": {"k": k, "temperature": temp}, "sweep": sweep_cost_quality(test, est.quality, cost, lams)}
-    res["rank_us"] = time_rank(sel, sp, eemb, test)
-    return res
+    lams = lambda_grid(decision_costs(candidate_cost_matrix(sp, train), sel.cost_basis))
+    sweep = sweep_cost_quality(test, est.quality, decision_costs(cost, sel.cost_basis), lams)
+    return {"sweep": sweep, "rank_us": time_rank(sel, sp, eemb, test)}
 
 
 def candidate_cost_matrix(sp: Split, data: RoutingDataset) -> np.ndarray:
-    from switchpoint.router.selectors.base import candidate_costs
-
     return candidate_costs(sp.candidates, data.input_tokens, data.output_tokens)
 
 
@@ -194,26 +204,25 @@ def run_linear(sp: Split, quick: bool, log: Callable[[str], None]) -> dict:
     test, eemb = sp.rows(sp.test)
     max_cost = float(train.costs.mean(axis=0).max())
     folds = np.arange(len(train)) % 3
-    best: tuple[float, float] | None = None
+    best: tuple[float, float, str] | None = None
+    cost = candidate_cost_matrix(sp, train)
     for l2 in (1e-3,) if quick else L2_GRID:
         q = np.empty(train.scores.shape)
         for f in range(3):
             tr, te = np.nonzero(folds != f)[0], np.nonzero(folds == f)[0]
             heads = LinearEstimator.fit(train.take(tr), temb[tr], l2)
             q[te] = heads.estimate(temb[te], [c.model for c in sp.candidates]).quality
-        cost = candidate_cost_matrix(sp, train)
-        score = curve_score(train, sweep_cost_quality(train, q, cost, lambda_grid(cost)), max_cost)
-        if best is None or score > best[0]:
-            best = (score, l2)
+        for basis in BASES:
+            weighed = decision_costs(cost, basis)
+            score = curve_score(train, sweep_cost_quality(train, q, weighed, lambda_grid(weighed)), max_cost)
+            if best is None or score > best[0]:
+                best = (score, l2, basis)
     assert best is not None
-    l2 = best[1]
-    log(f"  cost-quality (linear heads): l2={l2} (train 3-fold CV {'APGR' if sp.two_model else 'AIQ'} "
-        f"{best[0]:.4f})")
-    sel = CostQualitySelector(LinearEstimator.fit(train, temb, l2), lam=0.0)
-    est, cost = sel.estimate_batch(sp.candidates, eemb, test.input_tokens, test.output_tokens[:, 0])
-    lams = lambda_grid(candidate_cost_matrix(sp, train))
-    return {"params": {"l2": l2}, "sweep": sweep_cost_quality(test, est.quality, cost, lams),
-            "rank_us": time_rank(sel, sp, eemb, test)}
+    _, l2, basis = best
+    log(f"  cost-quality (linear heads): l2={l2} cost basis {basis} (train 3-fold CV "
+        f"{'APGR' if sp.two_model else 'AIQ'} {best[0]:.4f})")
+    sel = CostQualitySelector(LinearEstimator.fit(train, temb, l2), lam=0.0, cost_basis=basis)
+    return {"params": {"l2": l2, "cost_basis": basis}, **test_sweep(sel, sp, train, test, eemb)}
 
 
 def run_weighted(sp: Split, quick: bool) -> dict:
@@ -241,15 +250,17 @@ def run_weighted(sp: Split, quick: bool) -> dict:
                                  for a, b in itertools.pairwise(verts)]}, "sweep": sweep}
 
 
-def run_bandit(sp: Split, quick: bool) -> dict:
+def run_bandit(sp: Split, quick: bool, basis: str) -> dict:
+    """Online: the train split streamed once (shuffled, fixed seed), then the test split, learning throughout;
+    the cost basis is the one kNN's tuning chose on train."""
     train, temb = sp.rows(sp.train)
     test, eemb = sp.rows(sp.test)
-    lams = lambda_grid(candidate_cost_matrix(sp, train), 9 if quick else 17)
+    lams = lambda_grid(decision_costs(candidate_cost_matrix(sp, train), basis), 9 if quick else 17)
     strong = strong_index(test)
     sweep = []
     order = np.random.default_rng(7).permutation(len(train))
     for lam in lams:
-        sel = BanditSelector(BanditParams(lam=float(lam), exploration=1.0, context_bits=4, seed=11))
+        sel = BanditSelector(BanditParams(lam=float(lam), exploration=1.0, context_bits=4, seed=11, cost_basis=basis))
 
         def step(data: RoutingDataset, emb: np.ndarray, i: int, sel: BanditSelector = sel) -> int:
             r = sel.rank(sp.candidates, SelectionRequest(int(data.input_tokens[i]), int(data.output_tokens[i, 0]),
@@ -264,7 +275,8 @@ def run_bandit(sp: Split, quick: bool) -> dict:
         pick = np.array([step(test, eemb, i) for i in range(len(test))])
         c, q = outcome(test, pick)
         sweep.append((float(lam), c, q, float(np.mean(pick == strong))))
-    return {"params": {"exploration": 1.0, "context_bits": 4, "warm_start": "train split streamed once"},
+    return {"params": {"exploration": 1.0, "context_bits": 4, "cost_basis": basis,
+                       "warm_start": "train split streamed once"},
             "sweep": sweep}
 
 
@@ -362,7 +374,7 @@ def run_dataset(sp: Split, quick: bool, log: Callable[[str], None]) -> dict[str,
     results["knn"] = run_knn(sp, quick, log)
     results["cost-quality"] = run_linear(sp, quick, log)
     results["weighted"] = run_weighted(sp, quick)
-    results["bandit"] = run_bandit(sp, quick)
+    results["bandit"] = run_bandit(sp, quick, results["knn"]["params"]["cost_basis"])
     results["oracle"] = run_oracle(sp)
     return summarise(sp, results)
 
