@@ -144,6 +144,16 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--calls", type=int, default=1500, help="sequential calls per latency phase")
     b.add_argument("--redis", default=None, metavar="URL", help="Redis to use (default: start a local one)")
     b.add_argument("--json", action="store_true", help="print one JSON object")
+    b = bench.add_parser("routing", help="selection algorithms on labelled routing data: cost-quality, AIQ, APGR")
+    b.set_defaults(run=_bench_routing)
+    b.add_argument("--quick", action="store_true", help="a fixed subsample of each dataset (for tests)")
+    b.add_argument("--datasets", nargs="+", choices=["routellm_mmlu", "dcrouter"], help="default: both")
+    b.add_argument("--data", default=None, help="directory of the datasets (default: the checkout's data/routing)")
+    b.add_argument("--encoder", default=None, help="encoder name or directory (default: minilm-static)")
+    b.add_argument("--plot", default=None, help="where to write the PNG (default: docs/routing-curves.png; "
+                   "with --quick bench-results/routing-curves-quick.png)")
+    b.add_argument("--no-plot", action="store_true")
+    b.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
 
@@ -293,6 +303,12 @@ def _bench_scheduling(args: argparse.Namespace) -> int:
 
 def _bench_budgets(args: argparse.Namespace) -> int:
     from switchpoint.bench.budgets import run
+
+    return run(args)
+
+
+def _bench_routing(args: argparse.Namespace) -> int:
+    from switchpoint.bench.routing import run
 
     return run(args)
 

@@ -56,6 +56,7 @@ DATASETS = {"routellm_mmlu": "routellm_mmlu.jsonl", "dcrouter": "dcrouter_train.
 TEST_SHARE = 0.3
 SPLIT_SALT = "switchpoint-routing-split"
 DEFAULT_PLOT = ROOT / "docs" / "routing-curves.png"
+QUICK_PLOT = ROOT / "bench-results" / "routing-curves-quick.png"
 K_GRID = (5, 10, 20, 40, 80, 160)
 TEMPERATURE_GRID = (0.0, 0.02, 0.05)
 L2_GRID = (1e-4, 1e-3, 1e-2)
@@ -394,7 +395,8 @@ def run(args: argparse.Namespace) -> int:
         sp = load_split(name, data_dir / DATASETS[name], encoder, args.quick, None, log)
         report[name] = run_dataset(sp, args.quick, log)
         verdicts[name] = targets(name, report[name], sp.two_model)
-    plot = None if args.no_plot else plot_curves(report, Path(args.plot))
+    plot_path = Path(args.plot) if args.plot else (QUICK_PLOT if args.quick else DEFAULT_PLOT)
+    plot = None if args.no_plot else plot_curves(report, plot_path)
     out = {"datasets": report, "targets": verdicts, "encoder": encoder.name, "quick": bool(args.quick),
            "split": {"test_share": TEST_SHARE, "key": "sha256 of the normalised prompt"}, "plot": plot,
            "seconds": round(time.perf_counter() - started, 1)}
