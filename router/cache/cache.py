@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from switchpoint.router.cache.guard import salient
 from switchpoint.router.cache.scope import CacheScope, Conversation, conversation, exact_key
@@ -58,7 +58,7 @@ def as_conversation(text: str | Conversation) -> Conversation:
 class SemanticCache:
     def __init__(self, store: CacheStore | None = None, *, queue_size: int = 4096, batch_size: int = 64,
                  lookup_timeout_s: float = 0.05, write_timeout_s: float = 5.0, breaker_s: float = 1.0):
-        self.store: CacheStore = store if store is not None else MemoryStore()
+        self.backend: CacheStore = store if store is not None else MemoryStore()
         self.lookup_timeout_s = lookup_timeout_s
         self.write_timeout_s = write_timeout_s
         self.breaker_s = breaker_s
@@ -67,6 +67,7 @@ class SemanticCache:
         self._writer: asyncio.Task[None] | None = None
         self._down_until = 0.0
         self._down_since: float | None = None
+        self._refusal_logged = -1e9
         self.counters = {"hit_exact": 0, "hit_semantic": 0, "miss": 0, "unavailable": 0, "queued": 0,
                          "written": 0, "dropped_full": 0, "dropped_unavailable": 0, "dropped_error": 0,
                          "too_large": 0, "store_errors": 0}
@@ -88,7 +89,7 @@ class SemanticCache:
         probe = Probe(scope, exact_key(scope, conv), vector, threshold, salient(conv.embed_text), max_tokens)
         try:
             async with asyncio.timeout(self.lookup_timeout_s):
-                found = await self.store.lookup(probe)
+                found = await self.backend.lookup(probe)
         except STORE_ERRORS as exc:
             self._failed(exc)
             self.counters["unavailable"] += 1
@@ -131,10 +132,10 @@ class SemanticCache:
 
     async def flush(self, policy: str, tenant: str | None = None) -> int:
         """Remove a policy's entries (one tenant's when given); returns how many entries were removed."""
-        return await self.store.flush(policy, tenant)
+        return await self.backend.flush(policy, tenant)
 
     def stats(self) -> dict[str, object]:
-        return {"store": self.store.name, "available": self.available, "queue": self.queue.qsize(),
+        return {"store": self.backend.name, "available": self.available, "queue": self.queue.qsize(),
                 "queue_size": self.queue.maxsize, **self.counters}
 
     async def drain(self, timeout_s: float = 30.0) -> None:
@@ -148,7 +149,7 @@ class SemanticCache:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
             self._writer = None
-        await self.store.close()
+        await self.backend.close()
 
     def _ensure_writer(self) -> None:
         if self._writer is None or self._writer.done():
@@ -171,12 +172,14 @@ class SemanticCache:
             return
         try:
             async with asyncio.timeout(self.write_timeout_s):
-                written = await self.store.write(batch)
+                written = await self.backend.write(batch)
+        except ResponseError as exc:  # Redis answered but refused (OOM under maxmemory noeviction): no outage
+            self.counters["dropped_error"] += len(batch)
+            if time.monotonic() - self._refusal_logged > 60:
+                self._refusal_logged = time.monotonic()
+                log.warning("cache writes refused by the store (logged once a minute): %s", exc)
+            return
         except STORE_ERRORS as exc:
-            if _refused_write(exc):  # e.g. OOM under maxmemory noeviction: reads still work, no breaker
-                self.counters["dropped_error"] += len(batch)
-                log.warning("cache write refused by the store: %s", exc)
-                return
             self._failed(exc)
             self.counters["dropped_unavailable"] += len(batch)
             return
@@ -194,15 +197,11 @@ class SemanticCache:
         if self._down_since is None:
             self._down_since = time.monotonic()
             log.error("cache store %s unreachable (%s: %s); routing without the cache, retrying every %.1fs",
-                      self.store.name, type(exc).__name__, exc, self.breaker_s)
+                      self.backend.name, type(exc).__name__, exc, self.breaker_s)
 
     def _recovered(self) -> None:
         if self._down_since is not None:
-            log.warning("cache store %s reachable again after %.1fs", self.store.name,
+            log.warning("cache store %s reachable again after %.1fs", self.backend.name,
                         time.monotonic() - self._down_since)
             self._down_since = None
 
-
-def _refused_write(exc: BaseException) -> bool:
-    text = str(exc)
-    return text.startswith(("OOM", "READONLY", "NOPERM"))

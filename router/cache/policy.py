@@ -16,8 +16,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from switchpoint.router.cache.scope import Sampling
+from switchpoint.router.cache.scope import Sampling, as_sampling
 
 CACHE_HEADER = "x-switchpoint-cache"
 
@@ -51,13 +52,14 @@ class Directive:
     reason: str  # "" when both are allowed; else why not (for the trace): bypass, no-store, refresh, n>1, temperature
 
 
-def directive(metadata: Mapping[str, str], sampling: Sampling | None, options: CacheOptions) -> Directive:
-    """Whether this request may read and write the cache (metadata keys are lower-cased by the router)."""
+def directive(metadata: Mapping[str, str], sampling: Sampling | Any | None, options: CacheOptions) -> Directive:
+    """Whether this request may read and write the cache (metadata keys are lower-cased by the router);
+    sampling as for cache_scope()."""
     flag = metadata.get(CACHE_HEADER, "").strip().lower()
     control = {part.strip() for part in metadata.get("cache-control", "").lower().split(",")}
     if flag == "bypass" or "no-store" in control:
         return Directive(False, False, "bypass")
-    s = sampling or Sampling()
+    s = as_sampling(sampling)
     if s.n > 1:
         return Directive(False, False, "n>1")
     if options.max_temperature is not None and (s.temperature if s.temperature is not None else 1.0) \

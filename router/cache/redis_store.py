@@ -186,8 +186,8 @@ class RedisStore:
             stored += 1
         for prefix, scope in scopes.items():
             pipe.hset(POLICIES, policy_tag(scope.policy), scope.policy)
-            self._maintain(keys=[prefix + "v", prefix + "z"], args=[now_ms, self.max_scope_entries, prefix + "e:"],
-                           client=pipe)
+            await self._maintain(keys=[prefix + "v", prefix + "z"],
+                                 args=[now_ms, self.max_scope_entries, prefix + "e:"], client=pipe)
         if stored:
             await pipe.execute()
         return stored

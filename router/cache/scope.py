@@ -83,6 +83,13 @@ class Sampling:
         ))
 
 
+def as_sampling(sampling: Sampling | Any | None) -> Sampling:
+    """A Sampling from itself, a switchpoint.v1.Sampling message, or None (nothing given)."""
+    if isinstance(sampling, Sampling):
+        return sampling
+    return Sampling() if sampling is None else Sampling.from_proto(sampling)
+
+
 @dataclass(frozen=True)
 class CacheScope:
     policy: str  # namespace/name of the RoutingPolicy
@@ -132,8 +139,9 @@ def system_prompt(messages: Sequence[Turn]) -> str:
 
 
 def cache_scope(policy: str, decision: str, tenant: str, model: str, system: str = "", tools_json: str = "",
-                sampling: Sampling | None = None) -> CacheScope:
-    s = sampling or Sampling()
+                sampling: Sampling | Any | None = None) -> CacheScope:
+    """sampling: a Sampling, a switchpoint.v1.Sampling message (RouteInput.sampling), or None (none sent)."""
+    s = as_sampling(sampling)
     digest = _hex("scope/v1", policy, decision, tenant, model, _hex(system.strip()),
                   _hex(_canonical_json(tools_json)), s.canonical())
     return CacheScope(policy, decision, tenant, model, digest)
