@@ -120,14 +120,14 @@ def _print_encoders(report: dict[str, object]) -> None:
     encoders: dict[str, dict[str, dict[str, float]]] = report["encoders"]  # type: ignore[assignment]
     windows: dict[str, dict[str, int]] = report["encoder_windows"]  # type: ignore[assignment]
     print("encoder latency, one core, tokenisation included (ms)")
-    print(f"  {'encoder':<20}" + "".join(f"{f'{n} tok p50/p99':>22}" for n in LENGTHS))
+    print(f"  {'encoder':<20}" + "".join(f"{f'{n} tok p50 / p99':>28}" for n in LENGTHS))
     for name, row in encoders.items():
         cells = []
         for n in LENGTHS:
             cell = f"{row[str(n)]['p50_ms']:.3f} / {row[str(n)]['p99_ms']:.3f}"
             if windows[name][str(n)] != n:
                 cell += f" ({windows[name][str(n)]})"
-            cells.append(f"{cell:>22}")
+            cells.append(f"{cell:>28}")
         mark = "  (default)" if name == report["default_encoder"] else ""
         print(f"  {name:<20}" + "".join(cells) + mark)
     print("  (n) = word pieces the encoder saw after truncation to its window")
