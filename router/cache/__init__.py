@@ -9,7 +9,7 @@ Report: ok, why = storable(outcome, response, pii, options, write_allowed=d.writ
 from __future__ import annotations
 
 from switchpoint.router.cache.cache import CacheHit, Lookup, SemanticCache
-from switchpoint.router.cache.guard import salient
+from switchpoint.router.cache.guard import guards_match, salient
 from switchpoint.router.cache.policy import (
     CACHE_HEADER,
     DEFAULT_THRESHOLD,
@@ -32,7 +32,7 @@ from switchpoint.router.cache.store import CacheStore, MemoryStore
 __all__ = [
     "CACHE_HEADER", "DEFAULT_THRESHOLD", "CacheHit", "CacheOptions", "CacheScope", "CacheStore", "Conversation",
     "Directive", "Lookup", "MemoryStore", "Sampling", "SemanticCache", "cache_scope", "conversation", "directive",
-    "exact_key", "open_store", "salient", "storable", "system_prompt",
+    "exact_key", "guards_match", "open_store", "salient", "storable", "system_prompt",
 ]
 
 

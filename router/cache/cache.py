@@ -86,7 +86,8 @@ class SemanticCache:
             return Lookup("unavailable")
         conv = as_conversation(text)
         vector = None if embedding is None else np.asarray(embedding, dtype=np.float32).reshape(-1)
-        probe = Probe(scope, exact_key(scope, conv), vector, threshold, salient(conv.embed_text), max_tokens)
+        probe = Probe(scope, exact_key(scope, conv), vector, threshold, salient(conv.embed_text), conv.embed_text,
+                      max_tokens)
         try:
             async with asyncio.timeout(self.lookup_timeout_s):
                 found = await self.backend.lookup(probe)
@@ -120,7 +121,7 @@ class SemanticCache:
             return False
         conv = as_conversation(text)
         vector = None if embedding is None else np.asarray(embedding, dtype=np.float32).reshape(-1)
-        entry = Entry(exact_key(scope, conv), response, decision, time.time(), tokens)
+        entry = Entry(exact_key(scope, conv), response, decision, time.time(), tokens, conv.embed_text)
         try:
             self.queue.put_nowait(NewEntry(scope, entry, vector, salient(conv.embed_text), ttl_s))
         except asyncio.QueueFull:

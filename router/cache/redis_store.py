@@ -26,7 +26,7 @@ expiry is enforced here (below).
 Layout, for a scope S with policy tag P and tenant tag T (hash tag {S} keeps a scope in one
 cluster slot):
   sp:cache:P:T:{S}:e:<key>  HASH c (content) d (decision) t (created, unix s) k (completion tokens)
-                            g (guard) s (size): the entry, with the entry's TTL. It is the exact tier
+                            g (guard) q (embedded text) s (size): the entry, with the entry's TTL. It is the exact tier
                             (key = digest of scope + conversation) and what vector hits point to.
   sp:cache:P:T:{S}:v        vector set: element <key>, int8-quantised, cosine.
   sp:cache:P:T:{S}:z        sorted set: <key> by expiry (ms), to remove expired and excess elements.
@@ -37,7 +37,8 @@ up to 64 expired elements per scope, caps a scope at max_scope_entries (oldest f
 moves the vector set's and the index's expiry to their newest entry's.
 
 A lookup is one round trip: a Lua script reads the exact entry, else runs VSIM (COUNT 4) and
-reads the candidates at or above the threshold, nearest first. Inserts use VADD CAS (the
+returns the candidates at or above the threshold whose guard matches, nearest first; the first
+that passes same_question() (a Python check of the two texts) answers. Inserts use VADD CAS (the
 neighbour search runs on a Redis thread), pipelined in batches by the write queue.
 """
 
@@ -52,6 +53,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from switchpoint.router.cache.guard import same_question
 from switchpoint.router.cache.scope import CacheScope, policy_tag, tenant_tag
 from switchpoint.router.cache.store import CANDIDATES, Entry, NewEntry, Probe, StoreHit
 
@@ -61,28 +63,33 @@ QUERY_EF = 64  # VSIM exploration factor: recall of near duplicates >= 0.99 at 1
 BUILD_EF = 100  # VADD exploration factor: half the default; 1.7x the insert rate, recall unchanged for near duplicates
 
 LOOKUP = """
-local maxt = tonumber(ARGV[6])
-local f = redis.call('HMGET', KEYS[1], 'c', 'd', 't', 'k')
-if f[1] and (maxt < 0 or tonumber(f[4]) <= maxt) then
-  return {'exact', '1', f[1], f[2], f[3], f[4]}
+local function guards_match(a, b)
+  local base_a, target_a = string.match(a, '^([^|]*)|?(.*)$')
+  local base_b, target_b = string.match(b, '^([^|]*)|?(.*)$')
+  return base_a == base_b and (target_a == '' or target_b == '' or target_a == target_b)
 end
-if ARGV[1] == '' then return {'miss', '0'} end
+local maxt = tonumber(ARGV[6])
+local f = redis.call('HMGET', KEYS[1], 'c', 'd', 't', 'k', 'q')
+if f[1] and (maxt < 0 or tonumber(f[4]) <= maxt) then
+  return {'exact', KEYS[1], '1', f[1], f[2], f[3], f[4], f[5]}
+end
+if ARGV[1] == '' then return {'miss'} end
 local res = redis.call('VSIM', KEYS[2], 'FP32', ARGV[1], 'COUNT', ARGV[3], 'WITHSCORES', 'EF', ARGV[4])
-local best = '0'
+local out = {'semantic'}
 local floor = tonumber(ARGV[2])
 for i = 1, #res, 2 do
-  if i == 1 then best = res[i + 1] end
   if tonumber(res[i + 1]) < floor then break end
   local id = res[i]
-  local g = redis.call('HMGET', ARGV[7] .. id, 'c', 'd', 't', 'k', 'g')
+  local g = redis.call('HMGET', ARGV[7] .. id, 'c', 'd', 't', 'k', 'g', 'q')
   if not g[1] then
     redis.call('VREM', KEYS[2], id)
     redis.call('ZREM', KEYS[3], id)
-  elseif g[5] == ARGV[5] and (maxt < 0 or tonumber(g[4]) <= maxt) then
-    return {'semantic', res[i + 1], g[1], g[2], g[3], g[4]}
+  elseif guards_match(g[5], ARGV[5]) and (maxt < 0 or tonumber(g[4]) <= maxt) then
+    for _, v in ipairs({id, res[i + 1], g[1], g[2], g[3], g[4], g[6]}) do out[#out + 1] = v end
   end
 end
-return {'miss', best}
+if #out == 1 then return {'miss'} end
+return out
 """
 
 MAINTAIN = """
@@ -156,13 +163,16 @@ class RedisStore:
                   -1 if probe.max_tokens is None else probe.max_tokens, prefix + "e:"],
         )
         tier = reply[0].decode()
-        if tier == "miss":
-            return None
-        score = float(reply[1])
-        similarity = 1.0 if tier == "exact" else min(1.0, 2.0 * score - 1.0)
-        entry = Entry(key=probe.key, content=reply[2].decode("utf-8", "surrogatepass"), decision=reply[3].decode(),
-                      created_at=float(reply[4]), tokens=int(reply[5]))
-        return StoreHit(entry, similarity, tier)
+        for i in range(1, len(reply), 7):  # exact: one entry; semantic: candidates nearest first, guard checked
+            key, score, content, decision, created, tokens, text = reply[i:i + 7]
+            entry = Entry(key=key.decode().rpartition(":")[2], content=content.decode("utf-8", "surrogatepass"),
+                          decision=decision.decode(), created_at=float(created), tokens=int(tokens),
+                          text=(text or b"").decode("utf-8", "surrogatepass"))
+            if tier == "exact":
+                return StoreHit(entry, 1.0, tier)
+            if same_question(probe.text, entry.text):
+                return StoreHit(entry, min(1.0, 2.0 * float(score) - 1.0), tier)
+        return None
 
     async def write(self, entries: Sequence[NewEntry]) -> int:
         now_ms = int(time.time() * 1000)
@@ -176,7 +186,7 @@ class RedisStore:
             prefix = scope_prefix(new.scope)
             ttl_ms = max(1, int(new.ttl_s * 1000))
             pipe.hset(prefix + "e:" + e.key, mapping={"c": e.content, "d": e.decision, "t": repr(e.created_at),
-                                                      "k": e.tokens, "g": new.guard, "s": e.size})
+                                                      "k": e.tokens, "g": new.guard, "s": e.size, "q": e.text})
             pipe.pexpire(prefix + "e:" + e.key, ttl_ms)
             if new.vector is not None:
                 blob = np.ascontiguousarray(new.vector, dtype=np.float32).tobytes()

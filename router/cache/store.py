@@ -2,9 +2,10 @@
 
 Two tiers behind one call: the exact tier (a key per scope and normalised conversation)
 answers identical requests; the vector tier answers the nearest entry of the same scope
-whose cosine similarity reaches the threshold and whose guard (salient tokens: numbers,
-negation, languages, units) is equal to the request's. Every entry is also its own exact
-entry: the vector tier's element id is the exact key.
+whose cosine similarity reaches the threshold, whose guard (numbers, negation, languages,
+units...) matches the request's, and whose text is not the request's sentence with a content
+word swapped (guard.same_question). Every entry is also its own exact entry: the vector
+tier's element id is the exact key.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Protocol
 
 import numpy as np
 
+from switchpoint.router.cache.guard import guards_match, same_question
 from switchpoint.router.cache.scope import CacheScope
 
 CANDIDATES = 4  # nearest entries tried in order: the nearest may have expired or have a different guard
@@ -29,6 +31,7 @@ class Entry:
     decision: str  # the decision that stored it
     created_at: float  # unix seconds
     tokens: int = 0  # completion tokens of the response (0: unknown)
+    text: str = ""  # the embedded text of the request that stored it (compared by same_question)
 
     @property
     def size(self) -> int:
@@ -60,10 +63,15 @@ class Probe:
     vector: np.ndarray | None
     threshold: float
     guard: str
+    text: str = ""  # the request's embedded text
     max_tokens: int | None = None  # the request's limit: entries with more completion tokens do not answer
 
     def fits(self, entry: Entry) -> bool:
         return self.max_tokens is None or entry.tokens <= self.max_tokens
+
+    def accepts(self, entry: Entry, guard: str) -> bool:
+        """Whether a vector-tier candidate answers this request."""
+        return self.fits(entry) and guards_match(guard, self.guard) and same_question(self.text, entry.text)
 
 
 class CacheStore(Protocol):
@@ -165,7 +173,7 @@ class MemoryStore:
             if sim < probe.threshold:
                 break
             item = self._live(key, now)
-            if item is not None and item.guard == probe.guard and probe.fits(item.entry):
+            if item is not None and probe.accepts(item.entry, item.guard):
                 self._items.move_to_end(key)
                 return StoreHit(item.entry, min(sim, 1.0), "semantic")
         return None
