@@ -168,6 +168,7 @@ _FRAME = frozenset(_FRAME_WORDS.split())
 _TOKEN = re.compile(r"[a-z0-9+#]+")
 MIN_SHARED_FRAME = 0.6  # token-level similarity from which a substituted content word means a different question
 MIN_SHARED_CONTENT = 0.5  # share of the sparser text's content words the other must contain
+MAX_TOKENS = 64  # longer texts are compared by their head and tail (the guard still sees every number and slot word)
 
 
 def _same_word(x: str, y: str) -> bool:
@@ -177,7 +178,10 @@ def _same_word(x: str, y: str) -> bool:
     short, long = sorted((x, y), key=len)
     if len(short) >= 4 and long.startswith(short[:-1]) and len(long) - len(short) <= 3:
         return True
-    return len(short) >= 5 and difflib.SequenceMatcher(None, x, y).ratio() >= 0.85
+    if len(short) < 5 or len(long) - len(short) > 2 or (x[0] != y[0] and x[-1] != y[-1]):
+        return False  # cheap filters before difflib: a typo keeps the length and one end
+    matcher = difflib.SequenceMatcher(None, x, y)
+    return matcher.quick_ratio() >= 0.85 and matcher.ratio() >= 0.85  # quick_ratio: a cheap upper bound
 
 
 def _canonical_tokens(text: str) -> list[str]:
@@ -191,7 +195,7 @@ def _canonical_tokens(text: str) -> list[str]:
         else:
             token = _SLOT.get(_singular(token), token)
         out.append(token)
-    return out
+    return out if len(out) <= MAX_TOKENS else out[: MAX_TOKENS - MAX_TOKENS // 3] + out[-(MAX_TOKENS // 3):]
 
 
 def same_question(a: str, b: str) -> bool:
@@ -205,8 +209,17 @@ def same_question(a: str, b: str) -> bool:
     ta, tb = _canonical_tokens(a), _canonical_tokens(b)
     ca, cb = {w for w in ta if w not in _FRAME}, {w for w in tb if w not in _FRAME}
     fewer, more = sorted((ca, cb), key=len)
-    if fewer and sum(any(_same_word(x, y) for y in more) for x in fewer) < MIN_SHARED_CONTENT * len(fewer):
-        return False
+    exact = fewer & more
+    shared = len(exact)
+    if shared < MIN_SHARED_CONTENT * len(fewer):  # exact matches first: fuzzy matching only for the rest
+        by_end: dict[str, list[str]] = {}  # an inflection or a typo keeps the first or the last letter
+        for y in more - exact:
+            by_end.setdefault("<" + y[0], []).append(y)
+            by_end.setdefault(">" + y[-1], []).append(y)
+        shared += sum(any(_same_word(x, y) for y in by_end.get("<" + x[0], []) + by_end.get(">" + x[-1], []))
+                      for x in fewer - exact)
+        if shared < MIN_SHARED_CONTENT * len(fewer):
+            return False
     matcher = difflib.SequenceMatcher(None, ta, tb, autojunk=False)
     if matcher.ratio() < MIN_SHARED_FRAME:
         return True
