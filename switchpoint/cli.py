@@ -168,7 +168,42 @@ def _parser() -> argparse.ArgumentParser:
                    "with --quick bench-results/routing-curves-quick.png)")
     b.add_argument("--no-plot", action="store_true")
     b.add_argument("--json", action="store_true", help="print one JSON object")
+    b = bench.add_parser("cache", help="semantic cache: lookup p50/p99 at 10k/100k entries vs GET, writes/s, "
+                         "hit rate and precision on labelled pairs")
+    b.set_defaults(run=_bench_cache)
+    b.add_argument("--quick", action="store_true", help="1,000 and 5,000 entries, fewer lookups (for tests)")
+    b.add_argument("--sizes", type=int, nargs="+", default=None, help="entry counts (default: 10000 100000)")
+    b.add_argument("--lookups", type=int, default=None, help="timed lookups per size (default 2000)")
+    b.add_argument("--redis", default=None, metavar="URL", help="Redis 8 to use (default: start a local one)")
+    b.add_argument("--encoder", default=None, help="encoder name or directory (default: minilm-static)")
+    b.add_argument("--plot", default=None, help="where to write the PNG (default: docs/cache-pr.png)")
+    b.add_argument("--no-plot", action="store_true")
+    b.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = command("cache", _bench_usage, "The semantic cache in Redis: entries per policy, flush")
+    cache = p.add_subparsers(dest="cache", required=True)
+    b = cache.add_parser("stats", help="entries, scopes and memory of the cache, entries per policy")
+    b.set_defaults(run=lambda a: _cache_admin().run_stats(a.redis, a.json))
+    b.add_argument("--redis", required=True, metavar="URL")
+    b.add_argument("--json", action="store_true", help="print JSON")
+    b = cache.add_parser("flush", help="remove a policy's entries (one tenant's with --tenant)")
+    b.set_defaults(run=lambda a: _cache_admin().run_flush(a.redis, a.policy, a.tenant))
+    b.add_argument("--redis", required=True, metavar="URL")
+    b.add_argument("--policy", required=True, metavar="NS/NAME", help="the RoutingPolicy")
+    b.add_argument("--tenant", default=None)
     return parser
+
+
+def _bench_cache(args: argparse.Namespace) -> int:
+    from switchpoint.bench.cache import run
+
+    return run(args)
+
+
+def _cache_admin():  # type: ignore[no-untyped-def]
+    from switchpoint.router.cache import admin
+
+    return admin
 
 
 def _router(args: argparse.Namespace) -> int:
