@@ -84,7 +84,8 @@ def route(config_path: Path, text: str, all_signals: bool = False, bank: ModelBa
      "guarded"),
     ("My card number is 4111 1111 1111 1111, can you check it?", "private"),
     ("I think I was billed two times for my subscription this month", "support"),
-    ("Compute the derivative of x^3 sin(x) and evaluate the integral from 0 to pi", "science"),
+    ("Prove that the square root of 2 is irrational.", "science"),
+    ("What is the kinetic energy of a 2 kg ball moving at 3 m/s?", "science"),
     ("What is the capital of France?", "default"),
 ])
 def test_decisions_on_classifier_pii_and_similarity_signals(smart_config, text, decision):
@@ -148,10 +149,11 @@ def test_a_multiclass_signal_must_name_its_labels(config_dir):
 def transformer_head(tmp_path_factory) -> Path:
     """A small head on the transformer encoder (tens of ms per prompt), trained with the real CLI."""
     root = tmp_path_factory.mktemp("slow-head")
-    rows = [{"text": t, "label": "yes"} for t in ("I need a refund", "charge me back", "refund my order")]
-    rows += [{"text": t, "label": "no"} for t in ("what is the weather", "tell me a joke", "write a poem")]
+    things = ("order", "subscription", "ticket", "parcel", "booking", "invoice", "headphones", "flight")
+    rows = [{"text": f"I want a refund for my {t}", "label": "yes"} for t in things]
+    rows += [{"text": f"Tell me an interesting fact about a {t}", "label": "no"} for t in things]
     data = root / "data.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows * 4))
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = root / "head"
     subprocess.run([sys.executable, "-m", "switchpoint.cli", "classifier", "train", "--data", str(data),
                     "--out", str(out), "--encoder", "minilm-l6-v2", "--name", "refund", "--holdout", "0.25"],
@@ -159,18 +161,32 @@ def transformer_head(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize(("on_error", "expected"), [("Degrade", "default"), ("Fail", grpc.StatusCode.UNAVAILABLE)])
+@pytest.mark.parametrize(("on_error", "timeout_ms", "expected"), [
+    ("Degrade", 10_000, "refunds"),  # in time: the head fires
+    ("Degrade", 1, "default"),  # late: not fired
+    ("Fail", 1, grpc.StatusCode.UNAVAILABLE),
+])
 def test_a_classifier_that_misses_its_deadline_degrades_or_fails_as_the_policy_says(
-        config_dir, transformer_head, on_error, expected):
-    body = POLICY.replace("{name: difficulty, above: 0.7}", "{name: refund, above: 0.5}")
-    write_policy(config_dir, f"{{name: refund, source: {transformer_head}, timeoutMs: 1, onError: {on_error}}}",
-                 body=body)
+        config_dir, transformer_head, on_error, timeout_ms, expected):
+    body = """
+apiVersion: switchpoint.dev/v1alpha1
+kind: RoutingPolicy
+metadata: {name: smart, namespace: default}
+spec:
+  aliases: [smart]
+  classifiers: [CLASSIFIERS]
+  signals: [{name: refund, classifier: {name: refund, above: 0.5}}]
+  decisions: [{name: refunds, priority: 1, when: {signal: refund}, pools: [{pool: large-reasoning}]}]
+  default: {pools: [{pool: small-chat}]}
+"""
+    spec = f"{{name: refund, source: {transformer_head}, timeoutMs: {timeout_ms}, onError: {on_error}}}"
+    write_policy(config_dir, spec, body=body)
     with ThreadedRouter(config_paths=[config_dir]) as r:
-        text = "Please refund my order, the transformer needs more than a millisecond for this sentence"
+        text = "I want a refund for my order; the transformer needs more than a millisecond for this sentence"
         if isinstance(expected, str):
             d = r.stub.Route(chat(text, model="smart"), timeout=10)
             assert d.decision == expected
-            assert "refund" not in d.signals
+            assert list(d.signals) == ([] if expected == "default" else ["refund"])
         else:
             with pytest.raises(grpc.RpcError) as err:
                 r.stub.Route(chat(text, model="smart"), timeout=10)

@@ -37,7 +37,7 @@ class ModelBank:
     def __init__(self, models: Path | None = None):
         self.models = models
         self._encoders: dict[str, Encoder] = {}
-        self._heads: dict[str, tuple[float, Head]] = {}  # source -> (manifest mtime, head)
+        self._heads: dict[str, tuple[tuple[float, ...], Head]] = {}  # source -> (file mtimes, head)
         self._classifiers: dict[tuple[str, str], LoadedClassifier] = {}  # (policy key, classifier name)
         self._examples: dict[tuple[str, tuple[str, ...]], np.ndarray] = {}
         self._lock = threading.Lock()  # prepare() runs in a worker thread; lookups are dict reads
@@ -98,8 +98,7 @@ class ModelBank:
 
     def _load_classifier(self, policy: Policy, spec: ClassifierSpec, obj: str,
                          problems: list[Problem]) -> LoadedClassifier | None:
-        index = next((i for i, c in enumerate(policy.classifiers) if c.name == spec.name), 0)
-        field = f"spec.classifiers[{index}]" if not spec.source.startswith("builtin:") else "spec.signals"
+        field = "spec.signals" if spec.declared_at is None else f"spec.classifiers[{spec.declared_at}]"
         try:
             head = self._head(spec.source)
             encoder = self.encoder(head.encoder)
@@ -141,10 +140,10 @@ class ModelBank:
                                     f"(its labels: {', '.join(head.labels)})"))
 
 
-def _stamp(source: str) -> float:
-    """The modification time of a local head's manifest (0 for URLs and built-ins resolved elsewhere)."""
+def _stamp(source: str) -> tuple[float, ...]:
+    """The modification times of a local head's files (empty for URLs and built-ins)."""
     path = Path(source.removeprefix("file://"))
     try:
-        return (path / "head.json").stat().st_mtime if path.is_dir() else 0.0
+        return tuple((path / name).stat().st_mtime_ns for name in ("head.json", "head.onnx")) if path.is_dir() else ()
     except OSError:
-        return 0.0
+        return ()

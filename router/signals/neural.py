@@ -118,19 +118,19 @@ def classifier_outcome(signal: ClassifierSignal, loaded: LoadedClassifier, probs
     score = scores[best_label]
     if signal.above is not None:
         fired = score > signal.above
-        rule = f"> {signal.above:g}"
+        rule = f"fires above {signal.above:g}"
     elif loaded.head.kind == "binary":
         threshold = loaded.thresholds.get(loaded.positive_label, 0.5)
         fired = float(probs[-1]) >= threshold
-        rule = f">= threshold {threshold:g}"
+        rule = f"fires from {threshold:g}"
     else:
         top = labels[int(np.argmax(probs))]
         threshold = loaded.thresholds.get(top, 0.0)
         fired = top in wanted and float(np.max(probs)) >= threshold
-        rule = f"top label '{top}' {float(np.max(probs)):.2f}" + (f" (threshold {threshold:g})" if threshold else "")
+        rule = "fires when top" + (f" and from {threshold:g}" if threshold else "")
     order = np.argsort(probs)[::-1][:3]
     top3 = ", ".join(f"{labels[i]} {probs[i]:.2f}" for i in order)
-    return Inferred(fired, f"{signal.classifier}: {best_label} {score:.2f} {rule}; top: {top3}")
+    return Inferred(fired, f"{signal.classifier}: {best_label} {score:.2f} ({rule}); top: {top3}")
 
 
 def similarity_outcome(signal: SimilaritySignal, embedding: np.ndarray, examples: np.ndarray) -> Inferred:

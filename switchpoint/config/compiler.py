@@ -212,7 +212,7 @@ class _Reporter:
     # -- RoutingPolicy ---------------------------------------------------------------------------
 
     def policy(self, spec: dict[str, Any], pools: dict[str, Pool]) -> Policy | None:
-        declared = {c["name"]: _classifier_spec(c) for c in spec.get("classifiers") or ()}
+        declared = {c["name"]: _classifier_spec(c, i) for i, c in enumerate(spec.get("classifiers") or ())}
         signals = tuple(s for i, raw in enumerate(spec.get("signals") or ()) if (s := self.signal(raw, i)))
         names = {raw["name"] for raw in spec.get("signals") or ()}
         classifiers = self.used_classifiers(signals, declared)
@@ -423,9 +423,9 @@ class _Reporter:
         )
 
 
-def _classifier_spec(raw: dict[str, Any]) -> ClassifierSpec:
+def _classifier_spec(raw: dict[str, Any], index: int) -> ClassifierSpec:
     return ClassifierSpec(raw["name"], raw["source"], tuple(sorted((raw.get("thresholds") or {}).items())),
-                          raw["onError"], raw["timeoutMs"])
+                          raw["onError"], raw["timeoutMs"], index)
 
 
 def _cache_config(raw: dict[str, Any]) -> CacheConfig:

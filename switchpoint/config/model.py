@@ -178,6 +178,7 @@ class ClassifierSpec:
     thresholds: tuple[tuple[str, float], ...] = ()
     on_error: str = "Degrade"  # or Fail
     timeout_ms: int = 500
+    declared_at: int | None = None  # index in spec.classifiers; None for a built-in used by name
 
 
 @dataclass(frozen=True)
