@@ -33,7 +33,8 @@ BAD = [
     ("top_p out of range", msg(("user", "hi"), sampling=router_pb2.Sampling(top_p=-0.1)), "sampling.top_p: -0.1"),
     ("too many stop sequences", msg(("user", "hi"), sampling=router_pb2.Sampling(stop=["x"] * 17)),
      "sampling.stop: 17 sequences; the limit is 16"),
-    ("tools too large", msg(("user", "hi"), tools_json="[" + " " * (1 << 20) + "]"), "tools_json: 1,048,578 characters"),
+    ("tools too large", msg(("user", "hi"), tools_json="[" + " " * (1 << 20) + "]"),
+     "tools_json: 1,048,578 characters"),
 ]
 
 
