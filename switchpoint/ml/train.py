@@ -127,7 +127,8 @@ def train_on_embeddings(x: np.ndarray, texts: Sequence[str], labels: Sequence[st
             t = best_f1_threshold(y[val_idx], probs[:, 1]) if kind == "binary" and opts.threshold == "f1" else 0.5
             m = _score(order, y[val_idx], probs, kind, t)
             score = (m["accuracy"] + m["macro_f1"]) / 2
-            selection.append({"l2": l2, "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "threshold": t})
+            selection.append({"l2": l2, "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],
+                              "threshold": round(float(t), 4)})
             if score > best[0]:
                 best = (score, l2, t)
     l2 = best[1]
