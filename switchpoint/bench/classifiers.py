@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from switchpoint.bench.isolation import isolation, print_isolation
 from switchpoint.bench.router import percentile
 from switchpoint.router.classifiers import models_dir
 from switchpoint.router.classifiers.encoder import DEFAULT_ENCODER, ENCODER_NAMES, Encoder, EncoderError, load_encoder
@@ -148,8 +149,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"switchpoint bench classifiers: {exc}")
         return 1
     # The heads' accuracy and the isolation run are further sections merged into `report` here.
+    report["isolation"] = isolation(models, calls=1000 if quick else 4000)
     if getattr(args, "json", False):
         print(json.dumps(report, indent=2))
     else:
         _print_encoders(report)
+        print()
+        print_isolation(report)
     return 0

@@ -127,7 +127,7 @@ class _PacedLoad:
                 i += self.senders
 
 
-def isolation(models: Path, calls: int = 1000, rate: float = 50.0, transformer_rate: float = 15.0,
+def isolation(models: Path, calls: int = 4000, rate: float = 50.0, transformer_rate: float = 15.0,
               ) -> dict[str, object]:
     """{"rules_p99_ms_alone", "rules_p99_ms_with_classifiers", "rules_p99_ms_with_transformer", ...}."""
     samples: dict[str, list[float]] = {"alone": [], "classifiers": [], "transformer": []}
