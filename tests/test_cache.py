@@ -443,3 +443,130 @@ def test_sampling_from_the_proto_message() -> None:
     assert cache_scope(POLICY, "d", "t", "m", sampling=msg) == cache_scope(POLICY, "d", "t", "m", sampling=s)
     assert cache_scope(POLICY, "d", "t", "m", sampling=router_pb2.Sampling()).digest != \
         cache_scope(POLICY, "d", "t", "m", sampling=msg).digest
+
+
+def test_guard_and_same_question_table() -> None:
+    from switchpoint.router.cache import guards_match, salient
+    from switchpoint.router.cache.guard import same_question
+
+    def answers(a: str, b: str) -> bool:
+        return guards_match(salient(a), salient(b)) and same_question(a, b)
+
+    same = [
+        ("How do I reverse a string in Python?", "what's the python way to reverse a string"),
+        ("Convert 5 km to miles", "how many miles is five kilometers"),
+        ("What is 15% of 80?", "calculate fifteen percent of 80"),
+        ("whats the wether like in london in march", "What is the weather usually like in London in March?"),
+        ("How do I sort a list of dictionaries by a key in Python?", "Sorting a python list of dicts by key"),
+    ]
+    different = [
+        ("Convert 5 km to miles", "Convert 8 km to miles"),  # number
+        ("Convert JSON to YAML", "Convert YAML to JSON"),  # conversion target
+        ("How do I reverse a list in Python?", "How do I reverse a list in Rust?"),  # language
+        ("How do I turn on dark mode?", "How do I turn off dark mode?"),
+        ("Is it safe to eat raw eggs?", "Is it not safe to eat raw eggs?"),  # negation
+        ("What is the capital of Canada?", "What is the capital of Brazil?"),  # a swapped content word
+        ("How do I count the words in a file with wc?", "How do I count the lines in a file with wc?"),
+        ("Do US citizens need a visa for Canada?", "Do US citizens need a visa for Japan?"),
+        ("what are regexes and what are they for", "What are the rules of checkers?"),  # little shared content
+        ("Solve 2x + 3 = 11", "Solve 2x - 3 = 11"),  # operator
+    ]
+    for a, b in same:
+        assert answers(a, b) and answers(b, a), (a, b)
+    for a, b in different:
+        assert not answers(a, b) and not answers(b, a), (a, b)
+    assert salient("tell us more") == "" and "geo:usa" in salient("moving to the US")
+
+
+def test_cache_stats_and_flush_commands(tmp_path: Any) -> None:
+    import json
+    import subprocess
+    import sys
+
+    with RedisServer(tmp_path, persist=False) as srv:
+        async def fill() -> None:
+            rng = np.random.default_rng(15)
+            cache = SemanticCache(RedisStore(srv.url))
+            for i, tenant in enumerate(["acme", "acme", "globex"]):
+                await put(cache, scope(tenant=tenant), f"question {i}", unit(rng), f"answer {i}")
+            await put(cache, scope(policy="team-b/chat"), "other", unit(rng), "x")
+            await cache.close()
+
+        run(fill())
+        cli = [sys.executable, "-m", "switchpoint.cli", "cache"]
+        out = subprocess.run([*cli, "stats", "--redis", srv.url, "--json"], capture_output=True, text=True, check=True)
+        stats = json.loads(out.stdout)
+        assert stats["entries"] == 4 and stats["policies"] == {POLICY: 3, "team-b/chat": 1} and stats["scopes"] == 3
+        out = subprocess.run([*cli, "flush", "--redis", srv.url, "--policy", POLICY, "--tenant", "acme"],
+                             capture_output=True, text=True, check=True)
+        assert "removed 2 cache entries of team-a/chat for tenant acme" in out.stdout
+        out = subprocess.run([*cli, "stats", "--redis", srv.url], capture_output=True, text=True, check=True)
+        assert "2 entries" in out.stdout and "team-b/chat" in out.stdout
+        bad = subprocess.run([*cli, "flush", "--redis", srv.url, "--policy", "no-namespace"], capture_output=True,
+                             text=True)
+        assert bad.returncode == 2 and "NAMESPACE/NAME" in bad.stderr
+    down = subprocess.run([*cli, "stats", "--redis", srv.url], capture_output=True, text=True)
+    assert down.returncode == 1 and "switchpoint cache stats" in down.stderr
+
+
+def test_bench_cache_quick_json_layout(tmp_path: Any) -> None:
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "switchpoint.cli", "bench", "cache", "--quick", "--json",
+                          "--sizes", "300", "1000", "--lookups", "100", "--plot", str(tmp_path / "pr.png")],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    r = json.loads(out.stdout)
+    assert set(r["entries"]) == {"300", "1000"}
+    for e in r["entries"].values():
+        assert 0 < e["lookup_p50_ms"] <= e["lookup_p99_ms"]
+        assert e["hit_share"] > 0.3  # half the lookups are near-duplicates of stored prompts
+    assert r["get_p99_ms"] > 0 and r["writes_per_s"] > 50
+    assert r["threshold"] == r["threshold_rederived"] == 0.7
+    assert 0.5 <= r["hit_rate"] <= 1 and 0.8 <= r["hit_precision"] <= 1
+    assert r["pairs"] == {"paraphrase": 316, "near_miss": 317}
+    assert len(r["curve"]["test"]) == 10 and (tmp_path / "pr.png").stat().st_size > 10_000
+
+
+def test_a_vector_of_another_dimension_is_a_miss_not_an_outage(make_cache: Callable[..., SemanticCache]) -> None:
+    async def body() -> None:
+        rng = np.random.default_rng(16)
+        cache = make_cache()
+        sc = scope()
+        await put(cache, sc, "What is a B-tree?", unit(rng), "A balanced search tree...")
+        other = rng.standard_normal(DIM // 2).astype(np.float32)
+        got = await cache.lookup(sc, "Explain B-trees", other / np.linalg.norm(other), 0.5)
+        assert got.outcome == "miss" and cache.available
+        assert cache_scope(POLICY, "d", "t", "m", encoder="minilm-static").digest != \
+            cache_scope(POLICY, "d", "t", "m", encoder="minilm-l6-v2").digest
+        await cache.close()
+
+    run(body())
+
+
+def test_redis_evicting_under_maxmemory_never_answers_from_a_dangling_vector(tmp_path: Any) -> None:
+    with RedisServer(tmp_path, persist=False, args=["--maxmemory", "4mb", "--maxmemory-policy", "allkeys-lru"]) as srv:
+        async def body() -> None:
+            rng = np.random.default_rng(17)
+            cache = SemanticCache(RedisStore(srv.url))
+            sc = scope()
+            vectors = [unit(rng) for _ in range(120)]
+            for i, v in enumerate(vectors):  # about 7 MB of responses: Redis evicts
+                cache.store(sc, f"question {i}", v, f"{i}:" + "z" * 60_000, "general", 60, 64 * 1024)
+                if i % 10 == 9:
+                    await cache.drain()
+            await cache.drain()
+            r = redis.Redis.from_url(srv.url)
+            assert int(r.info("stats")["evicted_keys"]) > 0
+            outcomes = []
+            for i, v in enumerate(vectors):
+                got = await cache.lookup(sc, f"question {i} again", v, 0.99)
+                outcomes.append(got.outcome)
+                if got.hit is not None:
+                    assert got.hit.content.startswith(f"{i}:")  # never another entry's answer
+            assert "unavailable" not in outcomes and outcomes.count("miss") > 0
+            await cache.close()
+
+        run(body())

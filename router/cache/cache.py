@@ -144,7 +144,10 @@ class SemanticCache:
         async with asyncio.timeout(timeout_s):
             await self.queue.join()
 
-    async def close(self) -> None:
+    async def close(self, drain_s: float = 1.0) -> None:
+        """Write what is queued (for up to drain_s seconds), then stop the writer and close the store."""
+        with contextlib.suppress(TimeoutError):
+            await self.drain(drain_s)
         if self._writer is not None:
             self._writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):

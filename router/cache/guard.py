@@ -35,6 +35,7 @@ on other traffic, and synonyms swapped in an otherwise identical sentence ("inve
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 
 _WORD = re.compile(r"[a-z][a-z0-9+#]*(?:'[a-z]+)?|\d+(?:[.,]\d+)*")
@@ -84,6 +85,8 @@ def _slots() -> dict[str, str]:
 
 
 _SLOT = _slots()
+_SLOT.update({w + suffix: slot for w, slot in list(_SLOT.items()) for suffix in ("s", "es")
+              if w.isalpha() and len(w) > 2 and w + suffix not in _SLOT})  # plurals: one dict lookup per token
 _TARGET = {"to", "into", "in"}  # "convert X to Y", "X in Y": the slot word right after is the conversion's target
 _ARTICLES = {"a", "an", "the", "my", "your", "our"}
 _OPERATOR = re.compile(r"(?<=[\d\s)])([-+*/^=<>])(?=\s*[\d(a-z])")  # "2x + 3 = 11", "x^2"; not "week-long"
@@ -98,15 +101,7 @@ def _number(token: str) -> str:
     return str(int(value)) if value.is_integer() else repr(value)
 
 
-def _singular(token: str) -> str:
-    if token in _SLOT:
-        return token
-    for suffix in ("ies", "es", "s"):
-        if token.endswith(suffix) and token[: -len(suffix)] in _SLOT:
-            return token[: -len(suffix)]
-    return token
-
-
+@functools.lru_cache(maxsize=8192)  # entries are compared again and again; a text is hashed once per call
 def salient(text: str) -> str:
     """The guard of a text: a short canonical string; equal guards are required for a semantic hit."""
     lowered = text.lower().replace("\u2019", "'")  # typographic apostrophe
@@ -134,7 +129,7 @@ def salient(text: str) -> str:
         if token in ("on", "off") and i > 0 and tokens[i - 1] in ("turn", "switch", "toggle", "power"):
             found.add("switch:" + token)  # "turn on" / "turn off"
             continue
-        slot = _SLOT.get(_singular(token))
+        slot = _SLOT.get(token)
         if slot is None:
             continue
         found.add(slot)
@@ -184,7 +179,8 @@ def _same_word(x: str, y: str) -> bool:
     return matcher.quick_ratio() >= 0.85 and matcher.ratio() >= 0.85  # quick_ratio: a cheap upper bound
 
 
-def _canonical_tokens(text: str) -> list[str]:
+@functools.lru_cache(maxsize=8192)
+def _canonical_tokens(text: str) -> tuple[str, ...]:
     """Tokens with numbers and slot words in canonical form: "five kilometers" = "5 km"."""
     out = []
     for token in _TOKEN.findall(text.lower().replace("'", "")):
@@ -193,9 +189,11 @@ def _canonical_tokens(text: str) -> list[str]:
         elif token in _NUMBER_WORDS:
             token = _number(str(_NUMBER_WORDS[token]))
         else:
-            token = _SLOT.get(_singular(token), token)
+            token = _SLOT.get(token, token)
         out.append(token)
-    return out if len(out) <= MAX_TOKENS else out[: MAX_TOKENS - MAX_TOKENS // 3] + out[-(MAX_TOKENS // 3):]
+    if len(out) > MAX_TOKENS:
+        out = out[: MAX_TOKENS - MAX_TOKENS // 3] + out[-(MAX_TOKENS // 3):]
+    return tuple(out)
 
 
 def same_question(a: str, b: str) -> bool:
@@ -228,6 +226,8 @@ def same_question(a: str, b: str) -> bool:
             continue
         left = [w for w in ta[i1:i2] if w not in _FRAME]
         right = [w for w in tb[j1:j2] if w not in _FRAME]
-        if left and right and not all(any(_same_word(x, y) for y in right) for x in left):
+        # a swap: a content word on each side that is no form of any word on the other (else an insertion)
+        if any(not any(_same_word(x, y) for y in right) for x in left) and \
+                any(not any(_same_word(y, x) for x in left) for y in right):
             return False
     return True

@@ -74,7 +74,9 @@ if f[1] and (maxt < 0 or tonumber(f[4]) <= maxt) then
   return {'exact', KEYS[1], '1', f[1], f[2], f[3], f[4], f[5]}
 end
 if ARGV[1] == '' then return {'miss'} end
-local res = redis.call('VSIM', KEYS[2], 'FP32', ARGV[1], 'COUNT', ARGV[3], 'WITHSCORES', 'EF', ARGV[4])
+local ok, res = pcall(redis.call, 'VSIM', KEYS[2], 'FP32', ARGV[1], 'COUNT', ARGV[3], 'WITHSCORES', 'EF',
+                      ARGV[4])
+if not ok then return {'miss'} end  -- e.g. a vector of another dimension: never an error on the request path
 local out = {'semantic'}
 local floor = tonumber(ARGV[2])
 for i = 1, #res, 2 do

@@ -139,11 +139,13 @@ def system_prompt(messages: Sequence[Turn]) -> str:
 
 
 def cache_scope(policy: str, decision: str, tenant: str, model: str, system: str = "", tools_json: str = "",
-                sampling: Sampling | Any | None = None) -> CacheScope:
-    """sampling: a Sampling, a switchpoint.v1.Sampling message (RouteInput.sampling), or None (none sent)."""
+                sampling: Sampling | Any | None = None, encoder: str = "") -> CacheScope:
+    """sampling: a Sampling, a switchpoint.v1.Sampling message (RouteInput.sampling), or None (none sent).
+    encoder: the name of the encoder that embeds the requests; vectors of two encoders never share a scope
+    (a changed encoder starts an empty vector tier instead of comparing incomparable vectors)."""
     s = as_sampling(sampling)
     digest = _hex("scope/v1", policy, decision, tenant, model, _hex(system.strip()),
-                  _hex(_canonical_json(tools_json)), s.canonical())
+                  _hex(_canonical_json(tools_json)), s.canonical(), encoder)
     return CacheScope(policy, decision, tenant, model, digest)
 
 

@@ -135,7 +135,7 @@ class _Matrix:
 
     def nearest(self, vector: np.ndarray, k: int) -> list[tuple[str, float]]:
         n = len(self.ids)
-        if n == 0:
+        if n == 0 or vector.shape != (self.dim,):  # another encoder's vector: nothing to compare with
             return []
         sims = self.rows[:n] @ vector
         top = np.argpartition(-sims, k - 1)[:k] if n > k else np.arange(n)
