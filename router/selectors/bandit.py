@@ -183,9 +183,7 @@ class BanditSelector:
         if planes is None:
             planes = np.random.default_rng(self.params.plane_seed).standard_normal((bits, emb.shape[0]))
             self._planes[emb.shape[0]] = planes
-        code = 0
-        for b, v in enumerate(planes @ emb):
-            code |= int(v > 0) << b
+        code = int(((planes @ emb) > 0) @ (1 << np.arange(bits)))
         return f"{bits}:{code}"
 
     def rank(self, candidates: Sequence[CandidateModel], request: SelectionRequest) -> Ranking:
