@@ -28,6 +28,7 @@ class InflightEntry:
     span_context: Any = None  # the Route span's context, so the Report span can link to it
     budget: Any = None  # the BudgetAdmission to settle at Report, when budgets applied
     pricing: Any = None  # the pool's Pricing, for the cost of the reported usage
+    cache: Any = None  # the CacheWrite that stores the Reported response, when the cache may take it
     started: float = field(default_factory=time.monotonic)
 
     @property

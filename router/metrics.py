@@ -60,6 +60,15 @@ class RouterMetrics:
                                        ["budget"], registry=r)
         self.trace_spans = Counter("switchpoint_trace_spans", "Spans ended, exported and failed to export "
                                    "(ended - exported - export_failed: queued or dropped)", ["stage"], registry=r)
+        self.cache_lookups = Counter(
+            "switchpoint_cache_lookups", "Semantic cache outcomes at Route (hit, miss, bypass, unavailable), by the "
+            "decision whose cache it is", ["decision", "outcome"], registry=r)
+        self.cache_writes = Counter(
+            "switchpoint_cache_writes", "Reports considered for the cache: stored, or why not (error, truncated, "
+            "pii, empty, bypass, too_large, dropped)", ["result"], registry=r)
+        self.classifier_degraded = Counter(
+            "switchpoint_classifier_degraded", "Classifier or similarity signals that failed or missed their "
+            "deadline and counted as not fired", ["signal"], registry=r)
         r.register(_InflightCollector(inflight))
         r.register(_FleetCollector(fleet))
         self._route_counters: dict[tuple[str, ...], Counter] = {}

@@ -19,6 +19,8 @@ from switchpoint.config.model import RouterConfig
 from switchpoint.router.budget.enforcer import BudgetEnforcer
 from switchpoint.router.budget.gate import BudgetGate
 from switchpoint.router.budget.ledger import RedisLedger
+from switchpoint.router.cache import SemanticCache, open_store
+from switchpoint.router.caching import CacheStage
 from switchpoint.router.classifiers.bank import ModelBank
 from switchpoint.router.inflight import InflightLedger
 from switchpoint.router.metrics import RouterMetrics
@@ -78,6 +80,7 @@ class RouterServer:
         self.bank = ModelBank(models_dir)
         self.classifier_threads = classifier_threads
         self.inference: SignalInference | None = None
+        self.cache: SemanticCache | None = None
 
     @property
     def config(self) -> RouterConfig:
@@ -105,8 +108,12 @@ class RouterServer:
         self.budget_enforcer = enforcer
         self.scheduler = Scheduler(self.ledger, self.fleet)
         self.inference = SignalInference(self.bank, self.classifier_threads, tracer)
+        # The cache shares the budget ledger's Redis when there is one (vector sets are built into Redis 8);
+        # otherwise it lives in this process.
+        self.cache = SemanticCache(open_store(self.redis_url))
         service = RouterService(self.holder, RoutePipeline(self.scheduler, tracer, self.inference),
-                                self.ledger, self.metrics, tracer, self.limits, BudgetGate(enforcer, self.metrics))
+                                self.ledger, self.metrics, tracer, self.limits, BudgetGate(enforcer, self.metrics),
+                                CacheStage(self.cache, self.inference, self.metrics))
         # The transport limit sits above the prompt limit, so an oversized prompt gets our
         # INVALID_ARGUMENT naming the limit rather than the transport's RESOURCE_EXHAUSTED.
         transport_max = 2 * self.limits.max_prompt_bytes + (1 << 20)
@@ -178,5 +185,7 @@ class RouterServer:
             await self.budget_ledger.close()
         if self.inference is not None:
             self.inference.close()
+        if self.cache is not None:
+            await self.cache.close()
         if self._owns_provider and isinstance(self.tracer_provider, TracerProvider):
             await asyncio.to_thread(self.tracer_provider.shutdown)

@@ -12,6 +12,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from switchpoint.config.model import Pool, RouterConfig
 from switchpoint.router.budget.gate import BudgetAdmission, BudgetGate, outcome_message
+from switchpoint.router.caching import CacheStage, CacheStep
 from switchpoint.router.errors import RouteError
 from switchpoint.router.inflight import InflightEntry, InflightLedger
 from switchpoint.router.metrics import RouterMetrics
@@ -49,8 +50,10 @@ class _Refusal:
 
 class RouterService:
     def __init__(self, holder: ConfigHolder, pipeline: RoutePipeline, ledger: InflightLedger,
-                 metrics: RouterMetrics, tracer: trace.Tracer, limits: RequestLimits, budgets: BudgetGate):
+                 metrics: RouterMetrics, tracer: trace.Tracer, limits: RequestLimits, budgets: BudgetGate,
+                 cache: CacheStage):
         self.holder = holder
+        self.cache = cache
         self.budgets = budgets
         self.pipeline = pipeline
         self.ledger = ledger
@@ -87,7 +90,7 @@ class RouterService:
         if isinstance(answer, _Refusal):
             self.metrics.route_errors.labels(answer.code.name).inc()
             await context.abort(answer.code, answer.message)
-        self.metrics.route_timer(answer.decision, answer.pool).observe(time.perf_counter() - started)
+        self.metrics.route_timer(answer.decision, answer.pool or "cache").observe(time.perf_counter() - started)
         return answer
 
     async def _route(self, request: router_pb2.RouteRequest | MalformedRequest,
@@ -101,6 +104,11 @@ class RouterService:
                                 f"request_id '{req.request_id}' is already in flight; Report it or use a new id")
             config = self.holder.config
             result = await self.pipeline.route(config, req)
+            for name in result.board.degraded:
+                self.metrics.classifier_degraded.labels(name).inc()
+            step = await self._cache_stage(result, span)
+            if step.hit is not None:
+                return self._cached(result, step, span)
             admission = None
             if config.budgets:
                 result, admission = await self._budget_stage(config, req, result, span)
@@ -109,6 +117,7 @@ class RouterService:
         except RouteError as exc:
             return _Refusal(exc.code, exc.message)
         decision = _decision_message(result)
+        decision.cache = step.outcome
         if admission is not None:
             decision.budget.CopyFrom(outcome_message(admission))
         self.ledger.admit(InflightEntry(
@@ -123,11 +132,46 @@ class RouterService:
             span_context=span.get_span_context(),
             budget=admission,
             pricing=result.selection.candidate.pool.pricing,
+            cache=step.write,
         ))
         self.pipeline.scheduler.commit(result.selection.candidate, result.selection.placement)
         self.metrics.route_counter(result.policy_name, decision.decision, decision.pool, result.workload.label).inc()
         if span.is_recording():
             _annotate_route(span, result, decision)
+        return decision
+
+    async def _cache_stage(self, result: RouteResult, span: trace.Span) -> CacheStep:
+        if not span.is_recording() or not result.outcome.decision.cache.enabled:
+            return await self.cache.lookup(result)
+        with self.tracer.start_as_current_span("switchpoint.cache") as stage:
+            step = await self.cache.lookup(result)
+            stage.set_attribute("switchpoint.cache.outcome", step.outcome)
+            if step.reason:
+                stage.set_attribute("switchpoint.cache.reason", step.reason)
+            if step.hit is not None:
+                stage.set_attributes({"switchpoint.cache.similarity": step.hit.similarity,
+                                      "switchpoint.cache.tier": step.hit.tier,
+                                      "switchpoint.cache.entry_decision": step.hit.decision,
+                                      "switchpoint.cache.age_seconds": step.hit.age_s})
+            return step
+
+    def _cached(self, result: RouteResult, step: CacheStep, span: trace.Span) -> router_pb2.Decision:
+        """A cache hit: the answer itself, no replica, no budget (it costs nothing), no Report expected."""
+        hit = step.hit
+        assert hit is not None
+        decision = router_pb2.Decision(
+            request_id=result.request.request_id, decision=result.outcome.decision.name, policy=result.policy_name,
+            signals=result.fired, reason=f"{result.outcome.reason}; answered from the cache ({hit.tier}, "
+                                         f"similarity {hit.similarity:.3f})",
+            cache="hit", headers={"x-switchpoint-request-id": result.request.request_id,
+                                  "x-switchpoint-decision": result.outcome.decision.name},
+            cached=router_pb2.CachedResponse(content=hit.content, similarity=hit.similarity, age_seconds=hit.age_s,
+                                             entry_decision=hit.decision, tier=hit.tier),
+        )
+        self.metrics.route_counter(result.policy_name, decision.decision, "cache", result.workload.label).inc()
+        if span.is_recording():
+            span.set_attributes({"switchpoint.decision": decision.decision, "switchpoint.cache.outcome": "hit",
+                                 "switchpoint.workload": result.workload.label, "switchpoint.pool": "cache"})
         return decision
 
     async def _budget_stage(self, config: RouterConfig, req: RouteInput, result: RouteResult,
@@ -166,6 +210,8 @@ class RouterService:
                                 f"router, already reported, or expired after {self.ledger.ttl_s:g}s")
         assert entry is not None
         outcome = OUTCOMES[request.outcome]
+        cache_write = None if entry.cache is None else self.cache.store(
+            entry.cache, request.outcome, request.response, request.completion_tokens)
         links = [trace.Link(entry.span_context)] if entry.span_context else []
         parent = context_from_metadata(context.invocation_metadata())
         with self.tracer.start_as_current_span("switchpoint.report", context=parent, kind=SpanKind.SERVER,
@@ -181,6 +227,8 @@ class RouterService:
                 "switchpoint.ttft_ms": request.ttft_ms,
                 "switchpoint.latency_ms": request.latency_ms,
             })
+            if cache_write is not None:
+                span.set_attribute("switchpoint.cache.write", cache_write)
         m = self.metrics
         cell = (entry.workload, entry.decision, entry.pool)
         m.reports.labels(*cell, outcome).inc()

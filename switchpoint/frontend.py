@@ -3,8 +3,9 @@
 For each request: Route (gRPC) → send the chat completion to the replica the Decision names,
 with the headers it asks for (x-prefiller-host-port for disaggregated pools), streaming →
 Report the outcome with usage, time to first token and latency. A refusal (budget, no
-replica) is returned as the error a client would get; a cached answer would be returned
-without touching a replica.
+replica) is returned as the error a client would get; a cached answer (Decision.cache "hit")
+is returned without touching a replica, and needs no Report. The Report carries the response
+text, so the router can cache it.
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ async def serve(stub: router_pb2_grpc.RouterStub, http: aiohttp.ClientSession,
         d = await stub.Route(request, timeout=10)
     except grpc.aio.AioRpcError as exc:
         return Served("", "", "", False, 0, 0, 0, 0, "refused", f"{exc.code().name}: {exc.details()}")
+    if d.cache == "hit":
+        elapsed = time.perf_counter() - started
+        return Served(d.decision, "cache", "", False, elapsed, elapsed, 0, 0, "success",
+                      f"{d.cached.tier} hit, similarity {d.cached.similarity:.2f}")
     headers = {k: v for k, v in d.headers.items()}
     body = {"model": d.model, "stream": True, "stream_options": {"include_usage": True},
             "messages": [{"role": m.role, "content": m.content} for m in request.messages]}
@@ -47,6 +52,7 @@ async def serve(stub: router_pb2_grpc.RouterStub, http: aiohttp.ClientSession,
         body["max_tokens"] = request.max_tokens
     ttft = 0.0
     usage: dict = {}
+    text: list[str] = []
     outcome = router_pb2.OUTCOME_SUCCESS
     detail = ""
     try:
@@ -59,8 +65,10 @@ async def serve(stub: router_pb2_grpc.RouterStub, http: aiohttp.ClientSession,
                     if not line.startswith("data: ") or line == "data: [DONE]":
                         continue
                     chunk = json.loads(line[6:])
-                    if not ttft and chunk["choices"] and chunk["choices"][0].get("delta", {}).get("content"):
-                        ttft = time.perf_counter() - started
+                    piece = chunk["choices"][0].get("delta", {}).get("content") if chunk["choices"] else None
+                    if piece:
+                        ttft = ttft or time.perf_counter() - started
+                        text.append(piece)
                     usage = chunk.get("usage") or usage
     except (aiohttp.ClientError, TimeoutError) as exc:
         outcome, detail = router_pb2.OUTCOME_ERROR, f"{type(exc).__name__}: {exc}"
@@ -69,6 +77,6 @@ async def serve(stub: router_pb2_grpc.RouterStub, http: aiohttp.ClientSession,
     await stub.Report(router_pb2.ReportRequest(
         request_id=d.request_id, outcome=outcome, prompt_tokens=prompt, completion_tokens=completion,
         cached_tokens=(usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0),
-        ttft_ms=ttft * 1000, latency_ms=latency * 1000, replica=d.replica), timeout=10)
+        ttft_ms=ttft * 1000, latency_ms=latency * 1000, replica=d.replica, response="".join(text)), timeout=10)
     return Served(d.decision, d.pool, d.replica, bool(d.prefill_replica), ttft, latency, prompt, completion,
                   "success" if outcome == router_pb2.OUTCOME_SUCCESS else "error", detail)

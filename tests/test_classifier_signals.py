@@ -30,9 +30,9 @@ from tests.conftest import EXAMPLES, ThreadedRouter, chat, wait_for
 POLICY = """
 apiVersion: switchpoint.dev/v1alpha1
 kind: RoutingPolicy
-metadata: {name: smart, namespace: default}
+metadata: {name: lab, namespace: default}
 spec:
-  aliases: [smart]
+  aliases: [lab]
   classifiers: [CLASSIFIERS]
   signals:
     - {name: greeting, keywords: {terms: [hello]}}
@@ -56,7 +56,7 @@ spec:
 
 
 def write_policy(config_dir: Path, classifiers: str = "", body: str = POLICY) -> Path:
-    (config_dir / "smart.yaml").write_text(body.replace("[CLASSIFIERS]", f"[{classifiers}]"))
+    (config_dir / "lab.yaml").write_text(body.replace("[CLASSIFIERS]", f"[{classifiers}]"))
     return config_dir
 
 
@@ -72,7 +72,7 @@ def route(config_path: Path, text: str, all_signals: bool = False, bank: ModelBa
     inference = SignalInference(bank, threads=1)
     try:
         pipeline = RoutePipeline(Scheduler(InflightLedger()), tracer_from(None), inference)
-        req = RouteInput(request_id="r", model="smart", messages=(ChatTurn("user", text),))
+        req = RouteInput(request_id="r", model="lab", messages=(ChatTurn("user", text),))
         return asyncio.run(pipeline.route(config, req, all_signals=all_signals))
     finally:
         inference.close()
@@ -171,9 +171,9 @@ def test_a_classifier_that_misses_its_deadline_degrades_or_fails_as_the_policy_s
     body = """
 apiVersion: switchpoint.dev/v1alpha1
 kind: RoutingPolicy
-metadata: {name: smart, namespace: default}
+metadata: {name: lab, namespace: default}
 spec:
-  aliases: [smart]
+  aliases: [lab]
   classifiers: [CLASSIFIERS]
   signals: [{name: refund, classifier: {name: refund, above: 0.5}}]
   decisions: [{name: refunds, priority: 1, when: {signal: refund}, pools: [{pool: large-reasoning}]}]
@@ -184,12 +184,12 @@ spec:
     with ThreadedRouter(config_paths=[config_dir]) as r:
         text = "I want a refund for my order; the transformer needs more than a millisecond for this sentence"
         if isinstance(expected, str):
-            d = r.stub.Route(chat(text, model="smart"), timeout=10)
+            d = r.stub.Route(chat(text, model="lab"), timeout=10)
             assert d.decision == expected
             assert list(d.signals) == ([] if expected == "default" else ["refund"])
         else:
             with pytest.raises(grpc.RpcError) as err:
-                r.stub.Route(chat(text, model="smart"), timeout=10)
+                r.stub.Route(chat(text, model="lab"), timeout=10)
             assert err.value.code() == expected
             assert "onError: Fail" in err.value.details()
 
@@ -204,11 +204,18 @@ def test_a_broken_head_on_reload_keeps_the_old_config_serving(config_dir, tmp_pa
         write_policy(config_dir, f"{{name: domain, source: {head}, onError: Fail}}")
         assert wait_for(lambda: 'switchpoint_config_reloads_total{result="refused"} 1.0' in r.metrics_text())
         assert r.server.config.digest == before
-        d = r.stub.Route(chat("Compute the derivative of x^3 sin(x)", model="smart"), timeout=10)
+        d = r.stub.Route(chat("Compute the derivative of x^3 sin(x)", model="lab"), timeout=10)
         assert d.decision == "science"
 
 
-def test_rules_only_examples_need_no_models(tmp_path, monkeypatch):
+def test_a_rules_only_config_needs_no_models(config_dir, tmp_path, monkeypatch):
+    (config_dir / "smart-policy.yaml").unlink()
     monkeypatch.setenv("SWITCHPOINT_MODELS", str(tmp_path / "empty"))
-    with ThreadedRouter(config_paths=[EXAMPLES]) as r:
+    with ThreadedRouter(config_paths=[config_dir]) as r:
         assert r.stub.Route(chat("hello"), timeout=10).decision
+
+
+def test_the_example_smart_policy_routes_by_classifiers():
+    with ThreadedRouter(config_paths=[EXAMPLES]) as r:
+        d = r.stub.Route(chat("Why was my card charged twice this month?", model="smart"), timeout=10)
+        assert d.decision == "support" and "billing" in d.signals and d.cache == "miss"

@@ -46,7 +46,7 @@ def test_check_lists_problems_with_file_object_and_field(tmp_path: Path):
     assert (f"{tmp_path / 'policy.yaml'}: RoutingPolicy default/auto: spec.decisions[0].when.signal: "
             "unknown signal 'agnet'") in out.stderr
     ok = switchpoint("check", "--config", str(EXAMPLES))
-    assert ok.returncode == 0 and "2 pools, 1 policies, 3 budgets" in ok.stdout
+    assert ok.returncode == 0 and "2 pools, 2 policies, 3 budgets" in ok.stdout
 
 
 def test_router_refuses_to_start_on_a_broken_config(tmp_path: Path):

@@ -55,7 +55,18 @@ def test_a_client_request_id_is_kept_and_may_not_be_reused_while_in_flight(route
     assert router.stub.Route(chat("hi", request_id="frontend-42"), timeout=5).request_id == "frontend-42"
 
 
-def test_least_inflight_spreads_and_report_frees_the_replica(router):
+@pytest.fixture
+def least_request_router(config_dir: Path):
+    """The examples with the least-request profile on small-chat: the switchpoint profile's predicted latency
+    ties two idle replicas once a tiny prompt's backlog has drained (a slow machine), and ties are random."""
+    policy = config_dir / "policy.yaml"
+    policy.write_text(policy.read_text() + "  scheduling: [{pool: small-chat, profile: least-request}]\n")
+    with ThreadedRouter(config_paths=[config_dir]) as running:
+        yield running
+
+
+def test_least_inflight_spreads_and_report_frees_the_replica(least_request_router):
+    router = least_request_router
     ids = [router.stub.Route(chat("hello there friend"), timeout=5) for _ in range(4)]
     assert sorted(d.replica for d in ids) == ["127.0.0.1:8101"] * 2 + ["127.0.0.1:8102"] * 2
     assert 'switchpoint_replica_inflight{replica="127.0.0.1:8101"} 2.0' in router.metrics_text()
