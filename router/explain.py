@@ -35,6 +35,23 @@ def explanation(result: RouteResult) -> dict[str, Any]:
         "replica_scores": dict(sel.placement.scores),
         "fallbacks": [f"{f.candidate.pool.name} {f.replica.address}" for f in sel.fallbacks],
         "skipped": list(sel.skipped),
+        "selection": _selection(result),
+    }
+
+
+def _selection(result: RouteResult) -> dict[str, Any] | None:
+    """The selection algorithm's evidence: predicted quality and cost per candidate, neighbours, lambda."""
+    if result.ranking is None:
+        return None
+    ev = result.ranking.evidence
+    return {
+        "algorithm": ev.algorithm,
+        "lambda": ev.lam,
+        "order": [{"pool": c.key, "model": c.model, "quality": c.quality, "cost_usd": c.cost, "score": c.score,
+                   "known": c.known} for c in ev.candidates],
+        "neighbours": [{"id": n.id, "similarity": round(n.similarity, 4)} for n in ev.neighbours[:5]],
+        "explored": ev.explored,
+        "notes": list(ev.notes),
     }
 
 
@@ -63,4 +80,16 @@ def render(info: dict[str, Any]) -> str:
         lines.append(f"fallbacks  {', '.join(info['fallbacks'])}")
     for skipped in info["skipped"]:
         lines.append(f"skipped    {skipped}")
+    sel = info["selection"]
+    if sel:
+        lam = f", lambda {sel['lambda']:g}" if sel["lambda"] is not None else ""
+        lines.append(f"selection  {sel['algorithm']}{lam}" + (" (exploring)" if sel["explored"] else ""))
+        for c in sel["order"]:
+            quality = "-" if c["quality"] is None else f"{c['quality']:.3f}"
+            lines.append(f"    {c['pool']:<20} quality {quality:>6}  cost ${c['cost_usd']:.6f}"
+                         + ("" if c["known"] else "  (not in the dataset)"))
+        if sel["neighbours"]:
+            lines.append("    nearest: " + ", ".join(f"{n['id']} {n['similarity']:.3f}" for n in sel["neighbours"]))
+        for note in sel["notes"]:
+            lines.append(f"    note: {note}")
     return "\n".join(lines)

@@ -29,6 +29,7 @@ class InflightEntry:
     budget: Any = None  # the BudgetAdmission to settle at Report, when budgets applied
     pricing: Any = None  # the pool's Pricing, for the cost of the reported usage
     cache: Any = None  # the CacheWrite that stores the Reported response, when the cache may take it
+    bandit: Any = None  # the BanditFeedback of a request a bandit placed
     started: float = field(default_factory=time.monotonic)
 
     @property

@@ -19,7 +19,9 @@ from switchpoint.router.decision import DecisionOutcome, decide
 from switchpoint.router.errors import RouteError
 from switchpoint.router.request import RouteInput
 from switchpoint.router.scheduling.scheduler import Scheduler
+from switchpoint.router.selecting import EMBEDDING_ALGORITHMS, SelectorBank, candidate_models
 from switchpoint.router.selection import Selection, select_static
+from switchpoint.router.selectors import Ranking, SelectionRequest
 from switchpoint.router.signals.neural import RequestInference, SignalInference
 from switchpoint.router.signals.rules import Inferred, NeedsInference, NeuralSignal, SignalBoard, SignalResult
 from switchpoint.router.workload import Workload, classify, with_cache_state
@@ -34,6 +36,7 @@ class RouteResult:
     outcome: DecisionOutcome
     selection: Selection
     inference: RequestInference | None = None  # embeddings and classifier outputs computed for the request
+    ranking: Ranking | None = None  # the selection algorithm's order and evidence (not for static)
 
     @property
     def fired(self) -> tuple[str, ...]:
@@ -49,10 +52,12 @@ class RouteResult:
 
 
 class RoutePipeline:
-    def __init__(self, scheduler: Scheduler, tracer: trace.Tracer, inference: SignalInference | None = None):
+    def __init__(self, scheduler: Scheduler, tracer: trace.Tracer, inference: SignalInference | None = None,
+                 selectors: SelectorBank | None = None):
         self.scheduler = scheduler
         self.tracer = tracer
         self.inference = inference
+        self.selectors = selectors
 
     def route_now(self, config: RouterConfig, req: RouteInput) -> RouteResult:
         """`route` for callers without an event loop (the offline scheduling bench), for policies whose
@@ -98,12 +103,36 @@ class RoutePipeline:
             span.set_attribute("switchpoint.decision", outcome.decision.name)
             span.set_attribute("switchpoint.decision.reason", outcome.reason)
         with stage("switchpoint.placement") as span:
-            span.set_attribute("switchpoint.selection.algorithm", outcome.decision.selection.algorithm)
-            selection = select_static(outcome.decision, req, self.scheduler)
+            decision, ranking = outcome.decision, None
+            span.set_attribute("switchpoint.selection.algorithm", decision.selection.algorithm)
+            if policy is not None and decision.selection.algorithm != "static":
+                ranking = await self._rank(policy, decision, req, state)
+                candidates = tuple(decision.candidates[i] for i in ranking.order)
+                decision = replace(decision, candidates=candidates)
+                if span.is_recording():
+                    span.set_attributes(ranking.evidence.attributes())
+            selection = select_static(decision, req, self.scheduler)
             span.set_attribute("switchpoint.pool", selection.candidate.pool.name)
             span.set_attribute("switchpoint.replica", selection.placement.replica.address)
             workload = with_cache_state(workload, rules, req.input_tokens, selection.placement.uncached_tokens)
-        return RouteResult(req, policy, workload, board, outcome, selection, state)
+        return RouteResult(req, policy, workload, board, outcome, selection, state, ranking)
+
+    async def _rank(self, policy: Policy, decision: Decision, req: RouteInput, state: RequestInference) -> Ranking:
+        selector = self.selectors.selector(policy, decision) if self.selectors else None
+        if selector is None:
+            raise RouteError(grpc.StatusCode.FAILED_PRECONDITION,
+                             f"decision '{decision.name}' selects with {decision.selection.algorithm}, "
+                             "which this router has not prepared")
+        embedding = None
+        if decision.selection.algorithm in EMBEDDING_ALGORITHMS and self.inference is not None:
+            try:
+                embedding = await self.inference.embedding(state, decision.selection.encoder, req.last_user_text,
+                                                           SELECTION_EMBED_TIMEOUT_MS)
+            except Exception:
+                embedding = None
+        expected = req.max_tokens or policy.workload.default_output_tokens
+        return selector.rank(candidate_models(decision),
+                             SelectionRequest(req.input_tokens, expected, embedding, req.request_id))
 
     async def _decide(self, policy: Policy, board: SignalBoard, req: RouteInput,
                       state: RequestInference) -> DecisionOutcome:
@@ -124,6 +153,7 @@ class RoutePipeline:
 
 
 _UNTRACED = contextlib.nullcontext(trace.INVALID_SPAN)
+SELECTION_EMBED_TIMEOUT_MS = 200
 DEFAULT_WORKLOAD_RULES = WorkloadRules()
 
 

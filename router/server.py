@@ -30,6 +30,7 @@ from switchpoint.router.request import RequestLimits
 from switchpoint.router.scheduling.fleet import FleetState
 from switchpoint.router.scheduling.scheduler import Scheduler
 from switchpoint.router.scheduling.scraper import Scraper
+from switchpoint.router.selecting import SelectorBank
 from switchpoint.router.service import SERVICE_NAME, ConfigHolder, RouterService
 from switchpoint.router.signals.neural import SignalInference
 from switchpoint.router.telemetry import otlp_tracer_provider, tracer_from
@@ -78,6 +79,7 @@ class RouterServer:
         self._tasks: list[asyncio.Task] = []
         self._metrics_http = None
         self.bank = ModelBank(models_dir)
+        self.selectors = SelectorBank(self.bank, redis_url)
         self.classifier_threads = classifier_threads
         self.inference: SignalInference | None = None
         self.cache: SemanticCache | None = None
@@ -90,7 +92,7 @@ class RouterServer:
     async def start(self) -> int:
         """Compile the config (ConfigError if it is broken), bind, and serve. Returns the gRPC port."""
         config = load_config(self.config_paths)
-        await asyncio.to_thread(self.bank.prepare, config)
+        await asyncio.to_thread(self._prepare, config)
         self.holder = ConfigHolder(config)
         self.metrics.config_loaded(config.digest)
         if self.tracer_provider is None and self.otlp_endpoint:
@@ -111,7 +113,7 @@ class RouterServer:
         # The cache shares the budget ledger's Redis when there is one (vector sets are built into Redis 8);
         # otherwise it lives in this process.
         self.cache = SemanticCache(open_store(self.redis_url))
-        service = RouterService(self.holder, RoutePipeline(self.scheduler, tracer, self.inference),
+        service = RouterService(self.holder, RoutePipeline(self.scheduler, tracer, self.inference, self.selectors),
                                 self.ledger, self.metrics, tracer, self.limits, BudgetGate(enforcer, self.metrics),
                                 CacheStage(self.cache, self.inference, self.metrics))
         # The transport limit sits above the prompt limit, so an oversized prompt gets our
@@ -141,13 +143,18 @@ class RouterServer:
                                                       registry=self.metrics.registry)
             self.metrics_port = self._metrics_http.server_port
         watcher = ConfigWatcher(self.config_paths, self._apply, self._refused, self.reload_interval,
-                                prepare=self.bank.prepare)
+                                prepare=self._prepare)
         scraper = Scraper(lambda: self.config, self.fleet)
         self._tasks = [asyncio.create_task(watcher.run()), asyncio.create_task(self._sweep()),
-                       asyncio.create_task(scraper.run())]
+                       asyncio.create_task(scraper.run()), asyncio.create_task(self.selectors.sync_forever())]
         log.info("router serving %d policies, %d pools on %s:%d (config %s)", len(config.policies),
                  len(config.pools), self.host, self.port, config.digest)
         return self.port
+
+    def _prepare(self, config: RouterConfig) -> None:
+        """Load what the config needs before it serves (models, selector indexes); ConfigError refuses it."""
+        self.bank.prepare(config)
+        self.selectors.prepare(config)
 
     def _apply(self, config: RouterConfig) -> None:
         assert self.holder is not None

@@ -18,6 +18,7 @@ from switchpoint.router.inflight import InflightEntry, InflightLedger
 from switchpoint.router.metrics import RouterMetrics
 from switchpoint.router.pipeline import RoutePipeline, RouteResult, downgraded
 from switchpoint.router.request import InvalidRequest, RequestLimits, RouteInput, parse_route_request
+from switchpoint.router.selecting import feedback
 from switchpoint.router.telemetry import context_from_metadata
 from switchpoint.router.wire import MalformedRequest, lenient_deserializer
 from switchpoint.v1 import router_pb2
@@ -133,12 +134,19 @@ class RouterService:
             budget=admission,
             pricing=result.selection.candidate.pool.pricing,
             cache=step.write,
+            bandit=feedback(result.ranking, self._selector(result), result.selection.candidate.model),
         ))
         self.pipeline.scheduler.commit(result.selection.candidate, result.selection.placement)
         self.metrics.route_counter(result.policy_name, decision.decision, decision.pool, result.workload.label).inc()
         if span.is_recording():
             _annotate_route(span, result, decision)
         return decision
+
+    def _selector(self, result: RouteResult):  # type: ignore[no-untyped-def]
+        selectors = self.pipeline.selectors
+        if result.ranking is None or result.policy is None or selectors is None:
+            return None
+        return selectors.selector(result.policy, result.outcome.decision)
 
     async def _cache_stage(self, result: RouteResult, span: trace.Span) -> CacheStep:
         if not span.is_recording() or not result.outcome.decision.cache.enabled:
@@ -243,6 +251,10 @@ class RouterService:
                 m.tokens.labels(*cell, kind).inc(count)
         if entry.pricing is not None and (request.prompt_tokens or request.completion_tokens):
             m.cost.labels(*cell).inc(entry.pricing.cost(request.prompt_tokens, request.completion_tokens))
+        if entry.bandit is not None and request.outcome != router_pb2.OUTCOME_CANCELLED:
+            quality = request.quality if request.HasField("quality") else \
+                float(request.outcome == router_pb2.OUTCOME_SUCCESS)
+            entry.bandit.selector.feedback(entry.bandit.context, entry.bandit.model, quality)
         if entry.budget is not None:
             await self.budgets.settle(entry.budget, entry.decision, request.outcome == router_pb2.OUTCOME_SUCCESS,
                                       request.prompt_tokens, request.completion_tokens)
@@ -260,6 +272,8 @@ class RouterService:
             value = getattr(request, name)
             if not value >= 0 or value == float("inf"):
                 return _Refusal(grpc.StatusCode.INVALID_ARGUMENT, f"{name}: must be a finite number >= 0, got {value}")
+        if request.HasField("quality") and not 0 <= request.quality <= 1:
+            return _Refusal(grpc.StatusCode.INVALID_ARGUMENT, f"quality: must be in [0, 1], got {request.quality}")
         return None
 
 

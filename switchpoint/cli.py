@@ -239,6 +239,7 @@ def _route(args: argparse.Namespace) -> int:
     from switchpoint.router.pipeline import RoutePipeline
     from switchpoint.router.request import InvalidRequest, RequestLimits, parse_route_request
     from switchpoint.router.scheduling.scheduler import Scheduler
+    from switchpoint.router.selecting import SelectorBank
     from switchpoint.router.signals.neural import SignalInference
     from switchpoint.router.telemetry import tracer_from
     from switchpoint.v1 import router_pb2
@@ -257,8 +258,10 @@ def _route(args: argparse.Namespace) -> int:
                                   metadata=headers, max_tokens=args.max_tokens, tools_present=args.tools)
     bank = ModelBank(args.models)
     bank.prepare(config)
+    selectors = SelectorBank(bank)
+    selectors.prepare(config)
     inference = SignalInference(bank, threads=1)
-    pipeline = RoutePipeline(Scheduler(InflightLedger()), tracer_from(None), inference)
+    pipeline = RoutePipeline(Scheduler(InflightLedger()), tracer_from(None), inference, selectors)
     try:
         result = asyncio.run(pipeline.route(config, parse_route_request(msg, RequestLimits()), all_signals=True))
     except (InvalidRequest, RouteError) as exc:
