@@ -454,3 +454,25 @@ def test_knn_rank_is_the_same_code_the_harness_batches(labelled, tmp_path):
     batched = first_choice(est.quality, cost, 50.0)
     single = [sel.rank([DEAR, CHEAP], req(v)).first for v in embs]
     assert batched.tolist() == single
+
+
+def test_make_selector_builds_each_algorithm_and_names_bad_settings(labelled, tmp_path):
+    from switchpoint.router.selectors import make_selector
+
+    enc = AxisEncoder()
+    assert make_selector("static").algorithm == "static"
+    assert make_selector("weighted", weights=[1, 2]).algorithm == "weighted"
+    knn = make_selector("knn", dataset=labelled, k=3, lam=100.0, encoder=enc, cache_dir=tmp_path)
+    assert knn.rank([DEAR, CHEAP], req(e(0.1, 1, 0))).keys[0] == "cheap-pool"
+    cq = make_selector("cost-quality", dataset=labelled, lam=0.0, encoder=None)
+    assert cq.rank([CHEAP, DEAR], req(None)).keys[0] == "dear-pool"  # no encoder: the dataset means
+    assert make_selector("bandit", lam=10.0, exploration=0.5).algorithm == "bandit"
+    for kwargs, message in [({"algorithm": "magic"}, "unknown selection algorithm"),
+                            ({"algorithm": "knn", "encoder": enc}, "needs a dataset"),
+                            ({"algorithm": "knn", "dataset": labelled}, "needs the router's encoder"),
+                            ({"algorithm": "weighted"}, "one weight per candidate"),
+                            ({"algorithm": "bandit", "target_quality_share": 0.9}, "lambda, not a target"),
+                            ({"algorithm": "knn", "dataset": labelled, "encoder": enc, "k": 0}, "k must be")]:
+        algorithm = kwargs.pop("algorithm")
+        with pytest.raises(SelectorError, match=message):
+            make_selector(algorithm, cache_dir=tmp_path, **kwargs)

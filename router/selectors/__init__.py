@@ -27,9 +27,8 @@ from switchpoint.router.selectors.costquality import (
     knn_selector,
 )
 from switchpoint.router.selectors.dataset import RoutingDataset, load_dataset
+from switchpoint.router.selectors.factory import ALGORITHMS, make_selector
 from switchpoint.router.selectors.simple import StaticSelector, WeightedParams, WeightedSelector
-
-ALGORITHMS = ("static", "weighted", "cost-quality", "knn", "bandit")
 
 __all__ = [
     "ALGORITHMS",
@@ -56,4 +55,5 @@ __all__ = [
     "cost_quality_selector",
     "knn_selector",
     "load_dataset",
+    "make_selector",
 ]
