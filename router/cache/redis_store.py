@@ -55,7 +55,7 @@ from redis.backoff import NoBackoff
 
 from switchpoint.router.cache.guard import same_question
 from switchpoint.router.cache.scope import CacheScope, policy_tag, tenant_tag
-from switchpoint.router.cache.store import CANDIDATES, Entry, NewEntry, Probe, StoreHit
+from switchpoint.router.cache.store import CANDIDATES, VERIFIED, Entry, NewEntry, Probe, StoreHit
 
 PREFIX = "sp:cache:"
 POLICIES = PREFIX + "policies"
@@ -165,7 +165,8 @@ class RedisStore:
                   -1 if probe.max_tokens is None else probe.max_tokens, prefix + "e:"],
         )
         tier = reply[0].decode()
-        for i in range(1, len(reply), 7):  # exact: one entry; semantic: candidates nearest first, guard checked
+        # exact: one entry; semantic: the candidates whose guard matched, nearest first
+        for i in range(1, min(len(reply), 1 + 7 * VERIFIED), 7):
             key, score, content, decision, created, tokens, text = reply[i:i + 7]
             entry = Entry(key=key.decode().rpartition(":")[2], content=content.decode("utf-8", "surrogatepass"),
                           decision=decision.decode(), created_at=float(created), tokens=int(tokens),
