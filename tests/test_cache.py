@@ -570,3 +570,16 @@ def test_redis_evicting_under_maxmemory_never_answers_from_a_dangling_vector(tmp
             await cache.close()
 
         run(body())
+
+
+def test_an_empty_texts_zero_vector_uses_the_exact_tier_only(make_cache: Callable[..., SemanticCache]) -> None:
+    async def body() -> None:
+        cache = make_cache()
+        sc, zero = scope(), np.zeros(DIM, dtype=np.float32)
+        await put(cache, sc, "   ", zero, "an answer to nothing")
+        assert (await cache.lookup(sc, "", zero, 0.1)).outcome == "hit"  # the same (empty) conversation
+        assert (await cache.lookup(sc, "hello", zero, 0.1)).outcome == "miss"
+        assert cache.available and cache.stats()["written"] == 1
+        await cache.close()
+
+    run(body())

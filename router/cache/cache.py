@@ -24,7 +24,6 @@ from dataclasses import dataclass
 import numpy as np
 from redis.exceptions import RedisError, ResponseError
 
-from switchpoint.router.cache.guard import salient
 from switchpoint.router.cache.scope import CacheScope, Conversation, conversation, exact_key
 from switchpoint.router.cache.store import CacheStore, Entry, MemoryStore, NewEntry, Probe
 from switchpoint.router.request import ChatTurn
@@ -49,6 +48,14 @@ class Lookup:
     outcome: str  # hit | miss | unavailable
     hit: CacheHit | None = None
     latency_ms: float = 0.0
+
+
+def _usable(embedding: np.ndarray | None) -> np.ndarray | None:
+    """The vector as float32, or None (exact tier only) for none, an empty text's zero vector, or NaNs."""
+    if embedding is None:
+        return None
+    vector = np.asarray(embedding, dtype=np.float32).reshape(-1)
+    return vector if float(np.linalg.norm(vector)) > 0 else None  # NaN > 0 is False too
 
 
 def as_conversation(text: str | Conversation) -> Conversation:
@@ -78,16 +85,15 @@ class SemanticCache:
 
     async def lookup(self, scope: CacheScope, text: str | Conversation, embedding: np.ndarray | None,
                      threshold: float, max_tokens: int | None = None) -> Lookup:
-        """The entry answering this request, if any. text: the request's Conversation (scope.conversation()),
+        """The entry answering this request, if any. text: the request's Conversation (conversation(messages)),
         or a single user message; embedding: its embed_text encoded (None: exact tier only)."""
         start = time.perf_counter()
         if not self.available:
             self.counters["unavailable"] += 1
             return Lookup("unavailable")
         conv = as_conversation(text)
-        vector = None if embedding is None else np.asarray(embedding, dtype=np.float32).reshape(-1)
-        probe = Probe(scope, exact_key(scope, conv), vector, threshold, salient(conv.embed_text), conv.embed_text,
-                      max_tokens)
+        vector = _usable(embedding)
+        probe = Probe(scope, exact_key(scope, conv), vector, threshold, conv.embed_text, max_tokens)
         try:
             async with asyncio.timeout(self.lookup_timeout_s):
                 found = await self.backend.lookup(probe)
@@ -120,10 +126,10 @@ class SemanticCache:
             self.counters["dropped_unavailable"] += 1
             return False
         conv = as_conversation(text)
-        vector = None if embedding is None else np.asarray(embedding, dtype=np.float32).reshape(-1)
+        vector = _usable(embedding)
         entry = Entry(exact_key(scope, conv), response, decision, time.time(), tokens, conv.embed_text)
         try:
-            self.queue.put_nowait(NewEntry(scope, entry, vector, salient(conv.embed_text), ttl_s))
+            self.queue.put_nowait(NewEntry(scope, entry, vector, ttl_s))
         except asyncio.QueueFull:
             self.counters["dropped_full"] += 1
             return False

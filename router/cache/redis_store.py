@@ -37,8 +37,8 @@ up to 64 expired elements per scope, caps a scope at max_scope_entries (oldest f
 moves the vector set's and the index's expiry to their newest entry's.
 
 A lookup is one round trip: a Lua script reads the exact entry, else runs VSIM (COUNT 4) and
-returns the candidates at or above the threshold whose guard matches, nearest first; the first
-that passes same_question() (a Python check of the two texts) answers. Inserts use VADD CAS (the
+returns the candidates at or above the threshold, nearest first; the first whose guard matches
+and that passes same_question() (Python checks of the two texts, store.pick) answers. Inserts use VADD CAS (the
 neighbour search runs on a Redis thread), pipelined in batches by the write queue.
 """
 
@@ -53,9 +53,8 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from switchpoint.router.cache.guard import same_question
 from switchpoint.router.cache.scope import CacheScope, policy_tag, tenant_tag
-from switchpoint.router.cache.store import CANDIDATES, VERIFIED, Entry, NewEntry, Probe, StoreHit
+from switchpoint.router.cache.store import CANDIDATES, Entry, NewEntry, Probe, StoreHit, pick
 
 PREFIX = "sp:cache:"
 POLICIES = PREFIX + "policies"
@@ -63,15 +62,10 @@ QUERY_EF = 64  # VSIM exploration factor: recall of near duplicates >= 0.99 at 1
 BUILD_EF = 100  # VADD exploration factor: half the default; 1.7x the insert rate, recall unchanged for near duplicates
 
 LOOKUP = """
-local function guards_match(a, b)
-  local base_a, target_a = string.match(a, '^([^|]*)|?(.*)$')
-  local base_b, target_b = string.match(b, '^([^|]*)|?(.*)$')
-  return base_a == base_b and (target_a == '' or target_b == '' or target_a == target_b)
-end
-local maxt = tonumber(ARGV[6])
+local maxt = tonumber(ARGV[5])
 local f = redis.call('HMGET', KEYS[1], 'c', 'd', 't', 'k', 'q')
 if f[1] and (maxt < 0 or tonumber(f[4]) <= maxt) then
-  return {'exact', KEYS[1], '1', f[1], f[2], f[3], f[4], f[5]}
+  return {'exact', KEYS[1], '1', f[1], f[2], f[3], f[4], f[5], ''}
 end
 if ARGV[1] == '' then return {'miss'} end
 local ok, res = pcall(redis.call, 'VSIM', KEYS[2], 'FP32', ARGV[1], 'COUNT', ARGV[3], 'WITHSCORES', 'EF',
@@ -82,12 +76,12 @@ local floor = tonumber(ARGV[2])
 for i = 1, #res, 2 do
   if tonumber(res[i + 1]) < floor then break end
   local id = res[i]
-  local g = redis.call('HMGET', ARGV[7] .. id, 'c', 'd', 't', 'k', 'g', 'q')
+  local g = redis.call('HMGET', ARGV[6] .. id, 'c', 'd', 't', 'k', 'q', 'g')
   if not g[1] then
     redis.call('VREM', KEYS[2], id)
     redis.call('ZREM', KEYS[3], id)
-  elseif guards_match(g[5], ARGV[5]) and (maxt < 0 or tonumber(g[4]) <= maxt) then
-    for _, v in ipairs({id, res[i + 1], g[1], g[2], g[3], g[4], g[6]}) do out[#out + 1] = v end
+  elseif maxt < 0 or tonumber(g[4]) <= maxt then
+    for _, v in ipairs({id, res[i + 1], g[1], g[2], g[3], g[4], g[5], g[6]}) do out[#out + 1] = v end
   end
 end
 if #out == 1 then return {'miss'} end
@@ -161,21 +155,22 @@ class RedisStore:
             np.ascontiguousarray(probe.vector, dtype=np.float32).tobytes()
         reply = await self._lookup(
             keys=[prefix + "e:" + probe.key, prefix + "v", prefix + "z"],
-            args=[blob, repr(min_score), CANDIDATES, self.query_ef, probe.guard,
+            args=[blob, repr(min_score), CANDIDATES, self.query_ef,
                   -1 if probe.max_tokens is None else probe.max_tokens, prefix + "e:"],
         )
         tier = reply[0].decode()
-        # exact: one entry; semantic: the candidates whose guard matched, nearest first
-        for i in range(1, min(len(reply), 1 + 7 * VERIFIED), 7):
-            key, score, content, decision, created, tokens, text = reply[i:i + 7]
+        if tier == "miss":
+            return None
+        candidates = []  # exact: one entry; semantic: the candidates at or above the threshold, nearest first
+        for i in range(1, len(reply), 8):
+            key, score, content, decision, created, tokens, text, guard = reply[i:i + 8]
             entry = Entry(key=key.decode().rpartition(":")[2], content=content.decode("utf-8", "surrogatepass"),
                           decision=decision.decode(), created_at=float(created), tokens=int(tokens),
                           text=(text or b"").decode("utf-8", "surrogatepass"))
             if tier == "exact":
                 return StoreHit(entry, 1.0, tier)
-            if same_question(probe.text, entry.text):
-                return StoreHit(entry, min(1.0, 2.0 * float(score) - 1.0), tier)
-        return None
+            candidates.append((entry, (guard or b"").decode(), min(1.0, 2.0 * float(score) - 1.0)))
+        return pick(probe, candidates)
 
     async def write(self, entries: Sequence[NewEntry]) -> int:
         now_ms = int(time.time() * 1000)

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
-from switchpoint.router.cache.guard import guards_match, same_question
+from switchpoint.router.cache.guard import guards_match, salient, same_question
 from switchpoint.router.cache.scope import CacheScope
 
 CANDIDATES = 4  # nearest entries tried in order: the nearest may have expired or have a different guard
@@ -44,8 +44,12 @@ class NewEntry:
     scope: CacheScope
     entry: Entry
     vector: np.ndarray | None  # (dim,) float32, L2-normalised; None: exact tier only
-    guard: str
     ttl_s: float
+
+    @property
+    def guard(self) -> str:
+        """Computed by the store's writer (off the request path)."""
+        return salient(self.entry.text)
 
 
 @dataclass(frozen=True)
@@ -63,16 +67,31 @@ class Probe:
     key: str
     vector: np.ndarray | None
     threshold: float
-    guard: str
     text: str = ""  # the request's embedded text
     max_tokens: int | None = None  # the request's limit: entries with more completion tokens do not answer
 
     def fits(self, entry: Entry) -> bool:
         return self.max_tokens is None or entry.tokens <= self.max_tokens
 
-    def accepts(self, entry: Entry, guard: str) -> bool:
-        """Whether a vector-tier candidate answers this request."""
-        return self.fits(entry) and guards_match(guard, self.guard) and same_question(self.text, entry.text)
+    @property
+    def guard(self) -> str:
+        """Only computed when the vector tier has candidates (memoised in guard.salient)."""
+        return salient(self.text)
+
+
+def pick(probe: Probe, candidates: Iterable[tuple[Entry, str, float]]) -> StoreHit | None:
+    """The first candidate (entry, its guard, cosine), nearest first, that answers the probe: its guard matches
+    and it passes same_question; at most VERIFIED candidates are read by same_question."""
+    verified = 0
+    for entry, guard, similarity in candidates:
+        if similarity < probe.threshold or verified == VERIFIED:
+            break
+        if not probe.fits(entry) or not guards_match(guard, probe.guard):
+            continue
+        verified += 1
+        if same_question(probe.text, entry.text):
+            return StoreHit(entry, min(similarity, 1.0), "semantic")
+    return None
 
 
 class CacheStore(Protocol):
@@ -170,18 +189,12 @@ class MemoryStore:
         matrix = self._scopes.get(probe.scope.digest)
         if probe.vector is None or matrix is None or probe.threshold > 1.0:
             return None
-        verified = 0
-        for key, sim in matrix.nearest(probe.vector, CANDIDATES):
-            if sim < probe.threshold or verified == VERIFIED:
-                break
-            item = self._live(key, now)
-            if item is None or not probe.fits(item.entry) or not guards_match(item.guard, probe.guard):
-                continue
-            verified += 1
-            if same_question(probe.text, item.entry.text):
-                self._items.move_to_end(key)
-                return StoreHit(item.entry, min(sim, 1.0), "semantic")
-        return None
+        live = ((item.entry, item.guard, sim) for key, sim in matrix.nearest(probe.vector, CANDIDATES)
+                if (item := self._live(key, now)) is not None)
+        hit = pick(probe, live)
+        if hit is not None:
+            self._items.move_to_end(hit.entry.key)
+        return hit
 
     async def write(self, entries: Sequence[NewEntry]) -> int:
         stored = 0
