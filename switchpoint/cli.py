@@ -360,6 +360,8 @@ def _bench_budgets(args: argparse.Namespace) -> int:
 
 
 def _bench_routing(args: argparse.Namespace) -> int:
+    # one BLAS thread, as in a router: a threaded gemv on a busy CPU turns a 0.3 ms kNN scan into 10 ms
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from switchpoint.bench.routing import run
 
     return run(args)

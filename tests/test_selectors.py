@@ -226,6 +226,8 @@ def test_a_candidate_model_the_dataset_does_not_know(labelled, tmp_path):
     sel = knn_selector(KnnParams(dataset=str(labelled), k=3, lam=0.0), AxisEncoder(), tmp_path)
     with pytest.raises(SelectorError, match=r"brand-new-model not in the kNN dataset .*it has: small, large"):
         sel.rank([DEAR, stranger], req(e(1, 0, 0)))
+    with pytest.raises(SelectorError, match="brand-new-model"):
+        sel.prepare([DEAR, stranger])  # at policy load, before any request
     prior = knn_selector(KnnParams(dataset=str(labelled), k=3, lam=0.0, unknown_model="prior", prior_quality=0.3),
                          AxisEncoder(), tmp_path)
     r = prior.rank([stranger, DEAR], req(e(1, 0, 0)))

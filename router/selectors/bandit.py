@@ -206,7 +206,7 @@ class BanditSelector:
                   for i, c in enumerate(candidates)}
         notes = () if self.state.shared or not isinstance(self.state, RedisBanditState) else \
             ("bandit state in process only (Redis unreachable)",)
-        return ranking(self.algorithm, candidates, order, scores=scores, lam=lam, explored=order[0] != greedy,
+        return ranking(self.algorithm, candidates, order, scores, lam=lam, explored=order[0] != greedy,
                        context=ctx, notes=notes)
 
     def feedback(self, context: str, model: str, quality: float) -> None:

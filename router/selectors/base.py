@@ -192,10 +192,11 @@ def first_choice(quality: np.ndarray, cost: np.ndarray, lam: float) -> np.ndarra
     return np.argmax(tied & (masked <= cheapest), axis=1)
 
 
-def ranking(algorithm: str, candidates: Sequence[CandidateModel], order: Sequence[int], **evidence: object) -> Ranking:
-    """Helper: a Ranking whose evidence lists the candidates in the order given."""
+def ranking(algorithm: str, candidates: Sequence[CandidateModel], order: Sequence[int],
+            scores: Mapping[int, CandidateScore], *, lam: float | None = None,
+            neighbours: tuple[Neighbour, ...] = (), explored: bool = False, context: str | None = None,
+            notes: tuple[str, ...] = ()) -> Ranking:
+    """A Ranking whose evidence lists the candidates' scores in the order given."""
     order_t = tuple(int(i) for i in order)
-    scores: Mapping[int, CandidateScore] | None = evidence.pop("scores", None)  # type: ignore[assignment]
-    listed = tuple(scores[i] for i in order_t) if scores is not None else ()
-    ev = Evidence(algorithm=algorithm, candidates=listed, **evidence)  # type: ignore[arg-type]
+    ev = Evidence(algorithm, tuple(scores[i] for i in order_t), lam, neighbours, explored, context, notes)
     return Ranking(order_t, ev, tuple(candidates[i].key for i in order_t))

@@ -194,7 +194,13 @@ class CostQualitySelector:
             self._lams[key] = self._calibrate(candidates)
         return self._lams[key]
 
-    prepare = lambda_for  # call at policy load so the first request does not pay for the calibration
+    def prepare(self, candidates: Sequence[CandidateModel]) -> float:
+        """Call when a policy is loaded: checks the candidates (a model the dataset does not know raises
+        SelectorError unless unknown_model is "prior") and makes the target-share calibration now, not on the
+        first request. Returns the lambda in force for these candidates."""
+        check_candidates(candidates)
+        self.estimator.estimate(None, [c.model for c in candidates])
+        return self.lambda_for(candidates)
 
     def _calibrate(self, candidates: Sequence[CandidateModel]) -> float:
         assert self.calibration is not None and self.share is not None
@@ -236,7 +242,7 @@ class CostQualitySelector:
             notes.append(f"lambda from target quality share {self.share}")
         if self.cost_basis != "absolute":
             notes.append(f"cost basis {self.cost_basis}")
-        return ranking(self.algorithm, candidates, order, scores=scores, lam=lam,
+        return ranking(self.algorithm, candidates, order, scores, lam=lam,
                        neighbours=est.neighbours[0] if est.neighbours else (), notes=tuple(notes))
 
 

@@ -34,7 +34,7 @@ class StaticSelector:
         check_candidates(candidates)
         costs = _costs(candidates, request)
         scores = {i: CandidateScore(c.key, c.model, None, costs[i], None) for i, c in enumerate(candidates)}
-        return ranking(self.algorithm, candidates, range(len(candidates)), scores=scores)
+        return ranking(self.algorithm, candidates, range(len(candidates)), scores)
 
 
 @dataclass(frozen=True)
@@ -92,4 +92,4 @@ class WeightedSelector:
         scores = {i: CandidateScore(c.key, c.model, None, costs[i], float(self.params.weights[i]))
                   for i, c in enumerate(candidates)}
         notes = () if request.request_id else ("no request id: a random draw",)
-        return ranking(self.algorithm, candidates, order, scores=scores, notes=notes)
+        return ranking(self.algorithm, candidates, order, scores, notes=notes)

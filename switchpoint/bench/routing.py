@@ -459,6 +459,9 @@ def print_table(name: str, rep: dict[str, dict]) -> None:
 
 
 def plot_curves(report: dict[str, dict], path: Path) -> str | None:
+    """Two-model data: quality against the share of strong calls (RouteLLM's view, the curves APGR integrates);
+    multi-model data: quality against mean cost, each router's non-decreasing hull (what AIQ integrates). Linear
+    axes, so a straight segment is the mix of its two ends."""
     try:
         import matplotlib
 
@@ -468,22 +471,33 @@ def plot_curves(report: dict[str, dict], path: Path) -> str | None:
         return None
     fig, axes = plt.subplots(1, len(report), figsize=(6.5 * len(report), 4.8), squeeze=False)
     for ax, (name, rep) in zip(axes[0], report.items(), strict=True):
+        two = any("apgr" in v for v in rep.values())
         for router, v in rep.items():
             pts = np.array(v["points"])
             if router.startswith("single:"):
-                ax.scatter(pts[:, 0] * 1000, pts[:, 1], marker="s", s=22, color="grey")
-                ax.annotate(router.removeprefix("single:").split("/")[-1], (pts[0, 0] * 1000, pts[0, 1]),
-                            fontsize=6, color="grey")
+                x = [v.get("share", 0.0) * 100] if two else pts[:, 0] * 1000
+                ax.scatter(x, pts[:, 1], marker="s", s=22, color="grey", zorder=3)
+                ax.annotate(router.removeprefix("single:").split("/")[-1], (x[0], pts[0, 1]), fontsize=6,
+                            color="grey")
                 continue
             if router == "static":
                 continue
-            h = nondecreasing_hull(pts)
-            ax.plot(h[:, 0] * 1000, h[:, 1], marker=".", label=f"{router} (AIQ {v['aiq']:.3f})",
-                    linestyle="--" if router in ("random", "oracle") else "-",
-                    linewidth=2.2 if router == "knn" else 1.2)
-        ax.set_xscale("log")
+            style = {"linestyle": "--" if router in ("random", "oracle") else "-",
+                     "linewidth": 2.2 if router in ("knn", "cost-quality") else 1.2}
+            if two:
+                strong_q = max(p[1] for k, p in ((k, r["points"][0]) for k, r in rep.items()
+                                                  if k.startswith("single:") and r.get("share") == 1.0))
+                weak_q = max(p[1] for k, p in ((k, r["points"][0]) for k, r in rep.items()
+                                                if k.startswith("single:") and r.get("share") == 0.0))
+                share, qual = close_two_model(v["strong_share"], list(pts[:, 1]), weak_q, strong_q)
+                order = np.lexsort((qual, share))
+                ax.plot(np.array(share)[order] * 100, np.array(qual)[order], marker=".", markersize=3,
+                        label=f"{router} (APGR {v['apgr']:.3f})", **style)
+            else:
+                h = nondecreasing_hull(pts)
+                ax.plot(h[:, 0] * 1000, h[:, 1], marker=".", label=f"{router} (AIQ {v['aiq']:.3f})", **style)
         ax.set_title(f"{name} (test split)")
-        ax.set_xlabel("mean cost per 1,000 queries (USD, log)")
+        ax.set_xlabel("strong-model calls (%)" if two else "mean cost per 1,000 queries (USD)")
         ax.set_ylabel("mean quality")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
