@@ -32,7 +32,10 @@ def compile_objs(objs: dict[str, dict[str, Any]]):
 
 def test_examples_compile_into_the_typed_config():
     config = load_config([EXAMPLES])
-    assert set(config.aliases) == {"auto", "switchpoint/auto"}
+    assert set(config.aliases) == {"auto", "switchpoint/auto", "smart", "switchpoint/smart"}
+    smart = config.policies["default/smart"]
+    assert {c.source for c in smart.classifiers} == {"builtin:jailbreak", "builtin:domain", "builtin:difficulty"}
+    assert smart.default.cache.enabled and smart.default.cache.ttl_seconds == 600
     policy = config.policies["default/auto"]
     assert [d.name for d in policy.decisions] == ["agentic", "long-documents", "coding", "math-reasoning", "premium"]
     math = next(d for d in policy.decisions if d.name == "math-reasoning")

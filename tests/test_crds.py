@@ -53,7 +53,7 @@ def test_every_cel_rule_compiles():
 
 def test_example_manifests_validate_against_the_crds():
     manifests, problems = load_manifests([EXAMPLES])
-    assert not problems and len(manifests) == 6
+    assert not problems and len(manifests) == 7
     for m in manifests:
         resource = schema.schema_for(m.kind, "v1alpha1")
         _, violations = schema.validate(resource, m.obj)
