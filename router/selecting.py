@@ -28,21 +28,15 @@ from switchpoint.router.classifiers import models_dir
 from switchpoint.router.classifiers.bank import ModelBank
 from switchpoint.router.classifiers.encoder import EncoderError
 from switchpoint.router.selectors import (
-    BanditParams,
     BanditSelector,
     CandidateModel,
-    CostQualityParams,
-    KnnParams,
     Ranking,
     RedisBanditState,
     SelectionRequest,
     Selector,
     SelectorError,
-    WeightedParams,
-    WeightedSelector,
-    cost_quality_selector,
-    knn_selector,
 )
+from switchpoint.router.selectors.factory import make_selector
 
 EMBEDDING_ALGORITHMS = ("knn", "cost-quality", "bandit")
 
@@ -98,24 +92,14 @@ class SelectorBank:
 
     def _build(self, policy: Policy, decision: Decision) -> Selector:
         s: SelectionConfig = decision.selection
-        cache_dir = self.cache_dir or models_dir() / "index-cache"
-        if s.algorithm == "weighted":
-            return WeightedSelector(WeightedParams(s.weights, salt=f"{policy.key}/{decision.name}"))
-        if s.algorithm == "knn":
-            assert s.dataset is not None
-            return knn_selector(KnnParams(s.dataset, s.k, s.lam, s.target_quality_share),
-                                self.bank.encoder(s.encoder), cache_dir)
-        if s.algorithm == "cost-quality":
-            return cost_quality_selector(
-                CostQualityParams(s.lam, s.target_quality_share, s.dataset, "linear" if s.dataset else "mean"),
-                self.bank.encoder(s.encoder), cache_dir)
-        if s.algorithm == "bandit":
-            state = None
-            if self.redis_url:
-                state = RedisBanditState(self.redis_url, f"{policy.key}/{decision.name}")
-                self._bandit_states.append(state)
-            return BanditSelector(BanditParams(lam=s.lam or 0.0, exploration=s.exploration), state)
-        raise SelectorError(f"unknown algorithm '{s.algorithm}'")
+        state = None
+        if s.algorithm == "bandit" and self.redis_url:
+            state = RedisBanditState(self.redis_url, f"{policy.key}/{decision.name}")
+            self._bandit_states.append(state)
+        encoder = self.bank.encoder(s.encoder) if s.algorithm in EMBEDDING_ALGORITHMS else None
+        return make_selector(s.algorithm, weights=s.weights, lam=s.lam, target_quality_share=s.target_quality_share,
+                             dataset=s.dataset, k=s.k, encoder=encoder, exploration=s.exploration,
+                             bandit_state=state, cache_dir=self.cache_dir or models_dir() / "index-cache")
 
     def _probe(self, decision: Decision) -> np.ndarray | None:
         if decision.selection.algorithm not in EMBEDDING_ALGORITHMS:

@@ -139,3 +139,11 @@ def test_a_cached_answer_needs_no_report(router):
     with pytest.raises(grpc.RpcError) as err:
         answer(router, hit)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_the_crd_default_threshold_is_the_one_calibrated_on_the_pairs():
+    from switchpoint.config.compiler import load_config
+    from switchpoint.router.cache import DEFAULT_THRESHOLD
+
+    smart = load_config([EXAMPLES]).policies["default/smart"]
+    assert smart.default.cache.similarity_threshold == DEFAULT_THRESHOLD

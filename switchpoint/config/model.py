@@ -247,7 +247,7 @@ class CacheConfig:
     """The semantic cache of one decision (spec.decisions[].cache)."""
 
     enabled: bool = False
-    similarity_threshold: float = 0.7
+    similarity_threshold: float = 0.65
     ttl_seconds: int = 3600
     max_entry_bytes: int = 65536
     store_truncated: bool = False
