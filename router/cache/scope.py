@@ -36,18 +36,12 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
+
+from switchpoint.router.request import Turn
 
 DIGEST_CHARS = 24  # 96 bits: collisions are out of reach for any cache size
 TAG_CHARS = 12  # policy and tenant tags in key names (flush by prefix); the scope digest is what isolates
-
-
-class Turn(Protocol):
-    @property
-    def role(self) -> str: ...
-
-    @property
-    def content(self) -> str: ...
 
 
 @dataclass(frozen=True)
