@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from switchpoint.cli import main
-from switchpoint.ml import linear
+from switchpoint.ml import linear, mlp
 from switchpoint.ml.data import DataError, read_jsonl, rows_digest, split_heldout
 from switchpoint.ml.train import TrainOptions, encode_all, train_on_embeddings
 from switchpoint.router.classifiers import models_dir
@@ -320,3 +320,15 @@ def test_linear_export_matches_numpy_for_many_shapes() -> None:
         sess = ort.InferenceSession(linear.to_onnx(head, "t").SerializeToString(), providers=["CPUExecutionProvider"])
         x = rng.normal(size=(7, 12)).astype(np.float32) * 3
         np.testing.assert_allclose(sess.run(None, {"embedding": x})[0], head.predict_proba(x), atol=1e-6)
+
+
+def test_mlp_head_trains_exports_and_round_trips(tmp_path: Path) -> None:
+    x, texts, labels = _synthetic(n=600, k=3)
+    opts = TrainOptions(name="mlp", model="mlp")
+    trained = train_on_embeddings(x, texts, labels, opts, "minilm-static")
+    assert trained.manifest["model"]["type"] == "mlp" and 1 <= trained.manifest["model"]["epochs"] <= mlp.MAX_EPOCHS
+    assert trained.manifest["metrics"]["heldout"]["accuracy"] > 0.8
+    head = load_head(str(trained.write(tmp_path / "mlp")), _models(tmp_path))
+    np.testing.assert_allclose(head.predict(x), trained.head.predict_proba(x), atol=1e-5)
+    again = train_on_embeddings(x, texts, labels, opts, "minilm-static")
+    np.testing.assert_array_equal(again.head.w1, trained.head.w1)  # seeded: deterministic

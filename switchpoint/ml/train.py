@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 
 from switchpoint import __version__ as version
-from switchpoint.ml import linear
+from switchpoint.ml import linear, mlp
 from switchpoint.ml.data import SPLIT_RULE, rows_digest, split_heldout, text_unit
 from switchpoint.ml.metrics import best_f1_threshold, report
 
@@ -48,13 +48,14 @@ class TrainOptions:
     l2: float | None = None  # None: chosen from L2_GRID on the validation part
     weighting: str = "balanced"  # class weights: balanced | none
     threshold: float | str = 0.5  # binary: a fixed threshold, or "f1" (best F1 on the validation part)
+    model: str = "linear"  # linear | mlp (switchpoint.ml.mlp; epochs chosen on the validation part)
     description: str = ""  # what the data is, for the manifest
     extra: dict = field(default_factory=dict)  # more manifest fields (e.g. the label definition)
 
 
 @dataclass
 class TrainedHead:
-    head: linear.LinearHead
+    head: linear.LinearHead | mlp.MlpHead
     labels: tuple[str, ...]
     manifest: dict
     heldout_index: np.ndarray | None = None  # row indices of the held-out part
@@ -67,7 +68,10 @@ class TrainedHead:
     def write(self, out: Path) -> Path:
         """head.onnx and head.json into directory ``out`` (created); returns ``out``."""
         out.mkdir(parents=True, exist_ok=True)
-        onnx.save(linear.to_onnx(self.head, self.manifest["name"]), str(out / "head.onnx"))
+        name = self.manifest["name"]
+        graph = mlp.mlp_to_onnx(self.head, name) if isinstance(self.head, mlp.MlpHead) else linear.to_onnx(self.head,
+                                                                                                              name)
+        onnx.save(graph, str(out / "head.onnx"))
         (out / "head.json").write_text(json.dumps(self.manifest, indent=2, ensure_ascii=False) + "\n")
         return out
 
@@ -117,6 +121,10 @@ def train_on_embeddings(x: np.ndarray, texts: Sequence[str], labels: Sequence[st
     val = np.array([text_unit(texts[i], opts.seed, "val:") < VALIDATION_SHARE for i in train_idx])
     fit_idx, val_idx = train_idx[~val], train_idx[val]
 
+    if opts.model == "mlp":
+        return _train_mlp(x, texts, labels, opts, encoder_name, order, kind, y, train_idx, held_idx, fit_idx, val_idx)
+    if opts.model != "linear":
+        raise ValueError(f"model must be linear or mlp, not {opts.model!r}")
     grid = (opts.l2,) if opts.l2 is not None else L2_GRID
     selection = []
     best = (-1.0, grid[0], 0.5)
@@ -134,6 +142,39 @@ def train_on_embeddings(x: np.ndarray, texts: Sequence[str], labels: Sequence[st
     l2 = best[1]
     threshold = round(float(best[2]) if opts.threshold == "f1" else float(opts.threshold), 4)
     head = linear.fit(x[train_idx], y[train_idx], len(order), kind, l2=l2, weighting=opts.weighting)
+    model = {
+        "type": "logistic-regression" if kind == "binary" else "softmax-regression",
+        "l2": l2, "class_weighting": opts.weighting, "optimizer": "L-BFGS (numpy), standardised inputs",
+        "selection": selection,
+    }
+    return _finish(head, x, texts, labels, opts, encoder_name, order, kind, y, train_idx, held_idx, threshold, model)
+
+
+def _train_mlp(x: np.ndarray, texts: Sequence[str], labels: Sequence[str], opts: TrainOptions, encoder_name: str,
+               order: tuple[str, ...], kind: str, y: np.ndarray, train_idx: np.ndarray, held_idx: np.ndarray,
+               fit_idx: np.ndarray, val_idx: np.ndarray) -> TrainedHead:
+    threshold = 0.5 if opts.threshold == "f1" else float(opts.threshold)
+    epochs, curve = mlp.MAX_EPOCHS, []
+    if len(val_idx) and len(set(y[fit_idx].tolist())) >= 2:
+        sub, epochs, curve = mlp.fit_mlp(x[fit_idx], y[fit_idx], len(order), kind, opts.weighting,
+                                         val=(x[val_idx], y[val_idx]), seed=opts.seed)
+        if kind == "binary" and opts.threshold == "f1":
+            threshold = best_f1_threshold(y[val_idx], sub.predict_proba(x[val_idx])[:, 1])
+    head, _, _ = mlp.fit_mlp(x[train_idx], y[train_idx], len(order), kind, opts.weighting, epochs=epochs,
+                             seed=opts.seed)
+    model = {
+        "type": "mlp", "hidden": mlp.HIDDEN, "activation": "relu", "epochs": epochs,
+        "weight_decay": mlp.WEIGHT_DECAY, "learning_rate": mlp.LEARNING_RATE, "batch": mlp.BATCH,
+        "class_weighting": opts.weighting, "optimizer": "Adam (numpy), standardised inputs, seeded",
+        "validation_accuracy_by_epoch": [round(a, 4) for a in curve],
+    }
+    return _finish(head, x, texts, labels, opts, encoder_name, order, kind, y, train_idx, held_idx,
+                   round(float(threshold), 4), model)
+
+
+def _finish(head: linear.LinearHead | mlp.MlpHead, x: np.ndarray, texts: Sequence[str], labels: Sequence[str],
+            opts: TrainOptions, encoder_name: str, order: tuple[str, ...], kind: str, y: np.ndarray,
+            train_idx: np.ndarray, held_idx: np.ndarray, threshold: float, model: dict) -> TrainedHead:
     held_probs = head.predict_proba(x[held_idx])
     held_metrics = _score(order, y[held_idx], held_probs, kind, threshold)
 
@@ -146,12 +187,7 @@ def train_on_embeddings(x: np.ndarray, texts: Sequence[str], labels: Sequence[st
         "encoder": encoder_name,
         "dim": int(x.shape[1]),
         "thresholds": thresholds,
-        "model": {
-            "type": "logistic-regression" if kind == "binary" else "softmax-regression",
-            "onnx": "head.onnx", "input": linear.INPUT_NAME, "output": linear.OUTPUT_NAME,
-            "l2": l2, "class_weighting": opts.weighting, "optimizer": "L-BFGS (numpy), standardised inputs",
-            "selection": selection,
-        },
+        "model": {"onnx": "head.onnx", "input": linear.INPUT_NAME, "output": linear.OUTPUT_NAME, **model},
         "training": {
             "description": opts.description,
             "data_sha256": rows_digest(texts, labels),
