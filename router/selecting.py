@@ -24,7 +24,6 @@ import numpy as np
 
 from switchpoint.config.errors import ConfigError, Problem
 from switchpoint.config.model import Decision, Policy, RouterConfig, SelectionConfig
-from switchpoint.router.classifiers import models_dir
 from switchpoint.router.classifiers.bank import ModelBank
 from switchpoint.router.classifiers.encoder import EncoderError
 from switchpoint.router.selectors import (
@@ -99,7 +98,7 @@ class SelectorBank:
         encoder = self.bank.encoder(s.encoder) if s.algorithm in EMBEDDING_ALGORITHMS else None
         return make_selector(s.algorithm, weights=s.weights, lam=s.lam, target_quality_share=s.target_quality_share,
                              dataset=s.dataset, k=s.k, encoder=encoder, exploration=s.exploration,
-                             bandit_state=state, cache_dir=self.cache_dir or models_dir() / "index-cache")
+                             bandit_state=state, cache_dir=self.cache_dir)
 
     def _probe(self, decision: Decision) -> np.ndarray | None:
         if decision.selection.algorithm not in EMBEDDING_ALGORITHMS:
