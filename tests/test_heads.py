@@ -332,3 +332,33 @@ def test_mlp_head_trains_exports_and_round_trips(tmp_path: Path) -> None:
     np.testing.assert_allclose(head.predict(x), trained.head.predict_proba(x), atol=1e-5)
     again = train_on_embeddings(x, texts, labels, opts, "minilm-static")
     np.testing.assert_array_equal(again.head.w1, trained.head.w1)  # seeded: deterministic
+
+
+# --- default heads ------------------------------------------------------------------------------------------------
+
+
+def test_default_head_data() -> None:
+    from switchpoint.ml.defaults import head_data
+
+    domain = head_data("domain")
+    assert len(domain.texts) == 13986 and len(set(domain.labels)) == 14
+    assert set(domain.options.labels) == set(domain.labels)
+    mapping = json.loads((ROOT / "data" / "classifiers" / "mmlu_pro_categories.json").read_text())
+    assert len(mapping["subjects"]) == 57 and mapping["subjects"]["high_school_geography"] == "other"
+    difficulty = head_data("difficulty")
+    assert difficulty.texts == domain.texts
+    assert abs(difficulty.labels.count("needs_strong") / len(difficulty.labels) - 0.319) < 0.001
+    jb = head_data("jailbreak")
+    assert set(jb.labels) == {"benign", "jailbreak"} and len(set(jb.texts)) == len(jb.texts)
+    assert jb.labels.count("jailbreak") > 700 and len(jb.sources) == len(jb.texts)
+    with pytest.raises(ValueError, match="no default head"):
+        head_data("sentiment")
+
+
+def test_head_report_on_a_fixed_subset(encoder) -> None:
+    from switchpoint.ml.defaults import head_report
+
+    r = head_report(models_dir(), "jailbreak", encoder.name, max_rows=400)
+    assert r["rows"] == 400 and r["train_rows"] + r["heldout_rows"] == 400
+    assert r["accuracy"] > r["majority_accuracy"] and {"precision", "recall", "threshold"} <= set(r)
+    assert r == {**head_report(models_dir(), "jailbreak", encoder.name, max_rows=400), "seconds": r["seconds"]}
