@@ -274,6 +274,8 @@ def test_bad_rows_are_reported_with_line_numbers(tmp_path: Path) -> None:
     assert "line 4: missing field 'text'" in str(err.value)
     rows = read_jsonl(path, skip_bad=True)
     assert rows.texts == ("a", "b") and len(rows.skipped) == 5
+    path.write_text(json.dumps({"text": "line\u2028separator\x85inside", "label": "x"}, ensure_ascii=False) + "\r\n")
+    assert read_jsonl(path).texts == ("line\u2028separator\x85inside",)
 
 
 def test_cli_train_and_eval(encoder, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

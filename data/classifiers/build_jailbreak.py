@@ -48,9 +48,9 @@ def _literal_assignments(source: str, names: set[str]) -> dict:
     """Evaluate only the literal top-level assignments `names` of a Python data module (nothing is executed)."""
     found = {}
     for node in ast.parse(source).body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            if node.targets[0].id in names:
-                found[node.targets[0].id] = ast.literal_eval(node.value)
+        target = node.targets[0] if isinstance(node, ast.Assign) and len(node.targets) == 1 else None
+        if isinstance(target, ast.Name) and target.id in names:
+            found[target.id] = ast.literal_eval(node.value)
     return found
 
 

@@ -42,7 +42,8 @@ def read_jsonl(path: str | Path, skip_bad: bool = False) -> Rows:
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(str(p), [(0, f"cannot read: {exc}")]) from exc
     texts, labels, problems = [], [], []
-    for n, line in enumerate(raw.splitlines(), start=1):
+    # Split on "\n" only: str.splitlines() would also split on U+2028, U+0085 ... inside JSON strings.
+    for n, line in enumerate(raw.split("\n"), start=1):
         if not line.strip():
             continue
         try:
