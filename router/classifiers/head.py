@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import threading
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -47,8 +46,7 @@ class Head:
     manifest: dict[str, Any]
     path: Path | None = None
     dim: int = 0
-    _session: Any = field(default=None, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _session: Any = field(default=None, repr=False)  # onnxruntime sessions are safe to run from several threads
 
     def predict(self, embeddings: np.ndarray) -> np.ndarray:
         """(n, len(labels)) probabilities for (n, dim) embeddings; a (dim,) vector is taken as one row."""
