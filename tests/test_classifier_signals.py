@@ -219,3 +219,11 @@ def test_the_example_smart_policy_routes_by_classifiers():
     with ThreadedRouter(config_paths=[EXAMPLES]) as r:
         d = r.stub.Route(chat("Why was my card charged twice this month?", model="smart"), timeout=10)
         assert d.decision == "support" and "billing" in d.signals and d.cache == "miss"
+
+
+def test_the_isolation_bench_reports_its_documented_keys():
+    from switchpoint.bench.isolation import isolation
+
+    report = isolation(models_dir(), calls=200, rate=20, transformer_rate=5)
+    assert {"rules_p99_ms_alone", "rules_p99_ms_with_classifiers", "rules_p99_ms_with_transformer"} <= set(report)
+    assert report["classifier_errors"] == [] and report["classifier_requests"]["classifiers"] > 0

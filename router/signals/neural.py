@@ -5,6 +5,12 @@ take from a fraction of a millisecond (static embeddings) to tens of millisecond
 transformer). They run on a small thread pool (onnxruntime releases the GIL while it computes),
 so that one request's inference never stalls another request's rules-only route.
 
+The pool's threads run under Linux's SCHED_IDLE policy (elsewhere, or if refused: nice +10), per thread:
+when inference and routing want the same core, a routing thread that wakes up preempts inference at
+once, so a burst of transformer inference delays other classifier requests (which degrade at their
+deadline if the core stays saturated) rather than every rules-only route. Spare CPU still goes to
+inference in full.
+
 The decision stage asks for a signal only when a decision being checked needs it: the signal
 board raises NeedsInference, the pipeline awaits `SignalInference.infer`, records the outcome and
 checks the decisions again (memoised signals make the re-check cheap). Within a request, each
@@ -18,6 +24,9 @@ counts as not fired, and its evidence says why. With onError Fail the request fa
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -33,6 +42,17 @@ from switchpoint.router.request import RouteInput
 from switchpoint.router.signals.rules import Inferred, NeuralSignal, scoped_text
 
 SIMILARITY_TIMEOUT_MS = 500
+CLASSIFIER_NICENESS = 10
+
+
+def _lower_priority() -> None:
+    """Run in each classifier thread as it starts: lower this thread's scheduling priority (never raises)."""
+    tid = threading.get_native_id()
+    try:
+        os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+    except (OSError, AttributeError):
+        with contextlib.suppress(OSError, AttributeError):
+            os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + CLASSIFIER_NICENESS)
 
 
 @dataclass
@@ -47,7 +67,8 @@ class RequestInference:
 class SignalInference:
     def __init__(self, bank: ModelBank, threads: int = 2, tracer: trace.Tracer | None = None):
         self.bank = bank
-        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="switchpoint-classifier")
+        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="switchpoint-classifier",
+                                           initializer=_lower_priority)
         self.tracer = tracer or trace.NoOpTracer()
 
     def close(self) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from switchpoint.bench.isolation import isolation, print_isolation
 from switchpoint.bench.router import percentile
+from switchpoint.ml.defaults import bench_heads
 from switchpoint.router.classifiers import models_dir
 from switchpoint.router.classifiers.encoder import DEFAULT_ENCODER, ENCODER_NAMES, Encoder, EncoderError, load_encoder
 
@@ -139,6 +140,20 @@ def _print_encoders(report: dict[str, object]) -> None:
         print(f"  target: default encoder < {TARGET_DEFAULT_128_P50_MS} ms p50 at 128 tokens: {p50:.3f} ms, {verdict}")
 
 
+def _print_heads(report: dict[str, object]) -> None:
+    heads: dict[str, dict] = report["heads"]  # type: ignore[assignment]
+    print("default heads, held-out split: the default encoder (all rows) and like for like on a fixed subset "
+          "against the transformer reference")
+    print(f"  {'head':<12}{'accuracy':>10}{'macro-F1':>10}{'subset rows':>13}{'subset acc':>12}"
+          f"{'reference acc':>15}{'gap (points)':>14}")
+    for name, h in heads.items():
+        print(f"  {name:<12}{h['accuracy']:>10.3f}{h['macro_f1']:>10.3f}{h['subset_rows']:>13}"
+              f"{h['subset_accuracy']:>12.3f}{h['reference_accuracy']:>15.3f}{h['gap_points']:>14.1f}")
+    worst = max(h["gap_points"] for h in heads.values())
+    print(f"  target: each head within 5 accuracy points of its transformer reference: worst gap {worst:.1f}, "
+          f"{'met' if worst <= 5 else 'NOT met'}")
+
+
 def run(args: argparse.Namespace) -> int:
     models = Path(args.models) if getattr(args, "models", None) else models_dir()
     quick = bool(getattr(args, "quick", False))
@@ -148,12 +163,15 @@ def run(args: argparse.Namespace) -> int:
     except EncoderError as exc:
         print(f"switchpoint bench classifiers: {exc}")
         return 1
-    # The heads' accuracy and the isolation run are further sections merged into `report` here.
+    quick_rows = {"domain": 600, "difficulty": 600, "jailbreak": 400}
+    report["heads"] = bench_heads(models, max_rows=quick_rows if quick else None)
     report["isolation"] = isolation(models, calls=1000 if quick else 4000)
     if getattr(args, "json", False):
         print(json.dumps(report, indent=2))
     else:
         _print_encoders(report)
+        print()
+        _print_heads(report)
         print()
         print_isolation(report)
     return 0
