@@ -364,3 +364,17 @@ def test_head_report_on_a_fixed_subset(encoder) -> None:
     assert r["rows"] == 400 and r["train_rows"] + r["heldout_rows"] == 400
     assert r["accuracy"] > r["majority_accuracy"] and {"precision", "recall", "threshold"} <= set(r)
     assert r == {**head_report(models_dir(), "jailbreak", encoder.name, max_rows=400), "seconds": r["seconds"]}
+
+
+def test_the_mlp_head_exported_to_onnx_computes_what_numpy_computes():
+    import onnxruntime as ort
+
+    from switchpoint.ml.mlp import fit_mlp, mlp_to_onnx
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((120, 16)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(int) + (x[:, 1] > 0).astype(int)
+    head, _, _ = fit_mlp(x, y, 3, "multiclass", epochs=5)
+    session = ort.InferenceSession(mlp_to_onnx(head, "t").SerializeToString())
+    got = session.run(None, {session.get_inputs()[0].name: x})[0]
+    np.testing.assert_allclose(got, head.predict_proba(x), atol=1e-5)

@@ -176,10 +176,15 @@ def to_onnx(head: LinearHead, name: str) -> onnx.ModelProto:
                   helper.make_node("Concat", ["q", "p"], [OUTPUT_NAME], axis=1)]
     else:
         nodes.append(helper.make_node("Softmax", ["logits"], [OUTPUT_NAME], axis=-1))
+    return head_model(nodes, inits, name, head.dim, k_out)
+
+
+def head_model(nodes: list, inits: list, name: str, dim: int, outputs: int) -> onnx.ModelProto:
+    """A head's ONNX model: `nodes` map INPUT_NAME [batch, dim] to OUTPUT_NAME [batch, outputs] (checked)."""
     graph = helper.make_graph(
         nodes, f"switchpoint-head-{name}",
-        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", head.dim])],
-        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", k_out])],
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", dim])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", outputs])],
         initializer=inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="switchpoint")

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
-from switchpoint.ml.linear import INPUT_NAME, IR_VERSION, OPSET, OUTPUT_NAME, class_weights
+from switchpoint.ml.linear import INPUT_NAME, OUTPUT_NAME, class_weights, head_model
 
 HIDDEN = 256
 WEIGHT_DECAY = 1e-3
@@ -121,13 +121,4 @@ def mlp_to_onnx(head: MlpHead, name: str) -> onnx.ModelProto:
              helper.make_node("Relu", ["a1"], ["h"]), helper.make_node("MatMul", ["h", "W2"], ["hw2"]),
              helper.make_node("Add", ["hw2", "b2"], ["logits"]),
              helper.make_node("Softmax", ["logits"], [OUTPUT_NAME], axis=-1)]
-    graph = helper.make_graph(
-        nodes, f"switchpoint-head-{name}",
-        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", head.dim])],
-        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", k])],
-        initializer=inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="switchpoint")
-    model.ir_version = IR_VERSION
-    onnx.checker.check_model(model)
-    return model
+    return head_model(nodes, inits, name, head.dim, k)
