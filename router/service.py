@@ -218,7 +218,7 @@ class RouterService:
                                 f"router, already reported, or expired after {self.ledger.ttl_s:g}s")
         assert entry is not None
         outcome = OUTCOMES[request.outcome]
-        cache_write = None if entry.cache is None else self.cache.store(
+        cache_write = None if entry.cache is None else await self.cache.store(
             entry.cache, request.outcome, request.response, request.completion_tokens)
         links = [trace.Link(entry.span_context)] if entry.span_context else []
         parent = context_from_metadata(context.invocation_metadata())
