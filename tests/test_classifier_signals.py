@@ -103,7 +103,7 @@ def test_each_classifier_runs_at_most_once_and_its_output_and_time_are_shown(sma
     result = route(smart_config, "Solve the differential equation y'' + y = 0", all_signals=True)
     assert result.inference is not None
     ran = [what for what, _, _ in result.inference.timings]
-    assert len(ran) == len(set(ran)) == 4  # domain, difficulty, jailbreak, billing similarity
+    assert len(ran) == len(set(ran)) == 5  # domain, difficulty, jailbreak, the PII recognisers, billing similarity
     assert len({k[0] for k in result.inference.embeddings}) == 1  # one encoder, one embedding of the text
     evidence = {s.name: s.evidence for s in result.signals}
     assert "math" in evidence["science"] and " ms)" in evidence["science"]

@@ -1,4 +1,4 @@
-"""Classifier and similarity signals: ONNX inference off the event loop, once per request at most.
+"""Classifier, similarity and PII signals: computed off the event loop, once per request at most.
 
 Rule signals are pure functions evaluated inline; these need an encoder and perhaps a head, which
 take from a fraction of a millisecond (static embeddings) to tens of milliseconds (the
@@ -35,13 +35,14 @@ import grpc
 import numpy as np
 from opentelemetry import trace
 
-from switchpoint.config.model import ClassifierSignal, Policy, SimilaritySignal
+from switchpoint.config.model import ClassifierSignal, PiiSignal, Policy, SimilaritySignal
 from switchpoint.router.classifiers.bank import LoadedClassifier, ModelBank
 from switchpoint.router.errors import RouteError
 from switchpoint.router.request import RouteInput
-from switchpoint.router.signals.rules import Inferred, NeuralSignal, scoped_text
+from switchpoint.router.signals.rules import Inferred, NeuralSignal, pii_found, scoped_text
 
 SIMILARITY_TIMEOUT_MS = 500
+PII_TIMEOUT_MS = 2000  # the recognisers scan ~2.7 MB/s: a 4 MB prompt takes ~1.5 s
 CLASSIFIER_NICENESS = 10
 
 
@@ -87,8 +88,8 @@ class SignalInference:
     async def infer(self, policy: Policy, signal: NeuralSignal, req: RouteInput,
                     state: RequestInference) -> Inferred:
         text = scoped_text(req, signal.scope)
-        is_classifier = isinstance(signal, ClassifierSignal)
-        what = f"classifier {signal.classifier}" if is_classifier else f"similarity {signal.name}"
+        what = (f"classifier {signal.classifier}" if isinstance(signal, ClassifierSignal)
+                else f"{'pii' if isinstance(signal, PiiSignal) else 'similarity'} {signal.name}")
         started = time.perf_counter()
         with self.tracer.start_as_current_span("switchpoint.classifier") as span:
             span.set_attribute("switchpoint.classifier", what)
@@ -97,6 +98,9 @@ class SignalInference:
                     loaded = self.bank.classifier(policy, signal.classifier)
                     probs = await self._head_output(state, loaded, text)
                     result = classifier_outcome(signal, loaded, probs)
+                elif isinstance(signal, PiiSignal):
+                    found = await self._off_loop(lambda: pii_found(signal, text), PII_TIMEOUT_MS)
+                    result = Inferred(bool(found), f"found {', '.join(found)}" if found else "none found")
                 else:
                     emb = await self.embedding(state, signal.encoder, text, SIMILARITY_TIMEOUT_MS)
                     result = similarity_outcome(signal, emb, self.bank.examples(signal))

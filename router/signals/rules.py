@@ -28,7 +28,7 @@ from switchpoint.config.model import (
 from switchpoint.router.classifiers.pii import find_pii
 from switchpoint.router.request import RouteInput
 
-NeuralSignal = ClassifierSignal | SimilaritySignal
+NeuralSignal = ClassifierSignal | SimilaritySignal | PiiSignal  # computed off the event loop
 
 
 @dataclass(frozen=True)
@@ -150,20 +150,17 @@ def _tools_fired(signal: ToolsSignal, req: RouteInput) -> bool:
     return req.tools_present == signal.present
 
 
-def _pii_found(signal: PiiSignal, req: RouteInput) -> list[str]:
-    found = sorted({e.type for e in find_pii(scoped_text(req, signal.scope))})
+def pii_found(signal: PiiSignal, text: str) -> list[str]:
+    """The personal-data types of the signal found in the text (computed off the loop: see signals/neural.py)."""
+    found = sorted({e.type for e in find_pii(text)})
     return found if signal.types is None else [t for t in found if t in signal.types]
-
-
-def _pii_fired(signal: PiiSignal, req: RouteInput) -> bool:
-    return bool(_pii_found(signal, req))
 
 
 _FIRED: dict[type, Callable[[Any, RouteInput], bool]] = {
     KeywordSignal: _keywords_fired, RegexSignal: _regex_fired, TokenRangeSignal: _tokens_fired,
-    MetadataSignal: _metadata_fired, TenantSignal: _tenant_fired, ToolsSignal: _tools_fired, PiiSignal: _pii_fired,
+    MetadataSignal: _metadata_fired, TenantSignal: _tenant_fired, ToolsSignal: _tools_fired,
 }
-NEURAL = (ClassifierSignal, SimilaritySignal)
+NEURAL = (ClassifierSignal, SimilaritySignal, PiiSignal)
 
 
 def signal_evidence(signal: Signal, req: RouteInput) -> str:
@@ -182,9 +179,6 @@ def signal_evidence(signal: Signal, req: RouteInput) -> str:
             return f"tenant={req.tenant or '-'}"
         case ToolsSignal():
             return "tools present" if req.tools_present else "no tools"
-        case PiiSignal():
-            found = _pii_found(signal, req)
-            return f"found {', '.join(found)}" if found else "none found"
     raise TypeError(f"unknown signal type {type(signal).__name__}")
 
 
