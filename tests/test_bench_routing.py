@@ -115,8 +115,6 @@ def test_oracle_and_singles_from_the_harness_functions():
     assert (c, q) == (pytest.approx(2.7392e-05, rel=1e-4), pytest.approx(0.5326, abs=1e-4))
 
 
-@pytest.mark.skipif(not (ROOT / "models" / "minilm-static" / "encoder.json").is_file()
-                    and not os.environ.get("SWITCHPOINT_MODELS"), reason="the default encoder is not built")
 def test_bench_routing_quick_json(tmp_path):
     out = subprocess.run([sys.executable, "-m", "switchpoint.cli", "bench", "routing", "--quick", "--json",
                           "--plot", str(tmp_path / "curves.png")],
