@@ -27,14 +27,15 @@ from switchpoint.router.signals.neural import SignalInference
 from switchpoint.router.telemetry import tracer_from
 from tests.conftest import EXAMPLES, ThreadedRouter, chat, wait_for
 
-POLICY = """
+HEADER = """
 apiVersion: switchpoint.dev/v1alpha1
 kind: RoutingPolicy
 metadata: {name: lab, namespace: default}
 spec:
   aliases: [lab]
   classifiers: [CLASSIFIERS]
-  signals:
+"""
+POLICY = HEADER + """  signals:
     - {name: greeting, keywords: {terms: [hello]}}
     - {name: science, classifier: {name: domain, labels: [math, physics]}}
     - {name: hard, classifier: {name: difficulty, above: 0.7}}
@@ -168,14 +169,7 @@ def transformer_head(tmp_path_factory) -> Path:
 ])
 def test_a_classifier_that_misses_its_deadline_degrades_or_fails_as_the_policy_says(
         config_dir, transformer_head, on_error, timeout_ms, expected):
-    body = """
-apiVersion: switchpoint.dev/v1alpha1
-kind: RoutingPolicy
-metadata: {name: lab, namespace: default}
-spec:
-  aliases: [lab]
-  classifiers: [CLASSIFIERS]
-  signals: [{name: refund, classifier: {name: refund, above: 0.5}}]
+    body = HEADER + """  signals: [{name: refund, classifier: {name: refund, above: 0.5}}]
   decisions: [{name: refunds, priority: 1, when: {signal: refund}, pools: [{pool: large-reasoning}]}]
   default: {pools: [{pool: small-chat}]}
 """
