@@ -128,7 +128,7 @@ class RoutePipeline:
             try:
                 embedding = await self.inference.embedding(state, decision.selection.encoder, req.last_user_text,
                                                            SELECTION_EMBED_TIMEOUT_MS)
-            except Exception:
+            except Exception:  # a late or failed embedding: the selectors use the dataset means and say so
                 embedding = None
         expected = req.max_tokens or policy.workload.default_output_tokens
         return selector.rank(candidate_models(decision),

@@ -70,10 +70,12 @@ class SelectorBank:
         """Build (or keep) the selector of every non-static decision; ConfigError naming the field otherwise."""
         problems: list[Problem] = []
         for policy in config.policies.values():
-            for i, decision in enumerate((*policy.decisions, policy.default)):
+            for decision in (*policy.decisions, policy.default):
                 if decision.selection.algorithm == "static":
                     continue
-                field = "spec.default.selection" if decision is policy.default else f"spec.decisions[{i}].selection"
+                # policy.decisions is sorted by priority, not in spec order: name the decision, not an index
+                field = ("spec.default.selection" if decision is policy.default
+                         else f"spec.decisions[name={decision.name}].selection")
                 key = (decision.selection, candidate_models(decision))
                 current = self._selectors.get((policy.key, decision.name))
                 if current is not None and current[0] == key:

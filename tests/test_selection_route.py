@@ -134,3 +134,21 @@ def test_a_model_the_dataset_does_not_know_refuses_the_config(tmp_path, dataset)
     with pytest.raises(ConfigError) as err:
         SelectorBank(ModelBank()).prepare(loaded)
     assert "spec.default.selection" in str(err.value) and "claude-9" in str(err.value)
+
+
+def test_a_broken_decision_selection_names_the_decision(tmp_path):
+    cfg = config(tmp_path, "{algorithm: static}")
+    policy = cfg / "policy.yaml"
+    policy.write_text(policy.read_text().replace("  default:", """  signals: [{name: long, promptTokens: {min: 100}}]
+  decisions:
+    - {name: early, priority: 1, when: {signal: long}, pools: [{pool: weak}]}
+    - name: late
+      priority: 2
+      when: {signal: long}
+      pools: [{pool: weak}, {pool: strong}]
+      selection: {algorithm: knn, dataset: /nonexistent/data.jsonl}
+  default:"""))
+    loaded = load_config([cfg])
+    with pytest.raises(ConfigError) as err:
+        SelectorBank(ModelBank()).prepare(loaded)
+    assert "spec.decisions[name=late].selection: knn selection:" in str(err.value)
