@@ -19,6 +19,7 @@ from switchpoint.router.metrics import RouterMetrics
 from switchpoint.router.pipeline import RoutePipeline, RouteResult, downgraded
 from switchpoint.router.request import InvalidRequest, RequestLimits, RouteInput, parse_route_request
 from switchpoint.router.selecting import feedback
+from switchpoint.router.selectors import Selector
 from switchpoint.router.telemetry import context_from_metadata
 from switchpoint.router.wire import MalformedRequest, lenient_deserializer
 from switchpoint.v1 import router_pb2
@@ -142,7 +143,7 @@ class RouterService:
             _annotate_route(span, result, decision)
         return decision
 
-    def _selector(self, result: RouteResult):  # type: ignore[no-untyped-def]
+    def _selector(self, result: RouteResult) -> Selector | None:
         selectors = self.pipeline.selectors
         if result.ranking is None or result.policy is None or selectors is None:
             return None
