@@ -107,6 +107,11 @@ class SelectorBank:
             return None
         return self.bank.encoder(decision.selection.encoder).encode_one("probe")
 
+    async def close(self) -> None:
+        for state in self._bandit_states:
+            with contextlib.suppress(Exception):
+                await state.close()
+
     async def sync_forever(self, interval_s: float = 1.0) -> None:
         """Share bandit counts through Redis (a background task of the router)."""
         while True:

@@ -194,5 +194,6 @@ class RouterServer:
             self.inference.close()
         if self.cache is not None:
             await self.cache.close()
+        await self.selectors.close()
         if self._owns_provider and isinstance(self.tracer_provider, TracerProvider):
             await asyncio.to_thread(self.tracer_provider.shutdown)
