@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from switchpoint.router.classifiers import models_dir
+from switchpoint.router.classifiers.encoder import session_options
 
 KNOWN_ENCODERS = ("minilm-static", "minilm-l6-v2", "minilm-l6-v2-int8")
 DOWNLOAD_TIMEOUT_S = 10.0
@@ -67,11 +68,8 @@ class Head:
 def _session(path: Path) -> Any:
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
     try:
-        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), session_options(), providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
         raise HeadError(f"{path}: not a loadable ONNX model ({type(exc).__name__}: {str(exc)[:200]})") from exc
 

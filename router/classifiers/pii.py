@@ -35,7 +35,6 @@ IBAN = "iban"
 NATIONAL_ID = "national_id"
 IP_ADDRESS = "ip_address"
 PII_TYPES = (EMAIL, PHONE, CREDIT_CARD, IBAN, NATIONAL_ID, IP_ADDRESS)
-NATIONAL_ID_KINDS = ("us_ssn", "uk_nino", "es_dni")
 
 
 @dataclass(frozen=True, slots=True)
