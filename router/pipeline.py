@@ -19,9 +19,9 @@ from switchpoint.router.decision import DecisionOutcome, decide
 from switchpoint.router.errors import RouteError
 from switchpoint.router.request import RouteInput
 from switchpoint.router.scheduling.scheduler import Scheduler
-from switchpoint.router.selecting import EMBEDDING_ALGORITHMS, SelectorBank, candidate_models
+from switchpoint.router.selecting import EMBEDDING_ALGORITHMS, BanditFeedback, SelectorBank, candidate_models, feedback
 from switchpoint.router.selection import Selection, select_static
-from switchpoint.router.selectors import Ranking, SelectionRequest
+from switchpoint.router.selectors import Ranking, SelectionRequest, Selector
 from switchpoint.router.signals.neural import RequestInference, SignalInference
 from switchpoint.router.signals.rules import Inferred, NeedsInference, NeuralSignal, SignalBoard, SignalResult
 from switchpoint.router.workload import Workload, classify, with_cache_state
@@ -37,6 +37,7 @@ class RouteResult:
     selection: Selection
     inference: RequestInference | None = None  # embeddings and classifier outputs computed for the request
     ranking: Ranking | None = None  # the selection algorithm's order and evidence (not for static)
+    bandit: BanditFeedback | None = None  # what a bandit needs from this request's Report
 
     @property
     def fired(self) -> tuple[str, ...]:
@@ -103,10 +104,10 @@ class RoutePipeline:
             span.set_attribute("switchpoint.decision", outcome.decision.name)
             span.set_attribute("switchpoint.decision.reason", outcome.reason)
         with stage("switchpoint.placement") as span:
-            decision, ranking = outcome.decision, None
+            decision, ranking, selector = outcome.decision, None, None
             span.set_attribute("switchpoint.selection.algorithm", decision.selection.algorithm)
             if policy is not None and decision.selection.algorithm != "static":
-                ranking = await self._rank(policy, decision, req, state)
+                selector, ranking = await self._rank(policy, decision, req, state)
                 candidates = tuple(decision.candidates[i] for i in ranking.order)
                 decision = replace(decision, candidates=candidates)
                 if span.is_recording():
@@ -115,9 +116,11 @@ class RoutePipeline:
             span.set_attribute("switchpoint.pool", selection.candidate.pool.name)
             span.set_attribute("switchpoint.replica", selection.placement.replica.address)
             workload = with_cache_state(workload, rules, req.input_tokens, selection.placement.uncached_tokens)
-        return RouteResult(req, policy, workload, board, outcome, selection, state, ranking)
+        return RouteResult(req, policy, workload, board, outcome, selection, state, ranking,
+                           feedback(ranking, selector, selection.candidate.model))
 
-    async def _rank(self, policy: Policy, decision: Decision, req: RouteInput, state: RequestInference) -> Ranking:
+    async def _rank(self, policy: Policy, decision: Decision, req: RouteInput,
+                    state: RequestInference) -> tuple[Selector, Ranking]:
         selector = self.selectors.selector(policy, decision) if self.selectors else None
         if selector is None:
             raise RouteError(grpc.StatusCode.FAILED_PRECONDITION,
@@ -131,8 +134,8 @@ class RoutePipeline:
             except Exception:  # a late or failed embedding: the selectors use the dataset means and say so
                 embedding = None
         expected = req.max_tokens or policy.workload.default_output_tokens
-        return selector.rank(candidate_models(decision),
-                             SelectionRequest(req.input_tokens, expected, embedding, req.request_id))
+        return selector, selector.rank(candidate_models(decision),
+                                       SelectionRequest(req.input_tokens, expected, embedding, req.request_id))
 
     async def _decide(self, policy: Policy, board: SignalBoard, req: RouteInput,
                       state: RequestInference) -> DecisionOutcome:

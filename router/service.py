@@ -18,8 +18,6 @@ from switchpoint.router.inflight import InflightEntry, InflightLedger
 from switchpoint.router.metrics import RouterMetrics
 from switchpoint.router.pipeline import RoutePipeline, RouteResult, downgraded
 from switchpoint.router.request import InvalidRequest, RequestLimits, RouteInput, parse_route_request
-from switchpoint.router.selecting import feedback
-from switchpoint.router.selectors import Selector
 from switchpoint.router.telemetry import context_from_metadata
 from switchpoint.router.wire import MalformedRequest, lenient_deserializer
 from switchpoint.v1 import router_pb2
@@ -135,19 +133,13 @@ class RouterService:
             budget=admission,
             pricing=result.selection.candidate.pool.pricing,
             cache=step.write,
-            bandit=feedback(result.ranking, self._selector(result), result.selection.candidate.model),
+            bandit=result.bandit,
         ))
         self.pipeline.scheduler.commit(result.selection.candidate, result.selection.placement)
         self.metrics.route_counter(result.policy_name, decision.decision, decision.pool, result.workload.label).inc()
         if span.is_recording():
             _annotate_route(span, result, decision)
         return decision
-
-    def _selector(self, result: RouteResult) -> Selector | None:
-        selectors = self.pipeline.selectors
-        if result.ranking is None or result.policy is None or selectors is None:
-            return None
-        return selectors.selector(result.policy, result.outcome.decision)
 
     async def _cache_stage(self, result: RouteResult, span: trace.Span) -> CacheStep:
         if not span.is_recording() or not result.outcome.decision.cache.enabled:
