@@ -1,19 +1,19 @@
-"""Parsing and validating a Route request into the router's own view of it.
+"""The router's own view of one request, and its validation: plain data, no transport.
 
-Validation is a pure function of the proto message and the limits; a bad
-request raises InvalidRequest naming the field, which the service answers
-with INVALID_ARGUMENT.
+Front doors (the gRPC Router service, Envoy external processing) translate what they receive into the
+arguments of `route_input`, which validates them against the limits; a bad request raises
+InvalidRequest naming the field, which each front door answers in its own terms (INVALID_ARGUMENT, 400).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
+from switchpoint.router.refusals import InvalidRequest
 from switchpoint.router.signals.tokens import estimate_tokens
-from switchpoint.v1 import router_pb2
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 MESSAGE_OVERHEAD_TOKENS = 4  # chat templates add a few tokens per message (role markers, separators)
@@ -40,10 +40,6 @@ class lazy(Generic[T]):
         return value
 
 
-class InvalidRequest(Exception):
-    """A request the router refuses; the message names the field."""
-
-
 @dataclass(frozen=True)
 class RequestLimits:
     max_prompt_bytes: int = 4 * 1024 * 1024  # content of all messages together (~1M tokens)
@@ -57,7 +53,7 @@ class RequestLimits:
 
 
 class Turn(Protocol):
-    """A chat message: the proto ChatMessage on the server, a ChatTurn where requests are built in Python."""
+    """A chat message: anything with a role and a text content (a ChatTurn, or a stored message)."""
 
     @property
     def role(self) -> str: ...
@@ -66,10 +62,22 @@ class Turn(Protocol):
     def content(self) -> str: ...
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ChatTurn:
     role: str
     content: str
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """The sampling parameters the frontend sends upstream; None / empty / 0 mean "not given"."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    response_format: str = ""  # "text", "json_object", or a JSON schema's text
+    n: int = 0
 
 
 @dataclass
@@ -86,7 +94,7 @@ class RouteInput:
     max_tokens: int | None = None
     stream: bool = False
     tools_present: bool = False
-    sampling: router_pb2.Sampling | None = None  # None when the frontend sent none
+    sampling: Sampling | None = None  # None when the frontend sent none
     tools_json: str = ""
 
     @lazy
@@ -133,55 +141,64 @@ class RouteInput:
         return sum(1 for m in self.messages if m.role == "user")
 
 
-def parse_route_request(msg: router_pb2.RouteRequest, limits: RequestLimits) -> RouteInput:
-    if not msg.model:
+def route_input(*, model: str, messages: Sequence[Turn], limits: RequestLimits, request_id: str = "",
+                tenant: str = "", user: str = "", session: str = "", metadata: Mapping[str, str] | None = None,
+                max_tokens: int | None = None, stream: bool = False, tools_present: bool = False,
+                sampling: Sampling | None = None, tools_json: str = "") -> RouteInput:
+    """A validated RouteInput; InvalidRequest naming the field otherwise.
+
+    The cost is bounded by the number of messages, not by their size: content is measured with len()
+    (constant time), and encoded to count bytes only when the characters could exceed the byte limit.
+    """
+    if not model:
         raise InvalidRequest("model: required (the model or alias to route)")
-    for name in ("model", "tenant", "user", "session", "request_id"):
-        value = getattr(msg, name)
+    for name, value in (("model", model), ("tenant", tenant), ("user", user), ("session", session),
+                        ("request_id", request_id)):
         if len(value) > limits.max_id_length:
             raise InvalidRequest(f"{name}: {len(value)} characters; the limit is {limits.max_id_length}")
-    if not msg.messages:
+    if not messages:
         raise InvalidRequest("messages: at least one message is required")
-    if len(msg.messages) > limits.max_messages:
-        raise InvalidRequest(f"messages: {len(msg.messages)} messages; the limit is {limits.max_messages}")
+    if len(messages) > limits.max_messages:
+        raise InvalidRequest(f"messages: {len(messages)} messages; the limit is {limits.max_messages}")
     size = 0
-    turns = msg.messages  # the proto messages themselves: no copy on the hot path
-    for i, m in enumerate(turns):
+    for i, m in enumerate(messages):
         if m.role not in ROLES:
             expected = ", ".join(ROLES)
             raise InvalidRequest(f"messages[{i}].role: unknown role '{m.role[:40]}' (expected one of {expected})")
         size += len(m.content)  # characters; bytes are at most 4x, checked below only when close
     if size * 4 > limits.max_prompt_bytes:
-        size = sum(len(t.content.encode("utf-8")) for t in turns)
+        size = sum(len(t.content.encode("utf-8", "surrogatepass")) for t in messages)
         if size > limits.max_prompt_bytes:
             raise InvalidRequest(
                 f"messages: {size:,} bytes of content; the limit is {limits.max_prompt_bytes:,} bytes"
             )
-    metadata = _metadata(msg.metadata, limits)
-    sampling = msg.sampling if msg.HasField("sampling") else None
+    if max_tokens is not None and max_tokens < 0:
+        raise InvalidRequest(f"max_tokens: must be a positive number, got {max_tokens}")
+    checked = _metadata(metadata or {}, limits)
     if sampling is not None:
         _check_sampling(sampling, limits)
-    if len(msg.tools_json) > limits.max_tools_bytes:
-        raise InvalidRequest(f"tools_json: {len(msg.tools_json):,} characters; the limit is {limits.max_tools_bytes:,}")
+    if len(tools_json) > limits.max_tools_bytes:
+        raise InvalidRequest(f"tools_json: {len(tools_json):,} characters; the limit is {limits.max_tools_bytes:,}")
     return RouteInput(
-        request_id=msg.request_id or os.urandom(12).hex(),
-        model=msg.model,
-        messages=turns,
-        tenant=msg.tenant,
-        user=msg.user,
-        session=msg.session,
-        metadata=metadata,
-        max_tokens=msg.max_tokens or None,
-        stream=msg.stream,
-        tools_present=msg.tools_present or bool(msg.tools_json),
+        request_id=request_id or os.urandom(12).hex(),
+        model=model,
+        messages=messages,
+        tenant=tenant,
+        user=user,
+        session=session,
+        metadata=checked,
+        max_tokens=max_tokens or None,
+        stream=stream,
+        tools_present=tools_present or bool(tools_json),
         sampling=sampling,
-        tools_json=msg.tools_json,
+        tools_json=tools_json,
     )
 
 
-def _check_sampling(sampling: router_pb2.Sampling, limits: RequestLimits) -> None:
+def _check_sampling(sampling: Sampling, limits: RequestLimits) -> None:
     for name, low, high in (("temperature", 0.0, 2.0), ("top_p", 0.0, 1.0)):
-        if sampling.HasField(name) and not low <= getattr(sampling, name) <= high:
+        value = getattr(sampling, name)
+        if value is not None and not low <= value <= high:
             raise InvalidRequest(f"sampling.{name}: {getattr(sampling, name)} is outside [{low:g}, {high:g}]")
     if len(sampling.stop) > limits.max_stop_sequences:
         raise InvalidRequest(f"sampling.stop: {len(sampling.stop)} sequences; the limit is {limits.max_stop_sequences}")
@@ -194,7 +211,7 @@ def _check_sampling(sampling: router_pb2.Sampling, limits: RequestLimits) -> Non
                              f"the limit is {limits.max_sampling_text:,}")
 
 
-def _metadata(raw: dict[str, str], limits: RequestLimits) -> dict[str, str]:
+def _metadata(raw: Mapping[str, str], limits: RequestLimits) -> dict[str, str]:
     if len(raw) > limits.max_metadata_entries:
         raise InvalidRequest(f"metadata: {len(raw)} entries; the limit is {limits.max_metadata_entries}")
     total = sum(len(k) + len(v) for k, v in raw.items())

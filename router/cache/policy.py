@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from switchpoint.router.cache.scope import Sampling, as_sampling
 
@@ -32,7 +31,7 @@ DEFAULT_TTL_S = 3600.0
 DEFAULT_MAX_ENTRY_BYTES = 64 * 1024
 
 # Report outcomes (switchpoint.v1.Outcome values; kept here so this module stays a pure function of plain values).
-OUTCOME_SUCCESS, OUTCOME_ERROR, OUTCOME_CANCELLED, OUTCOME_TRUNCATED = 1, 2, 3, 4
+OUTCOME_SUCCESS, OUTCOME_ERROR, OUTCOME_CANCELLED, OUTCOME_TRUNCATED = "success", "error", "cancelled", "truncated"
 
 
 @dataclass(frozen=True)
@@ -55,7 +54,7 @@ class Directive:
     reason: str  # "" when both are allowed; else why not (for the trace): bypass, no-store, refresh, n>1, temperature
 
 
-def directive(metadata: Mapping[str, str], sampling: Sampling | Any | None, options: CacheOptions) -> Directive:
+def directive(metadata: Mapping[str, str], sampling: Sampling | None, options: CacheOptions) -> Directive:
     """Whether this request may read and write the cache (metadata keys are lower-cased by the router);
     sampling as for cache_scope()."""
     flag = metadata.get(CACHE_HEADER, "").strip().lower()
@@ -75,7 +74,7 @@ def directive(metadata: Mapping[str, str], sampling: Sampling | Any | None, opti
     return Directive(True, True, "")
 
 
-def storable(outcome: int, response: str, pii_flagged: bool, options: CacheOptions, *,
+def storable(outcome: str, response: str, pii_flagged: bool, options: CacheOptions, *,
              refused: bool = False, write_allowed: bool = True) -> tuple[bool, str]:
     """Whether a Reported exchange becomes a cache entry, and why not (a bounded label for metrics)."""
     if not write_allowed:

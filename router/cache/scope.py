@@ -36,52 +36,27 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from switchpoint.router.request import Turn
+from switchpoint.router.request import Sampling, Turn
 
 DIGEST_CHARS = 24  # 96 bits: collisions are out of reach for any cache size
 TAG_CHARS = 12  # policy and tenant tags in key names (flush by prefix); the scope digest is what isolates
 
 
-@dataclass(frozen=True)
-class Sampling:
-    """The sampling parameters that change the answer; None / empty / 0 mean "not given"."""
+def sampling_key(s: Sampling) -> str:
+    """The sampling parameters in one canonical string (stop sequences as a set, JSON formats normalised)."""
+    def num(x: float | None) -> str:
+        return "-" if x is None else repr(round(float(x), 4))
 
-    temperature: float | None = None
-    top_p: float | None = None
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    response_format: str = ""
-    n: int = 0
-
-    @classmethod
-    def from_proto(cls, msg: Any) -> Sampling:
-        """From a switchpoint.v1.Sampling message (proto3 optional fields: HasField tells "not given")."""
-        return cls(
-            temperature=msg.temperature if msg.HasField("temperature") else None,
-            top_p=msg.top_p if msg.HasField("top_p") else None,
-            seed=msg.seed if msg.HasField("seed") else None,
-            stop=tuple(msg.stop),
-            response_format=msg.response_format,
-            n=msg.n,
-        )
-
-    def canonical(self) -> str:
-        def num(x: float | None) -> str:
-            return "-" if x is None else repr(round(float(x), 4))
-
-        return "\x1f".join((
-            num(self.temperature), num(self.top_p), "-" if self.seed is None else str(self.seed),
-            "\x1e".join(sorted(set(self.stop))), _canonical_json(self.response_format), str(self.n or 1),
-        ))
+    return "\x1f".join((
+        num(s.temperature), num(s.top_p), "-" if s.seed is None else str(s.seed),
+        "\x1e".join(sorted(set(s.stop))), _canonical_json(s.response_format), str(s.n or 1),
+    ))
 
 
-def as_sampling(sampling: Sampling | Any | None) -> Sampling:
-    """A Sampling from itself, a switchpoint.v1.Sampling message, or None (nothing given)."""
-    if isinstance(sampling, Sampling):
-        return sampling
-    return Sampling() if sampling is None else Sampling.from_proto(sampling)
+def as_sampling(sampling: Sampling | None) -> Sampling:
+    """The request's Sampling, or the empty one when it sent none."""
+    return Sampling() if sampling is None else sampling
 
 
 @dataclass(frozen=True)
@@ -133,13 +108,13 @@ def system_prompt(messages: Sequence[Turn]) -> str:
 
 
 def cache_scope(policy: str, decision: str, tenant: str, model: str, system: str = "", tools_json: str = "",
-                sampling: Sampling | Any | None = None, encoder: str = "") -> CacheScope:
-    """sampling: a Sampling, a switchpoint.v1.Sampling message (RouteInput.sampling), or None (none sent).
+                sampling: Sampling | None = None, encoder: str = "") -> CacheScope:
+    """sampling: the request's Sampling, or None (none sent).
     encoder: the name of the encoder that embeds the requests; vectors of two encoders never share a scope
     (a changed encoder starts an empty vector tier instead of comparing incomparable vectors)."""
     s = as_sampling(sampling)
     digest = _hex("scope/v1", policy, decision, tenant, model, _hex(system.strip()),
-                  _hex(_canonical_json(tools_json)), s.canonical(), encoder)
+                  _hex(_canonical_json(tools_json)), sampling_key(s), encoder)
     return CacheScope(policy, decision, tenant, model, digest)
 
 
