@@ -5,17 +5,17 @@ from __future__ import annotations
 import random
 from collections import Counter
 
-import grpc
+import numpy as np
 import pytest
 
 from switchpoint.config.model import Candidate, Decision, MetricsConfig, Pool, Pricing, Replica, Role, SchedulingConfig
-from switchpoint.router.errors import RouteError
 from switchpoint.router.inflight import InflightEntry, InflightLedger
+from switchpoint.router.refusals import InvalidRequest, Unavailable
 from switchpoint.router.request import ChatTurn, RouteInput
-from switchpoint.router.scheduling.fleet import FleetState, ReplicaMetrics
+from switchpoint.router.scheduling.fleet import FleetState
 from switchpoint.router.scheduling.profiles import profile_for
 from switchpoint.router.scheduling.scheduler import Scheduler
-from switchpoint.router.scheduling.scorers import SCORERS, ReplicaFacts, ScoringInput
+from switchpoint.router.scheduling.scorers import SCORERS, ScoringInput
 from switchpoint.router.selection import select_static
 
 
@@ -45,33 +45,54 @@ def entry(rid: str, replica: str, prefill: str = "", started: float = 0.0) -> In
     return InflightEntry(rid, "p", "d", "pool", "m", replica, prefill, started=started)
 
 
-def facts(address: str, **kw) -> ReplicaFacts:
-    base = dict(metrics=None, inflight=0, backlog_tokens=0.0, prefix_blocks=0, total_blocks=10, uncached_tokens=100)
-    return ReplicaFacts(address, **{**base, **kw})
+def columns(n: int, **kw) -> ScoringInput:
+    """n candidates: nothing cached, idle, 100 uncached prompt tokens each, unless given (as lists)."""
+    inflight = np.array(kw.pop("inflight", [0] * n), dtype=float)
+    base = dict(prefix_blocks=[0] * n, uncached_tokens=[100] * n, backlog_tokens=[0.0] * n,
+                waiting=[0.0] * n, running=[0.0] * n, kv_usage=[0.0] * n)
+    cols = {k: np.array(v, dtype=float) for k, v in {**base, **kw}.items()}
+    return ScoringInput(5000.0, 10, loads=lambda: inflight, **cols)
 
 
 SCORER_CASES = [
-    ("queue", [ReplicaMetrics(waiting=0), ReplicaMetrics(waiting=5), ReplicaMetrics(waiting=10)], [1.0, 0.5, 0.0]),
-    ("queue all equal", [ReplicaMetrics(waiting=3), ReplicaMetrics(waiting=3)], [1.0, 1.0]),
-    ("kv-cache", [ReplicaMetrics(kv_usage=0.25), ReplicaMetrics(kv_usage=0.9)], [0.75, 0.1]),
+    ("queue", dict(waiting=[0, 5, 10]), [1.0, 0.5, 0.0]),
+    ("queue", dict(waiting=[3, 3]), [1.0, 1.0]),
+    ("kv-cache", dict(kv_usage=[0.25, 0.9]), [0.75, 0.1]),
+    ("kv-cache", dict(kv_usage=[-0.5, 1.5]), [1.0, 0.0]),
+    ("least-request", dict(inflight=[4, 0, 2]), [0.0, 1.0, 0.5]),
+    ("inflight-tokens", dict(backlog_tokens=[0, 1000]), [1.0, 0.0]),
+    ("decode-interference", dict(uncached_tokens=[100, 100, 100], running=[2, 0, 0], inflight=[0, 1, 0]),
+     [0.0, 0.5, 1.0]),
 ]
 
 
-@pytest.mark.parametrize(("name", "metrics", "expected"), SCORER_CASES, ids=[c[0] for c in SCORER_CASES])
-def test_scraped_metric_scorers_follow_gie(name, metrics, expected):
-    scorer = SCORERS[name.split()[0]]
-    x = ScoringInput([facts(f"r{i}", metrics=m) for i, m in enumerate(metrics)], 5000)
-    assert scorer(x) == pytest.approx(expected)
+@pytest.mark.parametrize(("name", "given", "expected"), SCORER_CASES,
+                         ids=[f"{c[0]}-{i}" for i, c in enumerate(SCORER_CASES)])
+def test_scorers_follow_gie_normalisation(name, given, expected):
+    n = len(next(iter(given.values())))
+    scores = SCORERS[name](columns(n, **given))
+    assert scores.tolist() == pytest.approx(expected)
+    assert ((scores >= 0) & (scores <= 1)).all()
 
 
 def test_prefix_and_latency_scorers():
-    x = ScoringInput([facts("a", prefix_blocks=8, uncached_tokens=100, backlog_tokens=0),
-                      facts("b", prefix_blocks=0, uncached_tokens=900, backlog_tokens=0),
-                      facts("c", prefix_blocks=0, uncached_tokens=900, backlog_tokens=4000)], 5000)
-    assert SCORERS["prefix-cache"](x) == [0.8, 0.0, 0.0]
-    latency = SCORERS["predicted-latency"](x)
+    x = columns(3, prefix_blocks=[8, 0, 0], uncached_tokens=[100, 900, 900], backlog_tokens=[0, 0, 4000])
+    assert SCORERS["prefix-cache"](x).tolist() == [0.8, 0.0, 0.0]
+    latency = SCORERS["predicted-latency"](x).tolist()
     assert latency[0] == 1.0 and latency[0] > latency[1] > latency[2]
     assert all(0 < s <= 1 for s in latency)
+
+
+def test_in_flight_counts_are_gathered_only_by_scorers_that_read_them():
+    calls = []
+    x = columns(2)
+    x.loads = lambda: calls.append(1) or np.zeros(2)
+    SCORERS["predicted-latency"](x)
+    SCORERS["kv-cache"](x)
+    assert calls == []
+    SCORERS["least-request"](x)
+    SCORERS["decode-interference"](x)
+    assert calls == [1]
 
 
 def test_policy_weights_override_the_profile():
@@ -162,9 +183,9 @@ def test_a_pool_of_only_prefill_replicas_cannot_serve():
     sched = Scheduler(InflightLedger())
     p = pool("pre", Replica("p:1", Role.PREFILL))
     assert sched.place(cand(p), req("hi")) is None
-    with pytest.raises(RouteError) as caught:
+    with pytest.raises(Unavailable) as caught:
         select_static(Decision("d", 1, None, (cand(p),)), req("hi"), sched)
-    assert caught.value.code == grpc.StatusCode.UNAVAILABLE and "pool(s) 'pre'" in caught.value.message
+    assert "pool(s) 'pre'" in caught.value.message
 
 
 def test_failing_replicas_leave_rotation_and_come_back():
@@ -195,9 +216,9 @@ def test_selection_skips_pools_too_small_and_orders_fallbacks():
 def test_a_request_larger_than_every_pool_is_invalid():
     sched = Scheduler(InflightLedger())
     decision = Decision("d", 1, None, (cand(pool("small", Replica("s:1"), context=10)),))
-    with pytest.raises(RouteError) as caught:
+    with pytest.raises(InvalidRequest) as caught:
         select_static(decision, req("hello " * 20), sched)
-    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT and "has no pool that large" in caught.value.message
+    assert "has no pool that large" in caught.value.message
 
 
 def test_ledger_settles_counts_prefill_and_expires():

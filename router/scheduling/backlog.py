@@ -8,14 +8,32 @@ that looked idle at the last scrape (the herding a scraped queue length invites)
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
+import numpy as np
+
+from switchpoint.router.scheduling.table import ReplicaTable
+
 
 class PrefillBacklog:
     def __init__(self) -> None:
-        self._tokens: dict[str, tuple[float, float]] = {}  # replica -> (tokens, at)
+        self.table = ReplicaTable(tokens=0.0, at=0.0)  # tokens owed as of `at`
 
     def tokens(self, replica: str, now: float, rate: float) -> float:
-        tokens, at = self._tokens.get(replica, (0.0, now))
-        return max(0.0, tokens - rate * (now - at))
+        if replica not in self.table:
+            return 0.0
+        return float(self.tokens_at(np.array([self.table.slot(replica)]), now, rate)[0])
+
+    def tokens_at(self, slots: np.ndarray, now: float, rate: float) -> np.ndarray:
+        """The backlog of the replicas in these table slots, drained up to `now`."""
+        c = self.table.columns
+        return np.maximum(0.0, c["tokens"][slots] - rate * (now - c["at"][slots]))
 
     def add(self, replica: str, tokens: float, now: float, rate: float) -> None:
-        self._tokens[replica] = (self.tokens(replica, now, rate) + tokens, now)
+        slot = self.table.slot(replica)
+        c = self.table.columns
+        c["tokens"][slot] = max(0.0, c["tokens"][slot] - rate * (now - c["at"][slot])) + tokens
+        c["at"][slot] = now
+
+    def retain(self, addresses: Collection[str]) -> None:
+        self.table.retain(addresses)

@@ -5,13 +5,22 @@ serialised and cut into blocks of 64 characters (16 tokens x 4 characters), each
 hashed with the previous block's hash (seeded with the model name), at most 256 blocks;
 each replica keeps an LRU of 31,250 block hashes, and the index is updated with the
 replica actually chosen. It is a guess: the router never sees the replicas' real caches.
+
+The index is kept both ways: per replica its LRU (for eviction), and per block the set of
+replicas holding it, as a bit mask over the replicas' table slots. A lookup then costs one
+AND per block of the request, whatever the fleet size: the replicas that hold the first d
+blocks are the AND of the first d masks, and the masks only shrink as d grows.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Collection
+
+import numpy as np
 
 from switchpoint.router.request import RouteInput
+from switchpoint.router.scheduling.table import ReplicaTable
 
 BLOCK_CHARS = 64
 TOKENS_PER_BLOCK = 16
@@ -47,24 +56,70 @@ def _blocks(req: RouteInput, model: str) -> tuple[int, ...]:
 class PrefixIndex:
     def __init__(self, capacity: int = LRU_BLOCKS):
         self.capacity = capacity
-        self._replicas: dict[str, OrderedDict[int, None]] = {}
+        self.table = ReplicaTable()  # slots only: bit `slot` of a mask is that replica
+        self._lru: dict[str, OrderedDict[int, None]] = {}
+        self._holders: dict[int, int] = {}  # block hash -> mask of the replicas holding it
+
+    def __len__(self) -> int:
+        """Replicas with blocks in the index."""
+        return len(self._lru)
+
+    def matches(self, blocks: tuple[int, ...]) -> np.ndarray | None:
+        """Per table slot, how many leading blocks that replica is believed to hold; None when no replica holds
+        the first block."""
+        holders = self._holders
+        held = holders.get(blocks[0], 0) if blocks else 0
+        if not held:
+            return None
+        counts = np.zeros(self.table.capacity, dtype=np.int64)
+        run = 1  # how many consecutive depths `held` has been the mask
+        for block in blocks[1:]:
+            deeper = held & holders.get(block, 0)
+            if deeper == held:
+                run += 1
+                continue
+            counts[self._bits(held)] += run
+            held, run = deeper, 1
+            if not held:
+                break
+        if held:
+            counts[self._bits(held)] += run
+        return counts
 
     def match(self, replica: str, blocks: tuple[int, ...]) -> int:
-        """How many leading blocks the replica is believed to hold."""
-        lru = self._replicas.get(replica)
-        if not lru:
-            return 0
-        n = 0
-        for b in blocks:
-            if b not in lru:
-                break
-            n += 1
-        return n
+        """How many leading blocks one replica is believed to hold."""
+        counts = self.matches(blocks)
+        return int(counts[self.table.slot_of[replica]]) if counts is not None and replica in self.table else 0
 
     def record(self, replica: str, blocks: tuple[int, ...]) -> None:
-        lru = self._replicas.setdefault(replica, OrderedDict())
+        bit = 1 << self.table.slot(replica)
+        lru = self._lru.setdefault(replica, OrderedDict())
+        holders = self._holders
         for b in blocks:
-            lru[b] = None
-            lru.move_to_end(b)
+            if b in lru:
+                lru.move_to_end(b)
+            else:
+                lru[b] = None
+                holders[b] = holders.get(b, 0) | bit
         while len(lru) > self.capacity:
-            lru.popitem(last=False)
+            self._release(lru.popitem(last=False)[0], bit)
+
+    def retain(self, replicas: Collection[str]) -> None:
+        """Forget the replicas not in `replicas` (their slots are reused: their bits are cleared first)."""
+        for replica in [r for r in self._lru if r not in replicas]:
+            bit = 1 << self.table.slot_of[replica]
+            for b in self._lru.pop(replica):
+                self._release(b, bit)
+        self.table.retain(replicas)
+
+    def _release(self, block: int, bit: int) -> None:
+        left = self._holders[block] & ~bit
+        if left:
+            self._holders[block] = left
+        else:
+            del self._holders[block]
+
+    def _bits(self, mask: int) -> np.ndarray:
+        """The mask as booleans per slot."""
+        raw = np.frombuffer(mask.to_bytes((self.table.capacity + 7) // 8, "little"), dtype=np.uint8)
+        return np.unpackbits(raw, bitorder="little")[: self.table.capacity].view(bool)

@@ -1,4 +1,4 @@
-"""Named scheduling profiles: weighted scorers plus a picker.
+"""Named scheduling profiles: filters, weighted scorers and a picker (GIE's filter -> scorers -> picker).
 
 - switchpoint: predicted TTFT from the router's own prefill backlog and prefix affinity
   (one unit, time), weight 4, with KV-cache pressure, weight 1. (decode-interference is
@@ -8,6 +8,10 @@
   queue 2, kv-cache 2, prefix-cache 3, max-score picker with random ties.
 - least-request: the router's own in-flight counts (llm-d's active-request scorer).
 - round-robin, random: the classic baselines.
+
+Adding a profile: an entry in PROFILES and its name in the CRD's enum (RoutingPolicy
+spec.scheduling[].profile); tests/test_scheduling_registry.py fails until both agree and
+every filter, scorer and picker it names is registered.
 """
 
 from __future__ import annotations
@@ -20,17 +24,18 @@ from switchpoint.config.model import SchedulingConfig
 @dataclass(frozen=True)
 class Profile:
     name: str
-    weights: tuple[tuple[str, float], ...]
-    picker: str = "max-score"  # or round-robin, random
+    weights: tuple[tuple[str, float], ...]  # scorer name -> weight
+    picker: str = "max-score"
+    filters: tuple[str, ...] = ("ready",)
 
 
-PROFILES = {
-    "switchpoint": Profile("switchpoint", (("predicted-latency", 4.0), ("kv-cache", 1.0))),
-    "gie-default": Profile("gie-default", (("queue", 2.0), ("kv-cache", 2.0), ("prefix-cache", 3.0))),
-    "least-request": Profile("least-request", (("least-request", 1.0),)),
-    "round-robin": Profile("round-robin", (), picker="round-robin"),
-    "random": Profile("random", (), picker="random"),
-}
+PROFILES = {p.name: p for p in (
+    Profile("switchpoint", (("predicted-latency", 4.0), ("kv-cache", 1.0))),
+    Profile("gie-default", (("queue", 2.0), ("kv-cache", 2.0), ("prefix-cache", 3.0))),
+    Profile("least-request", (("least-request", 1.0),)),
+    Profile("round-robin", (), picker="round-robin"),
+    Profile("random", (), picker="random"),
+)}
 
 
 def profile_for(config: SchedulingConfig) -> Profile:
@@ -40,4 +45,4 @@ def profile_for(config: SchedulingConfig) -> Profile:
         return base
     weights = dict(base.weights)
     weights.update(config.weights)
-    return Profile(base.name, tuple((n, w) for n, w in weights.items() if w > 0), base.picker)
+    return Profile(base.name, tuple((n, w) for n, w in weights.items() if w > 0), base.picker, base.filters)

@@ -8,6 +8,12 @@ For a pool with prefill-role replicas, the decode replica is chosen first (it is
 destination); a prefill replica is added only when the prompt tokens the decode replica
 does not have cached reach `min_uncached_tokens` — below that, moving the KV cache costs
 more than prefilling locally.
+
+A Route costs about the same whatever the pool's size: the pool's replicas and their slots
+in the per-replica tables are prepared once per config (PoolView), scorers run over numpy
+columns, the prefix index is looked up per block rather than per replica, and the picker
+orders only the chosen replica and its MAX_ALTERNATIVES fallbacks. `retain` prunes every
+per-replica and per-pool state to what a new config names.
 """
 
 from __future__ import annotations
@@ -19,29 +25,44 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from switchpoint.config.model import Candidate, Pool, Replica, Role
+import numpy as np
+
+from switchpoint.config.model import Candidate, Pool, Replica, RouterConfig, SchedulingConfig
 from switchpoint.router.inflight import InflightLedger
 from switchpoint.router.request import RouteInput
 from switchpoint.router.scheduling.backlog import PrefillBacklog
+from switchpoint.router.scheduling.filters import FILTERS
 from switchpoint.router.scheduling.fleet import FleetState
+from switchpoint.router.scheduling.pickers import PICKERS, PickContext
+from switchpoint.router.scheduling.pools import PoolView, build_view
 from switchpoint.router.scheduling.prefix import TOKENS_PER_BLOCK, PrefixIndex, request_blocks
 from switchpoint.router.scheduling.profiles import Profile, profile_for
-from switchpoint.router.scheduling.scorers import SCORERS, ReplicaFacts, ScoringInput
+from switchpoint.router.scheduling.scorers import SCORERS, ScoringInput
+
+MAX_ALTERNATIVES = 4  # ranked fallbacks inside the chosen pool (the selection keeps at most 4 fallbacks in all)
 
 
 @dataclass(frozen=True)
 class Placement:
     replica: Replica  # the destination (decodes)
     prefill: Replica | None  # set when the request is disaggregated
-    alternatives: tuple[Replica, ...]  # other decode-capable replicas, best first
+    alternatives: tuple[Replica, ...]  # other decode-capable replicas, best first (at most MAX_ALTERNATIVES)
     uncached_tokens: int  # prompt tokens the prefilling replica has to compute
     blocks: tuple[int, ...]  # the request's prefix blocks
-    scores: tuple[tuple[str, float], ...] = ()  # replica -> weighted score, for traces
+    scores: tuple[tuple[str, float], ...] = ()  # replica -> weighted score of those ranked, for traces
 
 
-def ready_replicas(pool: Pool, fleet: FleetState) -> list[Replica]:
-    """The pool's replicas in rotation. Local mode knows only static endpoints."""
-    return [r for r in pool.static_replicas if fleet.ready(pool, r)]
+@dataclass(frozen=True)
+class _Ranked:
+    replicas: tuple[Replica, ...]  # best first
+    uncached_tokens: int  # of the first
+    scores: tuple[tuple[str, float], ...]
+
+
+def _copy(rng: random.Random) -> random.Random:
+    twin = random.Random()
+    twin.setstate(rng.getstate())
+    return twin
 
 
 class Scheduler:
@@ -51,76 +72,128 @@ class Scheduler:
         self.fleet = fleet or FleetState()
         self.clock = clock
         self.rng = rng or random.Random()
+        # ties are broken with numpy's generator, seeded from a copy of `rng` so that `rng`'s own sequence (the
+        # random picker's) is the one a caller seeded
+        self._np_rng = np.random.default_rng(_copy(self.rng).getrandbits(64))
         self.prefix = PrefixIndex()
         self.backlog = PrefillBacklog()
         self._turns: dict[str, itertools.count] = defaultdict(itertools.count)
+        self._views: dict[str, PoolView] = {}
+        self._named: tuple[frozenset[str], frozenset[str]] | None = None  # (pool keys, addresses) of the config
 
     def place(self, candidate: Candidate, req: RouteInput) -> Placement | None:
         """None when the pool has no ready replica that can decode."""
-        pool, config = candidate.pool, candidate.scheduling
+        config = candidate.scheduling
         profile = profile_for(config)
-        replicas = ready_replicas(pool, self.fleet)
-        decoders = [r for r in replicas if r.role.decodes]
-        if not decoders:
+        view = self._view(candidate.pool)
+        ready = view.positions
+        for name in profile.filters:
+            ready = FILTERS[name](view, ready, self.fleet)
+        decoders = FILTERS["decode"](view, ready, self.fleet)
+        if not len(decoders):
             return None
         blocks = request_blocks(req, candidate.model)
+        matched = self.prefix.matches(blocks) if blocks else None
         now = self.clock()
-        ranked, facts, scores = self._rank(pool, profile, config.prefill_tokens_per_second, decoders, blocks,
-                                           req.input_tokens, now)
-        chosen = ranked[0]
-        uncached = facts[chosen.address].uncached_tokens
+        best = self._rank(view, profile, config, decoders, len(blocks), matched, req.input_tokens, now)
+        uncached = best.uncached_tokens
         prefill = None
-        prefillers = [r for r in replicas if r.role is Role.PREFILL]
-        if prefillers and uncached >= config.min_uncached_tokens:
-            p_ranked, p_facts, _ = self._rank(pool, profile, config.prefill_tokens_per_second, prefillers, blocks,
-                                              req.input_tokens, now)
-            prefill = p_ranked[0]
-            uncached = p_facts[prefill.address].uncached_tokens
-        return Placement(chosen, prefill, tuple(ranked[1:]), uncached, blocks, scores)
+        prefillers = FILTERS["prefill"](view, ready, self.fleet)
+        if len(prefillers) and uncached >= config.min_uncached_tokens:
+            ranked = self._rank(view, profile, config, prefillers, len(blocks), matched, req.input_tokens, now)
+            prefill, uncached = ranked.replicas[0], ranked.uncached_tokens
+        return Placement(best.replicas[0], prefill, best.replicas[1:], uncached, blocks, best.scores)
 
     def fallback(self, candidate: Candidate) -> Replica | None:
         """A ready decode-capable replica of the pool, least in flight first: cheap, for the fallback list."""
-        decoders = [r for r in ready_replicas(candidate.pool, self.fleet) if r.role.decodes]
-        return min(decoders, key=lambda r: self.ledger.load(r.address)) if decoders else None
+        view = self._view(candidate.pool)
+        decoders = FILTERS["decode"](view, FILTERS["ready"](view, view.positions, self.fleet), self.fleet)
+        best: Replica | None = None
+        fewest = 0
+        for i in decoders:  # the first idle one ends the search
+            load = self.ledger.load(view.addresses[i])
+            if best is None or load < fewest:
+                best, fewest = view.replicas[i], load
+                if not load:
+                    break
+        return best
 
     def commit(self, candidate: Candidate, placement: Placement) -> None:
-        """The request was admitted there: remember what the replicas now hold and owe."""
+        """The request was admitted there: remember what the replicas now hold and owe.
+
+        After a `retain`, replicas the retained config does not name are not remembered (a request routed on the
+        replaced config may commit after the swap)."""
         now = self.clock()
         prefilling = placement.prefill or placement.replica
-        self.backlog.add(prefilling.address, placement.uncached_tokens, now,
-                         candidate.scheduling.prefill_tokens_per_second)
-        self.prefix.record(placement.replica.address, placement.blocks)
-        if placement.prefill is not None:
-            self.prefix.record(placement.prefill.address, placement.blocks)
+        if self._remembers(prefilling.address):
+            self.backlog.add(prefilling.address, placement.uncached_tokens, now,
+                             candidate.scheduling.prefill_tokens_per_second)
+        for replica in (placement.replica, placement.prefill):
+            if replica is not None and self._remembers(replica.address):
+                self.prefix.record(replica.address, placement.blocks)
 
-    def _rank(self, pool: Pool, profile: Profile, rate: float, replicas: list[Replica], blocks: tuple[int, ...],
-              prompt_tokens: int, now: float) -> tuple[list[Replica], dict[str, ReplicaFacts], tuple]:
-        facts = {r.address: self._facts(pool, r, blocks, prompt_tokens, now, rate) for r in replicas}
-        if profile.picker == "round-robin":
-            shift = next(self._turns[pool.key]) % len(replicas)
-            return replicas[shift:] + replicas[:shift], facts, ()
-        if profile.picker == "random":
-            return self.rng.sample(replicas, len(replicas)), facts, ()
-        x = ScoringInput([facts[r.address] for r in replicas], rate)
-        total = [0.0] * len(replicas)
-        for name, weight in profile.weights:
-            for i, score in enumerate(SCORERS[name](x)):
-                total[i] += weight * score
-        # max-score picker; ties broken at random, as GIE's
-        jitter = self.rng.random
-        order = sorted(range(len(replicas)), key=lambda i: (-total[i], jitter()))
-        return [replicas[i] for i in order], facts, tuple((replicas[i].address, total[i]) for i in order)
+    def retain(self, config: RouterConfig) -> None:
+        """Drop the state of every replica and pool `config` does not name (call on each config swap)."""
+        pools = frozenset(config.pools)
+        addresses = frozenset(r.address for p in config.pools.values() for r in p.static_replicas)
+        self._named = (pools, addresses)
+        self.fleet.retain(addresses)
+        self.backlog.retain(addresses)
+        self.prefix.retain(addresses)
+        self._views.clear()  # the tables may reuse freed slots
+        for key in [k for k in self._turns if k not in pools]:
+            del self._turns[key]
 
-    def _facts(self, pool: Pool, replica: Replica, blocks: tuple[int, ...], prompt_tokens: int, now: float,
-               rate: float) -> ReplicaFacts:
-        address = replica.address
-        matched = self.prefix.match(address, blocks) if blocks else 0
-        return ReplicaFacts(
-            address,
-            self.fleet.fresh(pool, replica, now) if pool.metrics is not None else None,
-            self.ledger.load(address),
-            self.backlog.tokens(address, now, rate),
-            matched,
-            len(blocks),
-            max(1, prompt_tokens - matched * TOKENS_PER_BLOCK),
-        )
+    def tracked(self) -> tuple[frozenset[str], frozenset[str]]:
+        """(pool keys, replica addresses) this scheduler holds any state for: for tests and introspection."""
+        pools = frozenset(self._views) | frozenset(self._turns)
+        addresses = (frozenset(self.fleet.replicas) | frozenset(self.fleet.table.slot_of)
+                     | frozenset(self.backlog.table.slot_of) | frozenset(self.prefix.table.slot_of))
+        return pools, addresses
+
+    def _remembers(self, address: str) -> bool:
+        return self._named is None or address in self._named[1]
+
+    def _view(self, pool: Pool) -> PoolView:
+        view = self._views.get(pool.key)
+        if view is None or view.pool is not pool:
+            view = build_view(pool, self.fleet, self.backlog, self.prefix)
+            if self._named is None or pool.key in self._named[0]:
+                self._views[pool.key] = view
+        return view
+
+    def _rank(self, view: PoolView, profile: Profile, config: SchedulingConfig, positions: np.ndarray,
+              total_blocks: int, matched: np.ndarray | None, prompt_tokens: int, now: float) -> _Ranked:
+        n = len(positions)
+        prefix = matched[view.prefix_slots[positions]] if matched is not None else np.zeros(n, dtype=np.int64)
+        uncached = np.maximum(1, prompt_tokens - prefix * TOKENS_PER_BLOCK)
+        scores = None
+        if profile.weights:
+            rate = config.prefill_tokens_per_second
+            scraped = self.fleet.columns(view.pool, view.fleet_slots[positions], now)
+            x = ScoringInput(rate, total_blocks, prefix, uncached,
+                             self.backlog.tokens_at(view.backlog_slots[positions], now, rate),
+                             scraped.waiting, scraped.running, scraped.kv_usage, lambda: self._loads(view, positions))
+            scores = np.zeros(n)
+            for name, weight in profile.weights:
+                scores += weight * SCORERS[name](x)
+        context = PickContext(self.rng, self._np_rng, self._turns[view.pool.key].__next__)
+        order = PICKERS[profile.picker](scores, n, min(n, 1 + MAX_ALTERNATIVES), context)
+        chosen = positions[order]
+        replicas = tuple(view.replicas[i] for i in chosen)
+        traced = () if scores is None else tuple((r.address, float(s)) for r, s in zip(replicas, scores[order],
+                                                                                        strict=True))
+        return _Ranked(replicas, int(uncached[order[0]]), traced)
+
+    def _loads(self, view: PoolView, positions: np.ndarray) -> np.ndarray:
+        """The ledger's in-flight count per candidate, walking whichever is shorter: the candidates or the loads."""
+        loads = self.ledger.loads()
+        if len(loads) >= len(positions):
+            return np.fromiter((loads.get(view.addresses[i], 0) for i in positions), dtype=np.float64,
+                               count=len(positions))
+        everyone = np.zeros(len(view.replicas))
+        for address, count in loads.items():
+            i = view.index.get(address)
+            if i is not None:
+                everyone[i] = count
+        return everyone[positions]

@@ -1,101 +1,111 @@
 """Scorers: each maps the candidate replicas to scores in [0, 1] (higher is better). Pure functions.
 
-A ScoringInput carries, per candidate replica, what the router knows: scraped metrics (None
-when stale or not scraped), its own in-flight count, its prefill backlog (tokens), and the
-prompt tokens the replica would have to prefill for this request (its approximate prefix
-match taken off).
+A ScoringInput carries, per candidate replica and as numpy columns, what the router knows:
+scraped metrics (0 when stale or not scraped), its own in-flight count (gathered only when
+a scorer reads it), its prefill backlog (tokens), and the prompt tokens the replica would
+have to prefill for this request (its approximate prefix match taken off).
+
+Adding a scorer: a function here, registered with `@scorer("name")`, and its name in the
+CRD's enum (RoutingPolicy spec.scheduling[].scorers[].name); tests/test_scheduling_registry.py
+fails until both agree.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from switchpoint.router.scheduling.fleet import ReplicaMetrics
+import numpy as np
+
+from switchpoint.router.request import lazy
 
 ITERATION_S = 0.010  # one engine iteration: the floor of any predicted latency
 
 
-@dataclass(frozen=True, slots=True)
-class ReplicaFacts:
-    address: str
-    metrics: ReplicaMetrics | None
-    inflight: int
-    backlog_tokens: float
-    prefix_blocks: int  # leading blocks believed cached
-    total_blocks: int
-    uncached_tokens: int  # prompt tokens this replica would prefill
-
-
-@dataclass(frozen=True)
+@dataclass
 class ScoringInput:
-    replicas: Sequence[ReplicaFacts]
     prefill_tokens_per_second: float
+    total_blocks: int  # the request's prefix blocks
+    prefix_blocks: np.ndarray  # leading blocks believed cached, per replica
+    uncached_tokens: np.ndarray  # prompt tokens each replica would prefill
+    backlog_tokens: np.ndarray
+    waiting: np.ndarray  # scraped, fresh; 0 otherwise
+    running: np.ndarray
+    kv_usage: np.ndarray
+    loads: Callable[[], np.ndarray]  # the router's in-flight requests per replica
+
+    @lazy
+    def inflight(self) -> np.ndarray:
+        return self.loads()
 
 
-Scorer = Callable[[ScoringInput], list[float]]
+Scorer = Callable[[ScoringInput], np.ndarray]
+SCORERS: dict[str, Scorer] = {}
 
 
-def _lower_is_better(values: list[float]) -> list[float]:
+def scorer(name: str) -> Callable[[Scorer], Scorer]:
+    def register(fn: Scorer) -> Scorer:
+        if name in SCORERS:
+            raise ValueError(f"scorer {name!r} is registered twice")
+        SCORERS[name] = fn
+        return fn
+
+    return register
+
+
+def _lower_is_better(values: np.ndarray) -> np.ndarray:
     """(max - v) / (max - min); all equal -> 1 (GIE's queue-scorer normalisation)."""
-    hi, lo = max(values), min(values)
+    hi, lo = values.max(), values.min()
     if hi == lo:
-        return [1.0] * len(values)
-    return [(hi - v) / (hi - lo) for v in values]
+        return np.ones(len(values))
+    return (hi - values) / (hi - lo)
 
 
-def queue(x: ScoringInput) -> list[float]:
+@scorer("queue")
+def queue(x: ScoringInput) -> np.ndarray:
     """Scraped `num_requests_waiting`."""
-    return _lower_is_better([(f.metrics.waiting or 0.0) if f.metrics else 0.0 for f in x.replicas])
+    return _lower_is_better(x.waiting)
 
 
-def kv_cache(x: ScoringInput) -> list[float]:
+@scorer("kv-cache")
+def kv_cache(x: ScoringInput) -> np.ndarray:
     """1 - scraped KV-cache use."""
-    return [1.0 - min(1.0, max(0.0, (f.metrics.kv_usage or 0.0) if f.metrics else 0.0)) for f in x.replicas]
+    return 1.0 - np.clip(x.kv_usage, 0.0, 1.0)
 
 
-def prefix_cache(x: ScoringInput) -> list[float]:
+@scorer("prefix-cache")
+def prefix_cache(x: ScoringInput) -> np.ndarray:
     """Share of the request's blocks believed cached on the replica."""
-    return [f.prefix_blocks / f.total_blocks if f.total_blocks else 0.0 for f in x.replicas]
+    if not x.total_blocks:
+        return np.zeros(len(x.prefix_blocks))
+    return x.prefix_blocks / x.total_blocks
 
 
-def least_request(x: ScoringInput) -> list[float]:
+@scorer("least-request")
+def least_request(x: ScoringInput) -> np.ndarray:
     """The router's own in-flight requests per replica."""
-    return _lower_is_better([float(f.inflight) for f in x.replicas])
+    return _lower_is_better(x.inflight)
 
 
-def inflight_tokens(x: ScoringInput) -> list[float]:
+@scorer("inflight-tokens")
+def inflight_tokens(x: ScoringInput) -> np.ndarray:
     """The prefill backlog the router has sent and not yet seen drain."""
-    return _lower_is_better([f.backlog_tokens for f in x.replicas])
+    return _lower_is_better(x.backlog_tokens)
 
 
-def predicted_ttft_s(f: ReplicaFacts, rate: float) -> float:
+def predicted_ttft_s(backlog_tokens: np.ndarray, uncached_tokens: np.ndarray, rate: float) -> np.ndarray:
     """Time to first token if sent there: the backlog ahead, then this request's uncached prompt."""
-    return ITERATION_S + (f.backlog_tokens + f.uncached_tokens) / rate
+    return ITERATION_S + (backlog_tokens + uncached_tokens) / rate
 
 
-def predicted_latency(x: ScoringInput) -> list[float]:
+@scorer("predicted-latency")
+def predicted_latency(x: ScoringInput) -> np.ndarray:
     """Best predicted TTFT over this replica's, in (0, 1]: load and prefix affinity in one unit, time."""
-    predicted = [predicted_ttft_s(f, x.prefill_tokens_per_second) for f in x.replicas]
-    best = min(predicted)
-    return [best / p for p in predicted]
+    predicted = predicted_ttft_s(x.backlog_tokens, x.uncached_tokens, x.prefill_tokens_per_second)
+    return predicted.min() / predicted
 
 
-def decode_interference(x: ScoringInput) -> list[float]:
+@scorer("decode-interference")
+def decode_interference(x: ScoringInput) -> np.ndarray:
     """Penalise long prefills on replicas busy decoding: every running sequence there waits them out."""
-    def decoding(f: ReplicaFacts) -> float:
-        scraped = (f.metrics.running or 0.0) if f.metrics else 0.0
-        return max(scraped, float(f.inflight))
-
-    return _lower_is_better([f.uncached_tokens * decoding(f) for f in x.replicas])
-
-
-SCORERS: dict[str, Scorer] = {
-    "predicted-latency": predicted_latency,
-    "decode-interference": decode_interference,
-    "prefix-cache": prefix_cache,
-    "queue": queue,
-    "kv-cache": kv_cache,
-    "least-request": least_request,
-    "inflight-tokens": inflight_tokens,
-}
+    return _lower_is_better(x.uncached_tokens * np.maximum(x.running, x.inflight))

@@ -1,0 +1,64 @@
+"""Pickers: the order in which the scored candidates are offered (the first is chosen, the next are fallbacks).
+
+A picker gets the candidates' weighted scores (None for a profile without scorers), how
+many it must rank (`k`: the chosen one and its alternatives; fewer when there are fewer
+candidates) and the scheduler's randomness and round-robin turn, and returns `k` distinct
+candidate indices. Ranking only the first `k` keeps a Route's cost from growing with the fleet.
+
+Adding a picker: a function here, registered with `@register("name")`, and a profile that uses it.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class PickContext:
+    rng: random.Random
+    np_rng: np.random.Generator
+    turn: Callable[[], int]  # the pool's next round-robin turn (advances when called)
+
+
+Picker = Callable[[np.ndarray | None, int, int, PickContext], np.ndarray]
+PICKERS: dict[str, Picker] = {}
+
+
+def register(name: str) -> Callable[[Picker], Picker]:
+    def add(fn: Picker) -> Picker:
+        if name in PICKERS:
+            raise ValueError(f"picker {name!r} is registered twice")
+        PICKERS[name] = fn
+        return fn
+
+    return add
+
+
+@register("max-score")
+def max_score(scores: np.ndarray | None, n: int, k: int, ctx: PickContext) -> np.ndarray:
+    """Highest score first; ties broken at random, as GIE's. Without scores (every weight 0) all tie."""
+    if scores is None:
+        scores = np.zeros(n)
+    if n > k:  # only the k best, and whatever ties with the k-th, are ordered
+        kth = np.partition(scores, n - k)[n - k]
+        contenders = np.flatnonzero(scores >= kth)
+    else:
+        contenders = np.arange(n)
+    order = np.lexsort((ctx.np_rng.random(len(contenders)), -scores[contenders]))
+    return contenders[order[:k]]
+
+
+@register("round-robin")
+def round_robin(scores: np.ndarray | None, n: int, k: int, ctx: PickContext) -> np.ndarray:
+    """The pool's replicas in turn."""
+    return (ctx.turn() % n + np.arange(k)) % n
+
+
+@register("random")
+def uniform(scores: np.ndarray | None, n: int, k: int, ctx: PickContext) -> np.ndarray:
+    """Uniformly at random."""
+    return np.array(ctx.rng.sample(range(n), k), dtype=np.intp)
