@@ -5,6 +5,9 @@ flight per replica; a scrape that takes longer than three intervals, with a floo
 250 ms, fails). Engine metric names come from the pool (vLLM's by default, including the
 older `vllm:gpu_cache_usage_perc`); values across label sets (e.g. several model names)
 are summed. A reply that is not Prometheus text counts as a failed scrape.
+
+The scraper follows the config: each round it forgets the replicas the config no longer names,
+and a scrape still in flight when its replica leaves the config is not recorded.
 """
 
 from __future__ import annotations
@@ -50,7 +53,8 @@ class Scraper:
         self.fleet = fleet
         self.clock = clock
         self._inflight: set[str] = set()
-        self._last: dict[str, float] = {}
+        self._last: dict[str, float] = {}  # replica -> when its last scrape started
+        self._named: tuple[RouterConfig | None, frozenset[str]] = (None, frozenset())  # config -> its scraped replicas
         self._tasks: set[asyncio.Task] = set()
 
     async def run(self) -> None:
@@ -59,10 +63,26 @@ class Scraper:
                 tick = self._round(session)
                 await asyncio.sleep(tick)
 
+    def tracked(self) -> set[str]:
+        """Replicas the scraper holds state for."""
+        return set(self._last) | self._inflight
+
+    def _current(self) -> frozenset[str]:
+        """The replicas of the scraped pools in the config now serving (a scrape that ends after its replica
+        left the config is not recorded)."""
+        config = self.config()
+        if self._named[0] is not config:
+            self._named = (config, frozenset(r.address for p in config.pools.values() if p.metrics is not None
+                                             for r in p.static_replicas))
+        return self._named[1]
+
     def _round(self, session: aiohttp.ClientSession) -> float:
         """Start the scrapes that are due; returns how long to sleep."""
         now = self.clock()
         tick = 1.0
+        named = self._current()
+        for address in [a for a in self._last if a not in named]:
+            del self._last[address]
         for pool in self.config().pools.values():
             if pool.metrics is None:
                 continue
@@ -88,8 +108,11 @@ class Scraper:
                     raise ValueError(f"HTTP {resp.status}")
                 text = await resp.text()
             waiting, running, kv = parse_vllm_metrics(text, pool.metrics)
-            self.fleet.observe(replica.address, self.clock(), waiting, running, kv)
+            if replica.address in self._current():
+                self.fleet.observe(replica.address, self.clock(), waiting, running, kv)
         except (aiohttp.ClientError, TimeoutError, ValueError, UnicodeDecodeError) as exc:
+            if replica.address not in self._current():
+                return
             self.fleet.failed(replica.address)
             failures = self.fleet.replicas[replica.address].failures
             if failures == pool.metrics.failures_to_unready:
