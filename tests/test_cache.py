@@ -435,14 +435,14 @@ def test_directive_table() -> None:
 
 
 def test_sampling_from_the_proto_message() -> None:
+    from switchpoint.router.frontdoors.grpc_router import sampling_from
     from switchpoint.v1 import router_pb2
 
     msg = router_pb2.Sampling(temperature=0.0, stop=["\n\n"], n=1)
-    s = Sampling.from_proto(msg)
+    s = sampling_from(msg)
     assert (s.temperature, s.top_p, s.seed, s.stop, s.n) == (0.0, None, None, ("\n\n",), 1)
-    assert cache_scope(POLICY, "d", "t", "m", sampling=msg) == cache_scope(POLICY, "d", "t", "m", sampling=s)
-    assert cache_scope(POLICY, "d", "t", "m", sampling=router_pb2.Sampling()).digest != \
-        cache_scope(POLICY, "d", "t", "m", sampling=msg).digest
+    assert cache_scope(POLICY, "d", "t", "m", sampling=sampling_from(router_pb2.Sampling())).digest != \
+        cache_scope(POLICY, "d", "t", "m", sampling=s).digest
 
 
 def test_guard_and_same_question_table() -> None:
