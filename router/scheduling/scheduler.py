@@ -40,6 +40,7 @@ from switchpoint.router.scheduling.profiles import Profile, profile_for
 from switchpoint.router.scheduling.scorers import SCORERS, ScoringInput
 
 MAX_ALTERNATIVES = 4  # ranked fallbacks inside the chosen pool (the selection keeps at most 4 fallbacks in all)
+DESTINATION_FILTER, PREFILL_FILTER = "decode", "prefill"  # the role filter of each stage of a placement
 
 
 @dataclass(frozen=True)
@@ -86,10 +87,8 @@ class Scheduler:
         config = candidate.scheduling
         profile = profile_for(config)
         view = self._view(candidate.pool)
-        ready = view.positions
-        for name in profile.filters:
-            ready = FILTERS[name](view, ready, self.fleet)
-        decoders = FILTERS["decode"](view, ready, self.fleet)
+        ready = self._filtered(view, profile)
+        decoders = FILTERS[DESTINATION_FILTER](view, ready, self.fleet)
         if not len(decoders):
             return None
         blocks = request_blocks(req, candidate.model)
@@ -98,7 +97,7 @@ class Scheduler:
         best = self._rank(view, profile, config, decoders, len(blocks), matched, req.input_tokens, now)
         uncached = best.uncached_tokens
         prefill = None
-        prefillers = FILTERS["prefill"](view, ready, self.fleet)
+        prefillers = FILTERS[PREFILL_FILTER](view, ready, self.fleet)
         if len(prefillers) and uncached >= config.min_uncached_tokens:
             ranked = self._rank(view, profile, config, prefillers, len(blocks), matched, req.input_tokens, now)
             prefill, uncached = ranked.replicas[0], ranked.uncached_tokens
@@ -107,7 +106,8 @@ class Scheduler:
     def fallback(self, candidate: Candidate) -> Replica | None:
         """A ready decode-capable replica of the pool, least in flight first: cheap, for the fallback list."""
         view = self._view(candidate.pool)
-        decoders = FILTERS["decode"](view, FILTERS["ready"](view, view.positions, self.fleet), self.fleet)
+        decoders = FILTERS[DESTINATION_FILTER](view, self._filtered(view, profile_for(candidate.scheduling)),
+                                               self.fleet)
         best: Replica | None = None
         fewest = 0
         for i in decoders:  # the first idle one ends the search
@@ -161,6 +161,13 @@ class Scheduler:
             if self._named is None or pool.key in self._named[0]:
                 self._views[pool.key] = view
         return view
+
+    def _filtered(self, view: PoolView, profile: Profile) -> np.ndarray:
+        """The positions of the pool's replicas that pass the profile's filters."""
+        positions = view.positions
+        for name in profile.filters:
+            positions = FILTERS[name](view, positions, self.fleet)
+        return positions
 
     def _rank(self, view: PoolView, profile: Profile, config: SchedulingConfig, positions: np.ndarray,
               total_blocks: int, matched: np.ndarray | None, prompt_tokens: int, now: float) -> _Ranked:
