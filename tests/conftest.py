@@ -16,9 +16,15 @@ import pytest
 from switchpoint.localredis import RedisServer
 from switchpoint.router.server import RouterServer
 from switchpoint.v1 import router_pb2, router_pb2_grpc
+from tests.apiserver_support import control_plane  # noqa: F401  (session fixture: etcd + kube-apiserver)
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "deploy" / "examples"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "apiserver: needs the test control plane (etcd + kube-apiserver; make test "
+                                       "builds it, `make controlplane` alone)")
 
 
 class ThreadedRouter:
