@@ -37,7 +37,7 @@ from switchpoint.router.cache import (
 from switchpoint.router.classifiers.pii import find_pii
 from switchpoint.router.metrics import RouterMetrics
 from switchpoint.router.pipeline import RouteResult
-from switchpoint.router.signals.neural import RequestInference, SignalInference
+from switchpoint.router.signals.neural import SignalInference
 
 log = logging.getLogger("switchpoint.router.cache")
 
@@ -87,7 +87,7 @@ class CacheStage:
             return self._counted(decision.name, CacheStep("bypass", reason=wanted.reason))
         scope = cache_scope(result.policy.key, decision.name, req.tenant, result.selection.candidate.model,
                             system_prompt(req.messages), req.tools_json, req.sampling, encoder=decision.cache.encoder)
-        conv = conversation(req.messages, self._window_chars(decision.cache.encoder))
+        conv = conversation(req.messages, self._window_chars(result, decision.cache.encoder))
         embedding = await self._embedding(result, decision.cache.encoder, conv.embed_text)
         write = CacheWrite(scope, conv, embedding, options, decision.name) if wanted.write else None
         if not wanted.read:
@@ -97,7 +97,7 @@ class CacheStage:
             return self._counted(decision.name, CacheStep("hit", hit=found.hit))
         return self._counted(decision.name, CacheStep(found.outcome, write=write))
 
-    async def store(self, write: CacheWrite, outcome: int, response: str, completion_tokens: int) -> str:
+    async def store(self, write: CacheWrite, outcome: str, response: str, completion_tokens: int) -> str:
         """Store a Reported response if it may be; returns why (stored, error, truncated, pii, empty, ...).
 
         The PII scan of the conversation and the answer is the costly part (~2.7 MB/s): it runs only for an
@@ -118,17 +118,16 @@ class CacheStage:
         self.metrics.cache_lookups.labels(decision, step.outcome).inc()
         return step
 
-    def _window_chars(self, encoder: str) -> int:
+    def _window_chars(self, result: RouteResult, encoder: str) -> int:
         if self.inference is None:
             return 1000
-        return self.inference.bank.encoder(encoder).max_tokens * CHARS_PER_TOKEN
+        return result.inference.models.encoder(encoder).max_tokens * CHARS_PER_TOKEN
 
     async def _embedding(self, result: RouteResult, encoder: str, text: str) -> np.ndarray | None:
         if self.inference is None:
             return None
-        state = result.inference if result.inference is not None else RequestInference()
         try:
-            return await self.inference.embedding(state, encoder, text, EMBED_TIMEOUT_MS)
+            return await self.inference.embedding(result.inference, encoder, text, EMBED_TIMEOUT_MS)
         except Exception as exc:  # the exact tier still answers; the trace and the log say why
             log.warning("cache embedding with %s failed (%s: %s); exact tier only", encoder, type(exc).__name__, exc)
             return None

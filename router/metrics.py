@@ -28,8 +28,9 @@ class RouterMetrics:
         r = self.registry
         self.routes = Counter("switchpoint_route_requests", "Route calls answered with a decision",
                               ["policy", "decision", "pool", "workload"], registry=r)
-        self.route_errors = Counter("switchpoint_route_errors", "Route calls refused, by gRPC status code",
-                                    ["code"], registry=r)
+        self.route_errors = Counter("switchpoint_route_errors", "Route calls refused, by reason (the refusal's "
+                                    "kind: invalid, not_found, unavailable, budget_exhausted, ...)", ["reason"],
+                                    registry=r)
         self.route_seconds = Histogram("switchpoint_route_duration_seconds", "Time the router took to decide",
                                        ["decision", "pool"], buckets=ROUTE_BUCKETS, registry=r)
         cell = ["workload", "decision", "pool"]

@@ -1,30 +1,34 @@
-"""The request pipeline of DESIGN.md, stage by stage, one span per stage.
+"""The deciding half of the request path, stage by stage, one span per stage.
 
-Stages so far: workload class → decision (with the signals it needs, computed
-lazily) → pool selection and replica scheduling. The pipeline decides; it does not admit: the service records the
-decision in the in-flight ledger, so `switchpoint route` can explain a decision
-with this same code without side effects.
+Stages: workload class → decision (with the signals it needs, computed lazily) → selection among the
+decision's candidates → replica scheduling. The pipeline decides; it does not admit: the core
+(router/core/core.py) runs the cache and budget stages after it and records the request in the
+in-flight ledger, so `switchpoint route` explains a decision with this same code without side effects.
+Every call takes the snapshot the request started with (config, models, selectors).
 """
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
-import grpc
 from opentelemetry import trace
 
-from switchpoint.config.model import DIRECT_DECISION, Candidate, Decision, Policy, Pool, RouterConfig, WorkloadRules
+from switchpoint.config.model import DIRECT_DECISION, Candidate, Decision, Policy, Pool, WorkloadRules
 from switchpoint.router.decision import DecisionOutcome, decide
-from switchpoint.router.errors import RouteError
+from switchpoint.router.refusals import FailedPrecondition, NotFound
 from switchpoint.router.request import RouteInput
 from switchpoint.router.scheduling.scheduler import Scheduler
-from switchpoint.router.selecting import EMBEDDING_ALGORITHMS, BanditFeedback, SelectorBank, candidate_models, feedback
+from switchpoint.router.selecting import BanditFeedback, Selectors, candidate_models, feedback
 from switchpoint.router.selection import Selection, select_static
-from switchpoint.router.selectors import Ranking, SelectionRequest, Selector
+from switchpoint.router.selectors import Ranking, SelectionRequest, Selector, selection_algorithm
 from switchpoint.router.signals.neural import RequestInference, SignalInference
 from switchpoint.router.signals.rules import Inferred, NeedsInference, NeuralSignal, SignalBoard, SignalResult
 from switchpoint.router.workload import Workload, classify, with_cache_state
+
+if TYPE_CHECKING:
+    from switchpoint.router.core.snapshot import Snapshot
 
 
 @dataclass(frozen=True)
@@ -35,7 +39,7 @@ class RouteResult:
     board: SignalBoard  # the signals computed to reach the decision
     outcome: DecisionOutcome
     selection: Selection
-    inference: RequestInference | None = None  # embeddings and classifier outputs computed for the request
+    inference: RequestInference  # embeddings and classifier outputs computed for the request
     ranking: Ranking | None = None  # the selection algorithm's order and evidence (not for static)
     bandit: BanditFeedback | None = None  # what a bandit needs from this request's Report
 
@@ -53,32 +57,19 @@ class RouteResult:
 
 
 class RoutePipeline:
-    def __init__(self, scheduler: Scheduler, tracer: trace.Tracer, inference: SignalInference | None = None,
-                 selectors: SelectorBank | None = None):
+    def __init__(self, scheduler: Scheduler, tracer: trace.Tracer, inference: SignalInference | None = None):
         self.scheduler = scheduler
         self.tracer = tracer
         self.inference = inference
-        self.selectors = selectors
 
-    def route_now(self, config: RouterConfig, req: RouteInput) -> RouteResult:
-        """`route` for callers without an event loop (the offline scheduling bench), for policies whose
-        decisions need no classifier: the coroutine then finishes without ever suspending."""
-        coro = self.route(config, req)
-        try:
-            coro.send(None)
-        except StopIteration as done:
-            return done.value
-        coro.close()
-        raise RuntimeError("this policy's decisions need classifiers: call route() on an event loop")
-
-    async def route(self, config: RouterConfig, req: RouteInput, all_signals: bool = False) -> RouteResult:
+    async def route(self, snapshot: Snapshot, req: RouteInput, all_signals: bool = False) -> RouteResult:
         """Decide for one request. Signals are computed as decisions need them, or all with all_signals."""
+        config = snapshot.config
         policy = config.aliases.get(req.model)
         direct = None if policy else config.direct.get(req.model)
         if policy is None and direct is None:
             known = ", ".join((sorted(config.aliases) + sorted(config.direct))[:20])
-            raise RouteError(grpc.StatusCode.NOT_FOUND,
-                             f"model '{req.model[:100]}' is neither a policy alias nor a served model (known: {known})")
+            raise NotFound(f"model '{req.model[:100]}' is neither a policy alias nor a served model (known: {known})")
         # Child spans only under a recording (sampled, exported) parent: they cost ~5 us each otherwise.
         stage = self.tracer.start_as_current_span if trace.get_current_span().is_recording() else _untraced
         with stage("switchpoint.workload") as span:
@@ -87,7 +78,7 @@ class RoutePipeline:
             span.set_attribute("switchpoint.workload", workload.label)
         with stage("switchpoint.decision") as span:
             board = SignalBoard(policy.signals if policy else (), req)
-            state = RequestInference()
+            state = RequestInference(snapshot.models)
             if policy is None:
                 outcome = _direct_outcome(direct)
             else:
@@ -107,7 +98,7 @@ class RoutePipeline:
             decision, ranking, selector = outcome.decision, None, None
             span.set_attribute("switchpoint.selection.algorithm", decision.selection.algorithm)
             if policy is not None and decision.selection.algorithm != "static":
-                selector, ranking = await self._rank(policy, decision, req, state)
+                selector, ranking = await self._rank(snapshot.selectors, policy, decision, req, state)
                 candidates = tuple(decision.candidates[i] for i in ranking.order)
                 decision = replace(decision, candidates=candidates)
                 if span.is_recording():
@@ -119,15 +110,14 @@ class RoutePipeline:
         return RouteResult(req, policy, workload, board, outcome, selection, state, ranking,
                            feedback(ranking, selector, selection.candidate.model))
 
-    async def _rank(self, policy: Policy, decision: Decision, req: RouteInput,
+    async def _rank(self, selectors: Selectors, policy: Policy, decision: Decision, req: RouteInput,
                     state: RequestInference) -> tuple[Selector, Ranking]:
-        selector = self.selectors.selector(policy, decision) if self.selectors else None
+        selector = selectors.selector(policy, decision)
         if selector is None:
-            raise RouteError(grpc.StatusCode.FAILED_PRECONDITION,
-                             f"decision '{decision.name}' selects with {decision.selection.algorithm}, "
+            raise FailedPrecondition(f"decision '{decision.name}' selects with {decision.selection.algorithm}, "
                              "which this router has not prepared")
         embedding = None
-        if decision.selection.algorithm in EMBEDDING_ALGORITHMS and self.inference is not None:
+        if selection_algorithm(decision.selection.algorithm).needs_embedding and self.inference is not None:
             try:
                 embedding = await self.inference.embedding(state, decision.selection.encoder, req.last_user_text,
                                                            SELECTION_EMBED_TIMEOUT_MS)
@@ -150,8 +140,7 @@ class RoutePipeline:
     async def _infer(self, policy: Policy, signal: NeuralSignal, req: RouteInput,
                      state: RequestInference) -> Inferred:
         if self.inference is None:
-            raise RouteError(grpc.StatusCode.FAILED_PRECONDITION,
-                             f"signal '{signal.name}' needs a classifier, and this router runs without models")
+            raise FailedPrecondition(f"signal '{signal.name}' needs a classifier, and this router runs without models")
         return await self.inference.infer(policy, signal, req, state)
 
 

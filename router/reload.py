@@ -1,9 +1,11 @@
-"""Hot reload: watch the config files, recompile on change, swap atomically or keep the old config.
+"""Hot reload: watch the config files, recompile and prepare on change, swap whole or keep the old snapshot.
 
 Polling (file size and modification time, every `interval` seconds) works the
 same on every filesystem, including ConfigMap volumes whose files change by an
-atomic symlink swap. A broken edit is logged and counted; the config in force
-keeps serving until a later edit compiles.
+atomic symlink swap. Compiling and preparing (models, selectors) run in a worker
+thread and build a new snapshot without touching the one in force; a broken edit
+is logged and counted, and the snapshot in force keeps serving, unchanged, until a
+later edit prepares.
 """
 
 from __future__ import annotations
@@ -11,13 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from switchpoint.config.compiler import load_config
 from switchpoint.config.errors import ConfigError
 from switchpoint.config.manifests import manifest_files
-from switchpoint.config.model import RouterConfig
+from switchpoint.router.core.snapshot import Snapshot
 
 log = logging.getLogger("switchpoint.router.reload")
 
@@ -36,12 +37,12 @@ def fingerprint(paths: list[str | Path]) -> Fingerprint:
 
 
 class ConfigWatcher:
-    def __init__(self, paths: list[str | Path], apply: Callable[[RouterConfig], None],
-                 refused: Callable[[ConfigError], None], interval: float = 1.0,
-                 prepare: Callable[[RouterConfig], None] | None = None):
+    def __init__(self, paths: list[str | Path], load: Callable[[], Snapshot],
+                 apply: Callable[[Snapshot], Awaitable[None]], refused: Callable[[ConfigError], None],
+                 interval: float = 1.0):
         self.paths = paths
+        self.load = load  # compiles and prepares a new snapshot (blocking; ConfigError refuses it)
         self.apply = apply
-        self.prepare = prepare  # loads what the config needs (models); ConfigError refuses it
         self.refused = refused
         self.interval = interval
         self.seen = fingerprint(paths)
@@ -52,22 +53,16 @@ class ConfigWatcher:
             await self.check()
 
     async def check(self) -> bool:
-        """Reload if the files changed since last seen; True when a new config was applied."""
+        """Reload if the files changed since last seen; True when a new snapshot was applied."""
         current = fingerprint(self.paths)
         if current == self.seen:
             return False
         self.seen = current
         try:
-            config = await asyncio.to_thread(self._load)
+            snapshot = await asyncio.to_thread(self.load)
         except ConfigError as exc:
             log.error("config reload refused; the previous config keeps serving:\n%s", exc)
             self.refused(exc)
             return False
-        self.apply(config)
+        await self.apply(snapshot)
         return True
-
-    def _load(self) -> RouterConfig:
-        config = load_config(self.paths)
-        if self.prepare is not None:
-            self.prepare(config)
-        return config

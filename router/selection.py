@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import grpc
-
 from switchpoint.config.model import Candidate, Decision, Replica
-from switchpoint.router.errors import RouteError
+from switchpoint.router.refusals import InvalidRequest, Unavailable
 from switchpoint.router.request import RouteInput
 from switchpoint.router.scheduling.scheduler import Placement, Scheduler
 
@@ -53,14 +51,12 @@ def select_static(decision: Decision, req: RouteInput, scheduler: Scheduler) -> 
         chosen = (cand, placement)
     if chosen is None:
         if too_small and len(too_small) == len(decision.candidates):
-            raise RouteError(
-                grpc.StatusCode.INVALID_ARGUMENT,
+            raise InvalidRequest(
                 f"the request needs about {context_tokens} tokens of context (messages plus max_tokens); "
                 f"decision '{decision.name}' has no pool that large: {', '.join(too_small)}",
             )
         names = ", ".join(f"'{c.pool.name}'" for c in decision.candidates)
-        raise RouteError(grpc.StatusCode.UNAVAILABLE,
-                         f"no ready replica in pool(s) {names} of decision '{decision.name}'; " + "; ".join(skipped))
+        raise Unavailable(f"no ready replica in pool(s) {names} of decision '{decision.name}'; " + "; ".join(skipped))
     cand, placement = chosen
     fallbacks = [Fallback(cand, r) for r in placement.alternatives] + others
     return Selection(cand, placement, tuple(fallbacks[:MAX_FALLBACKS]), tuple(skipped))

@@ -14,7 +14,6 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import start_http_server
 
-from switchpoint.config.compiler import load_config
 from switchpoint.config.model import RouterConfig
 from switchpoint.router.budget.enforcer import BudgetEnforcer
 from switchpoint.router.budget.gate import BudgetGate
@@ -22,6 +21,8 @@ from switchpoint.router.budget.ledger import RedisLedger
 from switchpoint.router.cache import SemanticCache, open_store
 from switchpoint.router.caching import CacheStage
 from switchpoint.router.classifiers.bank import ModelBank
+from switchpoint.router.core import Preparer, RouterCore, Snapshot
+from switchpoint.router.frontdoors.grpc_router import SERVICE_NAME, RouterService
 from switchpoint.router.inflight import InflightLedger
 from switchpoint.router.metrics import RouterMetrics
 from switchpoint.router.pipeline import RoutePipeline
@@ -30,8 +31,7 @@ from switchpoint.router.request import RequestLimits
 from switchpoint.router.scheduling.fleet import FleetState
 from switchpoint.router.scheduling.scheduler import Scheduler
 from switchpoint.router.scheduling.scraper import Scraper
-from switchpoint.router.selecting import SelectorBank
-from switchpoint.router.service import SERVICE_NAME, ConfigHolder, RouterService
+from switchpoint.router.selecting import SelectorBank, Selectors, close_retired, sync_forever
 from switchpoint.router.signals.neural import SignalInference
 from switchpoint.router.telemetry import otlp_tracer_provider, tracer_from
 
@@ -72,29 +72,26 @@ class RouterServer:
         self.redis_url = redis_url
         self.redis_timeout_s = redis_timeout_s
         self.budget_ledger: RedisLedger | None = None
-        self.budget_enforcer: BudgetEnforcer | None = None
-        self.holder: ConfigHolder | None = None
+        self.core: RouterCore | None = None
         self.server: grpc.aio.Server | None = None
         self.health = HealthServicer()
         self._tasks: list[asyncio.Task] = []
         self._metrics_http = None
         self.bank = ModelBank(models_dir)
-        self.selectors = SelectorBank(self.bank, redis_url)
+        self.preparer = Preparer(self.bank, SelectorBank(redis_url))
         self.classifier_threads = classifier_threads
         self.inference: SignalInference | None = None
         self.cache: SemanticCache | None = None
 
     @property
     def config(self) -> RouterConfig:
-        assert self.holder is not None
-        return self.holder.config
+        assert self.core is not None
+        return self.core.snapshot.config
 
     async def start(self) -> int:
-        """Compile the config (ConfigError if it is broken), bind, and serve. Returns the gRPC port."""
-        config = load_config(self.config_paths)
-        await asyncio.to_thread(self._prepare, config)
-        self.holder = ConfigHolder(config)
-        self.metrics.config_loaded(config.digest)
+        """Compile and prepare the config (ConfigError if it is broken), bind, and serve. Returns the gRPC port."""
+        snapshot = await asyncio.to_thread(self.preparer.load, self.config_paths)
+        config = snapshot.config
         if self.tracer_provider is None and self.otlp_endpoint:
             self.tracer_provider = otlp_tracer_provider(
                 self.otlp_endpoint, count=lambda stage, n: self.metrics.trace_spans.labels(stage).inc(n))
@@ -107,15 +104,15 @@ class RouterServer:
                         "failurePolicy applies as if the ledger were unreachable)", len(config.budgets))
         # A reservation outlives the in-flight entry a little, so a Report that arrives in time always settles it.
         enforcer = BudgetEnforcer(self.budget_ledger, reservation_ttl_s=self.ledger.ttl_s + 60)
-        self.budget_enforcer = enforcer
         self.scheduler = Scheduler(self.ledger, self.fleet)
-        self.inference = SignalInference(self.bank, self.classifier_threads, tracer)
+        self.inference = SignalInference(self.classifier_threads, tracer)
         # The cache shares the budget ledger's Redis when there is one (vector sets are built into Redis 8);
         # otherwise it lives in this process.
         self.cache = SemanticCache(open_store(self.redis_url))
-        service = RouterService(self.holder, RoutePipeline(self.scheduler, tracer, self.inference, self.selectors),
-                                self.ledger, self.metrics, tracer, self.limits, BudgetGate(enforcer, self.metrics),
-                                CacheStage(self.cache, self.inference, self.metrics))
+        self.core = RouterCore(snapshot, RoutePipeline(self.scheduler, tracer, self.inference), self.ledger,
+                               self.metrics, tracer, BudgetGate(enforcer, self.metrics),
+                               CacheStage(self.cache, self.inference, self.metrics), bank=self.bank)
+        service = RouterService(self.core, self.limits)
         # The transport limit sits above the prompt limit, so an oversized prompt gets our
         # INVALID_ARGUMENT naming the limit rather than the transport's RESOURCE_EXHAUSTED.
         transport_max = 2 * self.limits.max_prompt_bytes + (1 << 20)
@@ -142,38 +139,25 @@ class RouterServer:
             self._metrics_http, _ = start_http_server(self.metrics_port, addr=self.host,
                                                       registry=self.metrics.registry)
             self.metrics_port = self._metrics_http.server_port
-        watcher = ConfigWatcher(self.config_paths, self._apply, self._refused, self.reload_interval,
-                                prepare=self._prepare)
+        core = self.core
+        watcher = ConfigWatcher(self.config_paths, lambda: self.preparer.load(self.config_paths, core.snapshot),
+                                self._apply, self._refused, self.reload_interval)
         scraper = Scraper(lambda: self.config, self.fleet)
-        self._tasks = [asyncio.create_task(watcher.run()), asyncio.create_task(self._sweep()),
-                       asyncio.create_task(scraper.run()), asyncio.create_task(self.selectors.sync_forever())]
+        self._tasks = [asyncio.create_task(watcher.run()), asyncio.create_task(core.sweep_forever(EXPIRY_SWEEP_S)),
+                       asyncio.create_task(scraper.run()),
+                       asyncio.create_task(sync_forever(lambda: core.snapshot.selectors))]
         log.info("router serving %d policies, %d pools on %s:%d (config %s)", len(config.policies),
                  len(config.pools), self.host, self.port, config.digest)
         return self.port
 
-    def _prepare(self, config: RouterConfig) -> None:
-        """Load what the config needs before it serves (models, selector indexes); ConfigError refuses it."""
-        self.bank.prepare(config)
-        self.selectors.prepare(config)
-
-    def _apply(self, config: RouterConfig) -> None:
-        assert self.holder is not None
-        self.holder.config = config
-        self.metrics.config_loaded(config.digest)
+    async def _apply(self, snapshot: Snapshot) -> None:
+        assert self.core is not None
+        await self.core.swap(snapshot)
         self.metrics.config_reloads.labels("applied").inc()
-        log.info("config reloaded: digest %s", config.digest)
+        log.info("config reloaded: digest %s", snapshot.digest)
 
     def _refused(self, _: Exception) -> None:
         self.metrics.config_reloads.labels("refused").inc()
-
-    async def _sweep(self) -> None:
-        while True:
-            await asyncio.sleep(EXPIRY_SWEEP_S)
-            expired = self.ledger.expire()
-            if expired:
-                self.metrics.expired.inc(expired)
-            if self.budget_enforcer is not None:
-                await self.budget_enforcer.flush_pending()
 
     async def wait(self) -> None:
         assert self.server is not None
@@ -194,6 +178,7 @@ class RouterServer:
             self.inference.close()
         if self.cache is not None:
             await self.cache.close()
-        await self.selectors.close()
+        if self.core is not None:
+            await close_retired(self.core.snapshot.selectors, Selectors())
         if self._owns_provider and isinstance(self.tracer_provider, TracerProvider):
             await asyncio.to_thread(self.tracer_provider.shutdown)

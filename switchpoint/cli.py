@@ -93,8 +93,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", default="http://127.0.0.1:9090/metrics", help="the router's metrics URL")
     p.add_argument("--json", action="store_true", help="print JSON")
 
-    p = command("check", _check, "Compile CR manifests and report every problem")
+    p = command("check", _check, "Compile and prepare CR manifests as a router would, and report every problem")
     config_arg(p)
+    models_arg(p)
 
     from switchpoint.ml import cli as classifier_cli
 
@@ -235,18 +236,10 @@ def _router(args: argparse.Namespace) -> int:
 
 
 def _route(args: argparse.Namespace) -> int:
-    from switchpoint.config.compiler import load_config
-    from switchpoint.router.classifiers.bank import ModelBank
-    from switchpoint.router.errors import RouteError
+    from switchpoint.router.core.offline import offline_core
     from switchpoint.router.explain import explanation, render
-    from switchpoint.router.inflight import InflightLedger
-    from switchpoint.router.pipeline import RoutePipeline
-    from switchpoint.router.request import InvalidRequest, RequestLimits, parse_route_request
-    from switchpoint.router.scheduling.scheduler import Scheduler
-    from switchpoint.router.selecting import SelectorBank
-    from switchpoint.router.signals.neural import SignalInference
-    from switchpoint.router.telemetry import tracer_from
-    from switchpoint.v1 import router_pb2
+    from switchpoint.router.refusals import Refusal
+    from switchpoint.router.request import ChatTurn, RequestLimits, route_input
 
     if args.prompt is None:
         # `--config PATH... "prompt"`: argparse hands the prompt to --config as its last value.
@@ -254,26 +247,24 @@ def _route(args: argparse.Namespace) -> int:
             print("switchpoint route: a prompt is required", file=sys.stderr)
             return 2
         args.prompt = args.config.pop()
-    config = load_config(args.config)
-    messages = ([router_pb2.ChatMessage(role="system", content=args.system)] if args.system else [])
-    messages.append(router_pb2.ChatMessage(role="user", content=args.prompt))
+    messages = ([ChatTurn("system", args.system)] if args.system else []) + [ChatTurn("user", args.prompt)]
     headers = dict(h.split("=", 1) for h in args.header if "=" in h)
-    msg = router_pb2.RouteRequest(model=args.model, messages=messages, tenant=args.tenant, user=args.user,
-                                  metadata=headers, max_tokens=args.max_tokens, tools_present=args.tools)
-    bank = ModelBank(args.models)
-    bank.prepare(config)
-    selectors = SelectorBank(bank)
-    selectors.prepare(config)
-    inference = SignalInference(bank, threads=1)
-    pipeline = RoutePipeline(Scheduler(InflightLedger()), tracer_from(None), inference, selectors)
+
+    async def explain() -> dict:
+        core, closing = await offline_core(args.config, args.models)
+        try:
+            req = route_input(model=args.model, messages=messages, limits=RequestLimits(), tenant=args.tenant,
+                              user=args.user, metadata=headers, max_tokens=args.max_tokens or None,
+                              tools_present=args.tools)
+            return explanation(await core.explain(req))
+        finally:
+            await closing()
+
     try:
-        result = asyncio.run(pipeline.route(config, parse_route_request(msg, RequestLimits()), all_signals=True))
-    except (InvalidRequest, RouteError) as exc:
+        info = asyncio.run(explain())
+    except Refusal as exc:
         print(f"switchpoint: refused: {exc}", file=sys.stderr)
         return 1
-    finally:
-        inference.close()
-    info = explanation(result)
     print(json.dumps(info, indent=2) if args.json else render(info))
     return 0
 
@@ -285,9 +276,10 @@ def _matrix(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from switchpoint.config.compiler import load_config
+    """Compile and prepare exactly as a router would (models, selector datasets): what it refuses, check refuses."""
+    from switchpoint.router.core import check_files
 
-    config = load_config(args.config)
+    config = check_files(args.config, args.models).config
     print(f"ok: {len(config.pools)} pools, {len(config.policies)} policies, {len(config.budgets)} budgets, "
           f"aliases {', '.join(sorted(config.aliases)) or '-'} (digest {config.digest})")
     return 0

@@ -19,10 +19,12 @@ from switchpoint.config.compiler import load_config
 from switchpoint.config.errors import ConfigError
 from switchpoint.router.classifiers import models_dir
 from switchpoint.router.classifiers.bank import ModelBank
+from switchpoint.router.core import Preparer, check_files
 from switchpoint.router.inflight import InflightLedger
 from switchpoint.router.pipeline import RoutePipeline
 from switchpoint.router.request import ChatTurn, RouteInput
 from switchpoint.router.scheduling.scheduler import Scheduler
+from switchpoint.router.selecting import SelectorBank
 from switchpoint.router.signals.neural import SignalInference
 from switchpoint.router.telemetry import tracer_from
 from tests.conftest import EXAMPLES, ThreadedRouter, chat, wait_for
@@ -67,14 +69,12 @@ def smart_config(config_dir: Path) -> Path:
 
 
 def route(config_path: Path, text: str, all_signals: bool = False, bank: ModelBank | None = None):
-    config = load_config([config_path])
-    bank = bank or ModelBank()
-    bank.prepare(config)
-    inference = SignalInference(bank, threads=1)
+    snapshot = Preparer(bank or ModelBank(), SelectorBank()).load([config_path])
+    inference = SignalInference(threads=1)
     try:
         pipeline = RoutePipeline(Scheduler(InflightLedger()), tracer_from(None), inference)
         req = RouteInput(request_id="r", model="lab", messages=(ChatTurn("user", text),))
-        return asyncio.run(pipeline.route(config, req, all_signals=all_signals))
+        return asyncio.run(pipeline.route(snapshot, req, all_signals=all_signals))
     finally:
         inference.close()
 
@@ -127,7 +127,7 @@ def test_unknown_classifier_is_a_compile_error(config_dir):
 def test_missing_head_refuses_the_config_naming_the_classifier(config_dir, tmp_path):
     write_policy(config_dir, f"{{name: difficulty, source: {tmp_path / 'nowhere'}}}")
     with pytest.raises(ConfigError) as err:
-        ModelBank().prepare(load_config([config_dir]))
+        check_files([config_dir])
     message = str(err.value)
     assert "spec.classifiers[0]" in message and "classifier 'difficulty'" in message and "nowhere" in message
 
@@ -135,14 +135,14 @@ def test_missing_head_refuses_the_config_naming_the_classifier(config_dir, tmp_p
 def test_labels_the_head_does_not_have_refuse_the_config(config_dir):
     write_policy(config_dir, body=POLICY.replace("labels: [math, physics]", "labels: [math, astrology]"))
     with pytest.raises(ConfigError) as err:
-        ModelBank().prepare(load_config([config_dir]))
+        check_files([config_dir])
     assert "spec.signals[1].classifier.labels: classifier 'domain' has no label(s) astrology" in str(err.value)
 
 
 def test_a_multiclass_signal_must_name_its_labels(config_dir):
     write_policy(config_dir, body=POLICY.replace("{name: domain, labels: [math, physics]}", "{name: domain}"))
     with pytest.raises(ConfigError) as err:
-        ModelBank().prepare(load_config([config_dir]))
+        check_files([config_dir])
     assert "say which fire the signal" in str(err.value)
 
 

@@ -1,4 +1,5 @@
-"""Route request validation and lenient decoding: every bad input has a message that names the field."""
+"""Route request validation (plain data, and as the gRPC front door translates it) and lenient decoding: every bad
+input has a message that names the field."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from switchpoint.router.request import InvalidRequest, RequestLimits, parse_route_request
+from switchpoint.router.frontdoors.grpc_router import route_input_from as parse_route_request
+from switchpoint.router.request import ChatTurn, InvalidRequest, RequestLimits, Sampling, route_input
 from switchpoint.router.wire import MalformedRequest, lenient_deserializer
 from switchpoint.v1 import router_pb2
 
@@ -83,3 +85,26 @@ def test_non_utf8_text_is_named_not_crashed_on(build, field):
 def test_arbitrary_bytes_never_raise(data):
     decoded = lenient_deserializer(router_pb2.RouteRequest)(data)
     assert isinstance(decoded, router_pb2.RouteRequest | MalformedRequest)
+
+
+PLAIN_BAD = [
+    ("negative max_tokens", {"max_tokens": -1}, "max_tokens: must be a positive number"),
+    ("request id too long", {"request_id": "r" * 300}, "request_id: 300 characters"),
+    ("seed and bad temperature", {"sampling": Sampling(seed=1, temperature=2.5)}, "sampling.temperature: 2.5"),
+    ("stop sequence too long", {"sampling": Sampling(stop=("x" * 70_000,))}, "sampling.stop[0]: 70,000 characters"),
+]
+
+
+@pytest.mark.parametrize(("what", "fields", "fragment"), PLAIN_BAD, ids=[b[0] for b in PLAIN_BAD])
+def test_route_input_refuses_what_any_front_door_sends_wrong(what, fields, fragment):
+    with pytest.raises(InvalidRequest) as caught:
+        route_input(model="auto", messages=[ChatTurn("user", "hi")], limits=LIMITS, **fields)
+    assert fragment in str(caught.value)
+
+
+def test_the_grpc_translation_and_the_plain_input_agree():
+    proto = parse_route_request(msg(("user", "hello"), sampling=router_pb2.Sampling(temperature=0.0, stop=["\n"]),
+                                    tenant="acme", request_id="r1"), LIMITS)
+    plain = route_input(model="auto", messages=[ChatTurn("user", "hello")], limits=LIMITS, tenant="acme",
+                        request_id="r1", sampling=Sampling(temperature=0.0, stop=("\n",)))
+    assert proto == plain

@@ -11,10 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from switchpoint.config.compiler import load_config
 from switchpoint.config.errors import ConfigError
-from switchpoint.router.classifiers.bank import ModelBank
-from switchpoint.router.selecting import SelectorBank
+from switchpoint.router.core import check_files
 from switchpoint.v1 import router_pb2
 from tests.conftest import ROOT, ThreadedRouter, chat
 
@@ -120,19 +118,15 @@ def test_the_bandit_learns_from_reports_and_shares_it_through_redis(tmp_path, re
 def test_broken_selection_settings_refuse_the_config(tmp_path, dataset, selection, fragment):
     cfg = config(tmp_path, selection.replace("DATASET", str(dataset)))
     with pytest.raises(ConfigError) as err:
-        loaded = load_config([cfg])
-        bank = ModelBank()
-        bank.prepare(loaded)
-        SelectorBank(bank).prepare(loaded)
+        check_files([cfg])
     assert fragment in str(err.value)
 
 
 def test_a_model_the_dataset_does_not_know_refuses_the_config(tmp_path, dataset):
     cfg = config(tmp_path, f"{{algorithm: knn, dataset: {dataset}}}")
     (cfg / "pools.yaml").write_text(POOLS.replace(STRONG, "claude-9"))
-    loaded = load_config([cfg])
     with pytest.raises(ConfigError) as err:
-        SelectorBank(ModelBank()).prepare(loaded)
+        check_files([cfg])
     assert "spec.default.selection" in str(err.value) and "claude-9" in str(err.value)
 
 
@@ -148,7 +142,6 @@ def test_a_broken_decision_selection_names_the_decision(tmp_path):
       pools: [{pool: weak}, {pool: strong}]
       selection: {algorithm: knn, dataset: /nonexistent/data.jsonl}
   default:"""))
-    loaded = load_config([cfg])
     with pytest.raises(ConfigError) as err:
-        SelectorBank(ModelBank()).prepare(loaded)
+        check_files([cfg])
     assert "spec.decisions[name=late].selection: knn selection:" in str(err.value)

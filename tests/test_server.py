@@ -10,6 +10,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from switchpoint.router.frontdoors.grpc_router import STATUS_CODES
 from switchpoint.v1 import router_pb2
 
 from .conftest import ThreadedRouter, chat
@@ -104,7 +105,8 @@ def test_bad_input_is_refused_and_the_server_keeps_serving(router, what, request
         router.stub.Route(request_msg, timeout=10)
     assert caught.value.code() == code and fragment in caught.value.details()
     assert router.stub.Route(chat("still there?"), timeout=5).pool == "small-chat"
-    assert f'switchpoint_route_errors_total{{code="{code.name}"}} 1.0' in router.metrics_text()
+    reason = next(kind for kind, c in STATUS_CODES.items() if c == code)
+    assert f'switchpoint_route_errors_total{{reason="{reason}"}} 1.0' in router.metrics_text()
 
 
 def test_non_utf8_bytes_on_the_wire_get_invalid_argument_naming_the_field(router):

@@ -89,4 +89,4 @@ def test_refusals_are_recorded_as_errors(traced):
         router.stub.Route(chat("hi", model="gpt-9"), timeout=5)
     [root] = [s for s in exporter.get_finished_spans() if s.name == "switchpoint.route"]
     assert not root.status.is_ok and "gpt-9" in root.status.description
-    assert root.attributes["rpc.grpc.status_code"] == 5
+    assert root.attributes["switchpoint.refusal"] == "not_found"

@@ -5,20 +5,17 @@ from __future__ import annotations
 import datetime as dt
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-
-import grpc
+from dataclasses import dataclass, replace
 
 from switchpoint.config.model import Pool, Pricing, RouterConfig
 from switchpoint.router.budget.cost import OutputEstimator, amount, display, limit_units, unit_name
 from switchpoint.router.budget.enforcer import BudgetCheck, BudgetEnforcer, BudgetLine
 from switchpoint.router.budget.ledger import BudgetState
 from switchpoint.router.budget.scope import BudgetInstance, Requester, applicable
-from switchpoint.router.errors import RouteError
 from switchpoint.router.metrics import RouterMetrics
 from switchpoint.router.pipeline import RouteResult
+from switchpoint.router.refusals import BudgetExhausted, Unavailable
 from switchpoint.router.request import RouteInput
-from switchpoint.v1 import router_pb2
 
 
 @dataclass(frozen=True)
@@ -36,6 +33,14 @@ class BudgetAdmission:
         return self.outcome != "unenforced"
 
 
+@dataclass(frozen=True)
+class BudgetStanding:
+    """Each budget's (or tenant instance's) state; None everywhere when the ledger could not be reached."""
+
+    budgets: tuple[tuple[BudgetInstance, BudgetState | None], ...]
+    ledger_reachable: bool
+
+
 class BudgetGate:
     def __init__(self, enforcer: BudgetEnforcer, metrics: RouterMetrics):
         self.enforcer = enforcer
@@ -48,7 +53,7 @@ class BudgetGate:
                     ) -> tuple[RouteResult, BudgetAdmission | None]:
         """Reserve the request's expected amount in every budget that applies.
 
-        Raises RouteError RESOURCE_EXHAUSTED when a Reject budget is spent, UNAVAILABLE when
+        Raises BudgetExhausted when a Reject budget is spent, Unavailable when
         the ledger is unreachable and a budget's failurePolicy is Closed.
         """
         pool = result.selection.candidate.pool
@@ -86,11 +91,10 @@ class BudgetGate:
             self.metrics.budget_outcomes.labels(line.instance.name, label).inc()
         self._publish(check.lines)
         if outcome == "rejected":
-            raise RouteError(grpc.StatusCode.RESOURCE_EXHAUSTED, _rejection(check))
+            raise BudgetExhausted(_rejection(check), _retry_after_s(check))
         if outcome == "refused":
             assert check.deciding is not None
-            raise RouteError(grpc.StatusCode.UNAVAILABLE,
-                             f"the budget ledger is unreachable and {check.deciding.describe()} has failurePolicy "
+            raise Unavailable(f"the budget ledger is unreachable and {check.deciding.describe()} has failurePolicy "
                              "Closed; the request is refused")
         return result, BudgetAdmission(rid, outcome, check.deciding, check.lines, pool.pricing)
 
@@ -116,16 +120,13 @@ class BudgetGate:
                 self.metrics.budget_standing(ln.instance.name, display(b, st.spent), display(b, st.reserved),
                                              display(b, st.remaining), st.window_end_ms / 1000)
 
-    async def status(self, config: RouterConfig, tenant: str) -> router_pb2.BudgetStatusResponse:
+    async def status(self, config: RouterConfig, tenant: str) -> BudgetStanding:
         instances = [BudgetInstance(b, tenant) if b.scope_type == "EachTenant" else BudgetInstance(b)
                      for b in config.budgets if b.scope_type != "EachTenant" or tenant]
         states = await self.enforcer.peek(instances)
         if states is None:
-            return router_pb2.BudgetStatusResponse(
-                budgets=[budget_state_message(i, None) for i in instances], ledger_reachable=False)
-        return router_pb2.BudgetStatusResponse(
-            budgets=[budget_state_message(i, s) for i, s in zip(instances, states, strict=True)],
-            ledger_reachable=True)
+            return BudgetStanding(tuple((i, None) for i in instances), ledger_reachable=False)
+        return BudgetStanding(tuple(zip(instances, states, strict=True)), ledger_reachable=True)
 
     @staticmethod
     def _lines(instances: tuple[BudgetInstance, ...], input_tokens: int, output_tokens: int,
@@ -133,26 +134,34 @@ class BudgetGate:
         return [BudgetLine(i, amount(i.budget, input_tokens, output_tokens, pool.pricing)) for i in instances]
 
 
-def outcome_message(admission: BudgetAdmission) -> router_pb2.BudgetOutcome:
-    return router_pb2.BudgetOutcome(
-        outcome=admission.outcome,
-        budget=admission.deciding.key if admission.deciding else "",
-        budgets=[budget_state_message(ln.instance, ln.state, ln.units) for ln in admission.lines],
-    )
+@dataclass(frozen=True)
+class BudgetView:
+    """One budget line as users read it: display units (tokens, or the currency), RFC 3339 window end."""
+
+    budget: str  # namespace/name, with /tenant for EachTenant budgets
+    unit: str
+    limit: float
+    action: str
+    request: float  # in a routing answer: this request's reserved amount
+    spent: float | None = None  # None when the ledger could not be reached
+    reserved: float | None = None
+    remaining: float | None = None
+    window_ends: str = ""
+    exhausted: bool = False
 
 
-def budget_state_message(instance: BudgetInstance, state: BudgetState | None,
-                         request_units: int = 0) -> router_pb2.BudgetState:
+def budget_view(instance: BudgetInstance, state: BudgetState | None, request_units: int = 0) -> BudgetView:
     b = instance.budget
-    msg = router_pb2.BudgetState(budget=instance.key, unit=unit_name(b), limit=display(b, limit_units(b)),
-                                 action=b.action, request=display(b, request_units))
-    if state is not None:
-        msg.spent = display(b, state.spent)
-        msg.reserved = display(b, state.reserved)
-        msg.remaining = display(b, state.remaining)
-        msg.window_ends = _rfc3339(state.window_end_ms)
-        msg.exhausted = state.exhausted
-    return msg
+    view = BudgetView(instance.key, unit_name(b), display(b, limit_units(b)), b.action, display(b, request_units))
+    if state is None:
+        return view
+    return replace(view, spent=display(b, state.spent), reserved=display(b, state.reserved),
+                   remaining=display(b, state.remaining), window_ends=rfc3339(state.window_end_ms),
+                   exhausted=state.exhausted)
+
+
+def admission_views(admission: BudgetAdmission) -> tuple[BudgetView, ...]:
+    return tuple(budget_view(ln.instance, ln.state, ln.units) for ln in admission.lines)
 
 
 def _rejection(check: BudgetCheck) -> str:
@@ -160,7 +169,7 @@ def _rejection(check: BudgetCheck) -> str:
     b, state = line.instance.budget, line.state
     assert state is not None
     unit = unit_name(b)
-    frees = (f"it frees up at {_rfc3339(state.free_at_ms)}" if state.free_at_ms
+    frees = (f"it frees up at {rfc3339(state.free_at_ms)}" if state.free_at_ms
              else "it frees up as requests in flight settle" if display(b, line.units) <= display(b, state.limit)
              else "this request alone exceeds the limit")
     return (f"{line.instance.describe()} is spent: {display(b, state.spent):,.6g} of {display(b, state.limit):,.6g} "
@@ -168,5 +177,13 @@ def _rejection(check: BudgetCheck) -> str:
             f"about {display(b, line.units):,.6g}; {frees}")
 
 
-def _rfc3339(ms: int) -> str:
+def _retry_after_s(check: BudgetCheck) -> float | None:
+    """Seconds until the deciding budget frees up for this request, when its window says (HTTP Retry-After)."""
+    state = next((ln.state for ln in check.lines if ln.instance == check.deciding), None)
+    if state is None or not state.free_at_ms:
+        return None
+    return max(0.0, state.free_at_ms / 1000 - dt.datetime.now(dt.UTC).timestamp())
+
+
+def rfc3339(ms: int) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

@@ -27,11 +27,11 @@ from switchpoint.router.selectors.costquality import (
     knn_selector,
 )
 from switchpoint.router.selectors.dataset import RoutingDataset, load_dataset
-from switchpoint.router.selectors.factory import ALGORITHMS, make_selector
+from switchpoint.router.selectors.factory import make_selector
+from switchpoint.router.selectors.registry import algorithm_names, selection_algorithm
 from switchpoint.router.selectors.simple import StaticSelector, WeightedParams, WeightedSelector
 
 __all__ = [
-    "ALGORITHMS",
     "BanditParams",
     "BanditSelector",
     "BanditState",
@@ -52,8 +52,10 @@ __all__ = [
     "StaticSelector",
     "WeightedParams",
     "WeightedSelector",
+    "algorithm_names",
     "cost_quality_selector",
     "knn_selector",
     "load_dataset",
     "make_selector",
+    "selection_algorithm",
 ]

@@ -40,6 +40,7 @@ from switchpoint.router.selectors.base import (
     decision_costs,
     ranking,
 )
+from switchpoint.router.selectors.registry import SelectionAlgorithm, SelectorSettings, register
 
 log = logging.getLogger("switchpoint.router.selectors")
 GLOBAL = "-"
@@ -214,3 +215,14 @@ class BanditSelector:
         if not (isinstance(quality, int | float) and math.isfinite(quality) and 0 <= quality <= 1):
             raise SelectorError(f"bandit feedback quality must be in [0, 1], got {quality!r}")
         self.state.add(context, model, float(quality), 1.0 - float(quality))
+
+
+def _build_bandit(s: SelectorSettings) -> BanditSelector:
+    if s.target_quality_share is not None:
+        raise SelectorError("bandit takes lambda, not a target quality share (it has no dataset to translate it)")
+    state = s.bandit_state if isinstance(s.bandit_state, BanditState) else None
+    return BanditSelector(BanditParams(lam=0.0 if s.lam is None else s.lam, exploration=s.exploration,
+                                       cost_basis=s.cost_basis), state)
+
+
+register(SelectionAlgorithm("bandit", _build_bandit, needs_embedding=True, learns=True))

@@ -52,6 +52,7 @@ from switchpoint.router.selectors.estimators import (
     UnknownModel,
 )
 from switchpoint.router.selectors.index import KnnIndex, TextEncoder, embed_dataset
+from switchpoint.router.selectors.registry import SelectionAlgorithm, SelectorSettings, register
 
 CostBasis = Literal["absolute", "relative"]
 LAMBDA_GRID_POINTS = 121
@@ -295,3 +296,25 @@ def cross_fitted_linear(data: RoutingDataset, emb: np.ndarray, l2: float, folds:
         q[te] = heads.estimate(emb[te], data.models).quality
     out = np.tile(data.output_tokens.mean(axis=0).astype(np.float64), (len(data), 1))
     return Estimate(q, out, np.ones(len(data.models), dtype=bool))
+
+
+def _build_knn(s: SelectorSettings) -> CostQualitySelector:
+    if s.dataset is None:
+        raise SelectorError("knn needs a dataset (labelled prompts) to build its index from")
+    if s.encoder is None:
+        raise SelectorError("knn needs the router's encoder to embed its dataset and the requests")
+    params = KnnParams(dataset=str(s.dataset), k=s.k, lam=s.lam, target_quality_share=s.target_quality_share,
+                       cost_basis=s.cost_basis, unknown_model=s.unknown_model)  # type: ignore[arg-type]
+    return knn_selector(params, s.encoder, s.cache_dir)
+
+
+def _build_cost_quality(s: SelectorSettings) -> CostQualitySelector:
+    params = CostQualityParams(lam=s.lam, target_quality_share=s.target_quality_share,
+                               dataset=None if s.dataset is None else str(s.dataset),
+                               estimator="linear" if s.encoder is not None else "mean", cost_basis=s.cost_basis,
+                               unknown_model=s.unknown_model)  # type: ignore[arg-type]
+    return cost_quality_selector(params, s.encoder, s.cache_dir)
+
+
+register(SelectionAlgorithm("cost-quality", _build_cost_quality, needs_embedding=True))
+register(SelectionAlgorithm("knn", _build_knn, needs_embedding=True))

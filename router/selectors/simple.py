@@ -19,6 +19,7 @@ from switchpoint.router.selectors.base import (
     check_candidates,
     ranking,
 )
+from switchpoint.router.selectors.registry import SelectionAlgorithm, register
 
 
 def _costs(candidates: Sequence[CandidateModel], request: SelectionRequest) -> list[float]:
@@ -93,3 +94,8 @@ class WeightedSelector:
                   for i, c in enumerate(candidates)}
         notes = () if request.request_id else ("no request id: a random draw",)
         return ranking(self.algorithm, candidates, order, scores, notes=notes)
+
+
+register(SelectionAlgorithm("static", lambda s: StaticSelector(), needs_embedding=False))
+register(SelectionAlgorithm("weighted", lambda s: WeightedSelector(WeightedParams(tuple(float(w) for w in s.weights))),
+                            needs_embedding=False))

@@ -31,13 +31,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import grpc
 import numpy as np
 from opentelemetry import trace
 
 from switchpoint.config.model import ClassifierSignal, PiiSignal, Policy, SimilaritySignal
-from switchpoint.router.classifiers.bank import LoadedClassifier, ModelBank
-from switchpoint.router.errors import RouteError
+from switchpoint.router.classifiers.bank import LoadedClassifier, Models
+from switchpoint.router.refusals import Unavailable
 from switchpoint.router.request import RouteInput
 from switchpoint.router.signals.rules import Inferred, NeuralSignal, pii_found, scoped_text
 
@@ -58,16 +57,19 @@ def _lower_priority() -> None:
 
 @dataclass
 class RequestInference:
-    """What one request has computed so far: embeddings by (encoder, text), head outputs by (classifier, text)."""
+    """What one request has computed so far: embeddings by (encoder, text), head outputs by (classifier, text).
 
+    `models` are those of the snapshot the request started with: a reload during the request changes nothing
+    it computes."""
+
+    models: Models
     embeddings: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
     outputs: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
     timings: list[tuple[str, float, str]] = field(default_factory=list)  # (what, ms, outcome) for traces
 
 
 class SignalInference:
-    def __init__(self, bank: ModelBank, threads: int = 2, tracer: trace.Tracer | None = None):
-        self.bank = bank
+    def __init__(self, threads: int = 2, tracer: trace.Tracer | None = None):
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="switchpoint-classifier",
                                            initializer=_lower_priority)
         self.tracer = tracer or trace.NoOpTracer()
@@ -80,7 +82,7 @@ class SignalInference:
         key = (encoder, text)
         found = state.embeddings.get(key)
         if found is None:
-            model = self.bank.encoder(encoder)
+            model = state.models.encoder(encoder)
             found = await self._off_loop(lambda: model.encode_one(text), timeout_ms)
             state.embeddings[key] = found
         return found
@@ -95,7 +97,7 @@ class SignalInference:
             span.set_attribute("switchpoint.classifier", what)
             try:
                 if isinstance(signal, ClassifierSignal):
-                    loaded = self.bank.classifier(policy, signal.classifier)
+                    loaded = state.models.classifier(policy, signal.classifier)
                     probs = await self._head_output(state, loaded, text)
                     result = classifier_outcome(signal, loaded, probs)
                 elif isinstance(signal, PiiSignal):
@@ -103,16 +105,16 @@ class SignalInference:
                     result = Inferred(bool(found), f"found {', '.join(found)}" if found else "none found")
                 else:
                     emb = await self.embedding(state, signal.encoder, text, SIMILARITY_TIMEOUT_MS)
-                    result = similarity_outcome(signal, emb, self.bank.examples(signal))
+                    result = similarity_outcome(signal, emb, state.models.examples(signal))
             except Exception as exc:  # any failure of a model degrades (or fails) the signal, never the router
                 ms = (time.perf_counter() - started) * 1000
                 cause = "timed out" if isinstance(exc, TimeoutError) else f"failed: {type(exc).__name__}: {exc}"
                 span.set_attribute("switchpoint.classifier.outcome", "degraded")
                 state.timings.append((what, ms, "degraded"))
                 if isinstance(signal, ClassifierSignal) and \
-                        self.bank.classifier(policy, signal.classifier).spec.on_error == "Fail":
-                    raise RouteError(grpc.StatusCode.UNAVAILABLE,
-                                     f"{what} {cause} and the policy says it must not degrade (onError: Fail)") from exc
+                        state.models.classifier(policy, signal.classifier).spec.on_error == "Fail":
+                    raise Unavailable(
+                        f"{what} {cause} and the policy says it must not degrade (onError: Fail)") from exc
                 return Inferred(False, f"degraded: {what} {cause}; counted as not fired", degraded=True)
             ms = (time.perf_counter() - started) * 1000
             span.set_attribute("switchpoint.classifier.outcome", "fired" if result.fired else "not_fired")

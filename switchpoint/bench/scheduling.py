@@ -1,7 +1,7 @@
 """`switchpoint bench scheduling`: endpoint-picking policies on a simulated fleet, in virtual time.
 
 Each run builds a RoutingPolicy whose pool uses one scheduling profile, compiles it with the
-production compiler and routes every request with the production RoutePipeline, Scheduler
+production compiler and routes and settles every request with the router core (RouterCore: pipeline, Scheduler
 and in-flight ledger — the baselines are profiles of that same code (round_robin, random,
 least_request, gie_default = the Gateway API Inference Extension's default profile: queue 2,
 KV-cache 2, prefix 3, max-score picker). The fleet is four simulated replicas
@@ -12,24 +12,26 @@ time. A request's Report reaches the router when its last token is out.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from opentelemetry import trace
-
 from switchpoint.bench.router import percentile
 from switchpoint.bench.workloads import WORKLOADS, WorkloadRequest
 from switchpoint.config.compiler import compile_manifests
 from switchpoint.config.manifests import API_VERSION, Manifest
 from switchpoint.config.model import RouterConfig
-from switchpoint.router.inflight import InflightEntry, InflightLedger
-from switchpoint.router.pipeline import RoutePipeline
+from switchpoint.router.classifiers.bank import Models
+from switchpoint.router.core import Settlement, Snapshot
+from switchpoint.router.core.offline import assemble
+from switchpoint.router.inflight import InflightLedger
 from switchpoint.router.request import RouteInput
 from switchpoint.router.scheduling.fleet import FleetState
 from switchpoint.router.scheduling.scheduler import Scheduler
+from switchpoint.router.selecting import Selectors
 from switchpoint.sim.engine import Engine, EngineRequest, prompt_blocks, token_count
 from switchpoint.sim.virtual import VirtualFleet
 
@@ -87,7 +89,8 @@ def run_once(profile: str, requests: list[WorkloadRequest], duration: float, see
     state = FleetState()
     ledger = InflightLedger()
     scheduler = Scheduler(ledger, state, clock=lambda: fleet.now, rng=random.Random(seed))
-    pipeline = RoutePipeline(scheduler, trace.NoOpTracer())
+    core = assemble(Snapshot(config, Models(), Selectors()), scheduler)
+    loop = asyncio.new_event_loop()  # the core is async; in virtual time each call finishes without waiting
     ttft: list[float] = []
     tpot: list[float] = []
     out_tokens = 0
@@ -96,24 +99,22 @@ def run_once(profile: str, requests: list[WorkloadRequest], duration: float, see
     def arrive(item: tuple[int, WorkloadRequest]) -> None:
         index, w = item
         req = RouteInput(request_id=str(index), model="bench", messages=w.messages, max_tokens=w.output_tokens)
-        result = pipeline.route_now(config, req)
-        placement = result.selection.placement
-        ledger.admit(InflightEntry(req.request_id, result.policy_name, result.outcome.decision.name, "bench",
-                                   result.selection.candidate.model, placement.replica.address, started=fleet.now))
-        scheduler.commit(result.selection.candidate, placement)
+        routed = loop.run_until_complete(core.route(req))
         text = "".join(f"<|{m.role}|>{m.content}" for m in w.messages)
-        fleet.submit(placement.replica.address, EngineRequest(req.request_id, token_count(text), w.output_tokens,
-                                                              prompt_blocks(text)))
+        fleet.submit(routed.replica, EngineRequest(req.request_id, token_count(text), w.output_tokens,
+                                                   prompt_blocks(text)))
 
     def tokens(emitted: list[EngineRequest]) -> None:
         nonlocal out_tokens, met
         for r in emitted:
             if not r.done:
                 continue
-            ledger.settle(r.id)  # the frontend's Report
             assert r.first_token_at is not None and r.finished_at is not None
             first = r.first_token_at - r.arrival
             per_token = (r.finished_at - r.first_token_at) / (r.generated - 1) if r.generated > 1 else 0.0
+            loop.run_until_complete(core.settle(Settlement(  # the frontend's Report
+                r.id, "success", r.prompt_tokens, r.generated, ttft_ms=first * 1000,
+                latency_ms=(r.finished_at - r.arrival) * 1000)))
             ttft.append(first)
             tpot.append(per_token)
             out_tokens += r.generated
@@ -124,7 +125,10 @@ def run_once(profile: str, requests: list[WorkloadRequest], duration: float, see
 
     for index, w in enumerate(requests):
         fleet.at(w.at, "arrival", (index, w))
-    fleet.run(duration + DRAIN_S, arrive, tokens, scrape)
+    try:
+        fleet.run(duration + DRAIN_S, arrive, tokens, scrape)
+    finally:
+        loop.close()
     # requests still unfinished after the drain count as SLO misses
     return RunResult(ttft, tpot, out_tokens, met, len(requests), duration)
 
