@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
-import signal
 
 log = logging.getLogger("switchpoint.operator")
 
@@ -36,20 +34,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # one line per watch event is noise
-    return asyncio.run(_main(args))
+    # kopf handles SIGTERM and SIGINT itself in the main thread. A stop flag of ours would never be set (kopf's
+    # handlers replace any we add), and kopf would wait 5 s for its waiter on every shutdown.
+    return asyncio.run(serve(args, None))
 
 
-async def _main(args: argparse.Namespace) -> int:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-    return await serve(args, stop)
-
-
-async def serve(args: argparse.Namespace, stop: asyncio.Event) -> int:
-    """Run until `stop` is set."""
+async def serve(args: argparse.Namespace, stop: asyncio.Event | None) -> int:
+    """Run until `stop` is set (None: until SIGTERM or SIGINT)."""
     import kopf
 
     from switchpoint.operator.handlers import register

@@ -1,0 +1,162 @@
+"""`helm install` of charts/switchpoint into a real API server, and the operator's RBAC as the server enforces it.
+
+Least privilege is checked with `kubectl auth can-i --as system:serviceaccount:...` (the API server's own
+authoriser answering for the chart's ServiceAccount): the operator may do what it does (the operator tests run it
+with this ServiceAccount's token) and nothing else; with operator.watchNamespaces its namespaced rights exist only
+in those namespaces. No kubelet runs here, so the operator's pod never starts; its objects exist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from tests.apiserver_support import ControlPlane
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.apiserver
+
+CHART = ROOT / "charts" / "switchpoint"
+SP = "switchpoint.dev"
+
+
+@dataclass(frozen=True)
+class Release:
+    name: str
+    namespace: str
+    watch: tuple[str, ...] = ()
+    nudge: bool = True
+
+    @property
+    def fullname(self) -> str:
+        return f"{self.name}-switchpoint"
+
+    @property
+    def user(self) -> str:
+        return f"system:serviceaccount:{self.namespace}:{self.fullname}"
+
+
+CLUSTER_WIDE = Release("sp", "switchpoint-system")
+SCOPED = Release("scoped", "scoped-system", watch=("team-x", "team-y"), nudge=False)
+
+
+def install(plane: ControlPlane, release: Release) -> str:
+    args = ["install", release.name, str(CHART), "--namespace", release.namespace, "--create-namespace"]
+    if release.watch:
+        args += ["--set", f"operator.watchNamespaces={{{','.join(release.watch)}}}"]
+    if not release.nudge:
+        args += ["--set", "operator.nudgeRouterPods=false"]
+    return plane.helm(*args).stdout
+
+
+@pytest.fixture(scope="module")
+def releases(control_plane: ControlPlane) -> Iterator[ControlPlane]:
+    for namespace in SCOPED.watch:
+        control_plane.kubectl("create", "namespace", namespace)
+    installed = [install(control_plane, r) for r in (CLUSTER_WIDE, SCOPED)]
+    assert all("STATUS: deployed" in out for out in installed), installed
+    yield control_plane
+    for release in (CLUSTER_WIDE, SCOPED):
+        control_plane.helm("uninstall", release.name, "--namespace", release.namespace)
+
+
+def test_helm_install_creates_the_charts_objects(releases: ControlPlane) -> None:
+    for release in (CLUSTER_WIDE, SCOPED):
+        ns, full = release.namespace, release.fullname
+        deployment = releases.get_json("deployment", f"{full}-operator", "-n", ns)
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["serviceAccountName"] == full
+        assert pod["containers"][0]["image"] == "ghcr.io/switchpoint/operator:0.1.0"
+        assert "readyReplicas" not in deployment.get("status", {})  # stored, not run: no kubelet here
+        releases.get_json("serviceaccount", full, "-n", ns)
+        settings = releases.get_json("configmap", f"{full}-router-settings", "-n", ns)
+        assert "router-settings.yaml" in settings["data"]
+        releases.get_json("clusterrole", f"{full}-operator")
+        binding = releases.get_json("clusterrolebinding", f"{full}-operator")
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": full, "namespace": ns}]
+    for namespace in SCOPED.watch:
+        releases.get_json("role", f"{SCOPED.fullname}-operator", "-n", namespace)
+        releases.get_json("rolebinding", f"{SCOPED.fullname}-operator", "-n", namespace)
+    listed = releases.helm("list", "--all-namespaces", "-o", "json").stdout
+    assert '"name":"sp"' in listed and '"name":"scoped"' in listed
+    assert listed.count('"status":"deployed"') >= 2
+
+
+def can_i(plane: ControlPlane, user: str, verb: str, resource: str, namespace: str | None) -> bool:
+    """`kubectl auth can-i` as `user`: namespace "*" asks for every namespace, None for a cluster-scoped kind."""
+    resource, _, sub = resource.partition("/")
+    args = ["auth", "can-i", verb, resource, "--as", user]
+    if sub:
+        args.append(f"--subresource={sub}")
+    if namespace == "*":
+        args.append("--all-namespaces")
+    elif namespace:
+        args += ["-n", namespace]
+    done = plane.kubectl(*args, check=False)
+    answer = done.stdout.strip()
+    assert answer in ("yes", "no"), done.stderr
+    return answer == "yes"
+
+
+def grants(plane: ControlPlane, user: str, namespace: str) -> set[tuple[str, str]]:
+    """(verb, resource) pairs `kubectl auth can-i --list` shows for `user` in `namespace`, less what every
+    authenticated user may do (a ServiceAccount without bindings shows those)."""
+    def listed(who: str) -> set[tuple[str, str]]:
+        out = plane.kubectl("auth", "can-i", "--list", "--as", who, "-n", namespace).stdout
+        header, *rows = out.rstrip().splitlines()
+        starts = [header.index(title) for title in ("Resources", "Non-Resource URLs", "Resource Names", "Verbs")]
+        found = set()
+        for row in rows:
+            resource, non_resource, names, verbs = (row[a:b].strip() for a, b in
+                                                    zip(starts, [*starts[1:], None], strict=True))
+            assert names == "[]", row  # no rule is narrowed to resourceNames
+            found |= {(verb, resource or non_resource) for verb in verbs.strip("[]").split()}
+        return found
+    return listed(user) - listed("system:serviceaccount:default:nobody")
+
+
+# What the operator does (see operator/kube.py and apply.py, and kopf's watches) in a namespace it manages.
+OWNED = ("configmaps", "services", "deployments.apps", "poddisruptionbudgets.policy",
+         "horizontalpodautoscalers.autoscaling")
+# `get` where `list` is granted reads nothing more; the chart grants it with the reads.
+NAMESPACED = {
+    *((verb, f"{kind}.{SP}") for kind in ("modelpools", "routingpolicies", "budgets")
+      for verb in ("get", "list", "watch")),
+    *((verb, f"{kind}.{SP}/status") for kind in ("modelpools", "routingpolicies", "budgets")
+      for verb in ("get", "patch")),
+    ("update", f"routingpolicies.{SP}/finalizers"),  # blockOwnerDeletion under OwnerReferencesPermissionEnforcement
+    ("get", "pods"), ("list", "pods"), ("watch", "pods"),
+    *((verb, kind) for kind in OWNED for verb in ("get", "list", "watch", "create", "patch", "delete")),
+}
+NUDGE = {("patch", "pods")}  # operator.nudgeRouterPods (the default) annotates router pods
+CRDS = {(verb, "customresourcedefinitions.apiextensions.k8s.io") for verb in ("get", "list", "watch")}
+NAMESPACES = {(verb, "namespaces") for verb in ("get", "list", "watch")}
+
+
+def test_cluster_wide_operator_can_do_what_it_needs_and_no_more(releases: ControlPlane) -> None:
+    expected = NAMESPACED | NUDGE | CRDS
+    assert grants(releases, CLUSTER_WIDE.user, "default") == expected
+    assert grants(releases, CLUSTER_WIDE.user, "any-namespace") == expected
+    user = CLUSTER_WIDE.user
+    assert can_i(releases, user, "create", "deployments.apps", "*")
+    assert can_i(releases, user, "patch", "routingpolicies.switchpoint.dev/status", "*")
+    assert not can_i(releases, user, "patch", "routingpolicies.switchpoint.dev", "*")  # users' specs are theirs
+    assert not can_i(releases, user, "get", "secrets", "*")
+    assert not can_i(releases, user, "create", "pods", "*")
+    assert not can_i(releases, user, "update", "deployments.apps", "*")
+    assert not can_i(releases, user, "create", "customresourcedefinitions.apiextensions.k8s.io", None)
+
+
+def test_scoped_operator_has_namespaced_rights_only_where_it_watches(releases: ControlPlane) -> None:
+    user = SCOPED.user
+    for namespace in SCOPED.watch:  # nudgeRouterPods=false: no write on pods at all
+        assert grants(releases, user, namespace) == NAMESPACED | CRDS | NAMESPACES
+    for namespace in ("default", SCOPED.namespace, "team-z"):
+        assert grants(releases, user, namespace) == CRDS | NAMESPACES  # cluster-wide, read-only, for kopf
+    assert can_i(releases, user, "create", "deployments.apps", "team-x")
+    assert not can_i(releases, user, "create", "deployments.apps", "default")
+    assert not can_i(releases, user, "list", "pods", "*")
+    assert not can_i(releases, user, "patch", "pods", "team-y")
+    assert can_i(releases, user, "watch", "namespaces", None)
