@@ -22,7 +22,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,8 @@ BUILD_HINT = {KUBE_APISERVER: "make controlplane", ETCD: "make controlplane", KU
               HELM: "make .venv/bin/helm"}
 SERVICE_CIDR = "10.0.0.0/24"
 ISSUER = "https://kubernetes.default.svc.cluster.local"
+# The message of the chart's ValidatingAdmissionPolicy (charts/switchpoint/templates/admission-policy.yaml).
+POLICY_REFUSAL = "the Switchpoint operator writes only the router objects it manages"
 CRD_NAMES = ("modelpools.switchpoint.dev", "routingpolicies.switchpoint.dev", "budgets.switchpoint.dev")
 
 
@@ -191,6 +193,15 @@ class ControlPlane:
         self.kubectl("wait", "--for=condition=Established", "--timeout=30s", *(f"crd/{n}" for n in CRD_NAMES))
         return out
 
+    def await_operator_policy(self, user: str, namespace: str) -> None:
+        """Wait until the chart's ValidatingAdmissionPolicy is in force for `user` (the API server loads a new
+        policy about a second after it is created): until a write to someone else's ConfigMap is refused."""
+        self.kubectl("create", "configmap", "policy-probe", "-n", namespace)
+        eventually(lambda: POLICY_REFUSAL in self.kubectl("annotate", "configmap", "policy-probe", "-n", namespace,
+                                                          "probe=1", "--as", user, check=False).stderr,
+                   what=f"the operator's admission policy in force for {user}")
+        self.kubectl("delete", "configmap", "policy-probe", "-n", namespace)
+
     def token_kubeconfig(self, namespace: str, service_account: str, name: str) -> Path:
         """A kubeconfig that authenticates as the ServiceAccount, with a token from the TokenRequest API
         (what a pod's projected token is), as the operator reads it in a cluster."""
@@ -198,6 +209,22 @@ class ControlPlane:
         path = self.workdir / f"{name}.kubeconfig"
         path.write_text(yaml.safe_dump(kubeconfig(self.url, self.pki / "ca.crt", {"token": token})))
         return path
+
+
+def eventually(check: Callable[[], Any], timeout: float = 15.0, what: str = "") -> Any:
+    """Poll `check` until it returns something truthy (an AssertionError, e.g. kubectl get of an object that is not
+    there yet, counts as not yet); fail with the last answer."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except AssertionError as exc:
+            last = exc
+        if last and not isinstance(last, AssertionError):
+            return last
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}: last {last!r}")
 
 
 @pytest.fixture(scope="session")

@@ -8,12 +8,13 @@ in those namespaces. No kubelet runs here, so the operator's pod never starts; i
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 
-from tests.apiserver_support import ControlPlane
+from tests.apiserver_support import POLICY_REFUSAL, ControlPlane
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.apiserver
@@ -160,3 +161,58 @@ def test_scoped_operator_has_namespaced_rights_only_where_it_watches(releases: C
     assert not can_i(releases, user, "list", "pods", "*")
     assert not can_i(releases, user, "patch", "pods", "team-y")
     assert can_i(releases, user, "watch", "namespaces", None)
+
+
+def as_operator(plane: ControlPlane, *args: str, stdin: str | None = None) -> tuple[bool, str]:
+    """A kubectl write impersonating the cluster-wide operator: (allowed, stderr)."""
+    done = plane.kubectl(*args, "--as", CLUSTER_WIDE.user, stdin=stdin, check=False)
+    return done.returncode == 0, done.stderr
+
+
+def test_the_admission_policy_confines_the_operators_writes_to_its_router_objects(releases: ControlPlane) -> None:
+    """RBAC lets the cluster-wide operator patch and delete every ConfigMap and pod; the chart's
+    ValidatingAdmissionPolicy lets it touch only its own router objects and the router pods' digest annotation."""
+    plane, ns = releases, "default"
+    plane.await_operator_policy(CLUSTER_WIDE.user, ns)
+    plane.kubectl("create", "configmap", "someone-elses", "-n", ns, "--from-literal=k=v")
+    managed_label = "app.kubernetes.io/managed-by=switchpoint-operator"
+    owned = POLICY_REFUSAL
+    assert as_operator(plane, "annotate", "configmap", "someone-elses", "-n", ns, "x=y") == (False, ANY(owned))
+    assert as_operator(plane, "label", "configmap", "someone-elses", "-n", ns, managed_label) == (False, ANY(owned))
+    assert as_operator(plane, "delete", "configmap", "someone-elses", "-n", ns) == (False, ANY(owned))
+    mine = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {
+        "name": "mine", "namespace": ns, "labels": {"app.kubernetes.io/managed-by": "switchpoint-operator"}}}
+    assert as_operator(plane, "create", "-f", "-", stdin=json.dumps(mine))[0]
+    assert as_operator(plane, "annotate", "configmap", "mine", "-n", ns, "x=y")[0]
+    assert as_operator(plane, "label", "configmap", "mine", "-n", ns, "app.kubernetes.io/managed-by-") == (
+        False, ANY(owned))  # nor give its own away
+    assert as_operator(plane, "delete", "configmap", "mine", "-n", ns)[0]
+    assert plane.kubectl("annotate", "configmap", "someone-elses", "-n", ns, "x=y").returncode == 0  # others: as before
+
+    nudge = "the Switchpoint operator may only set the switchpoint.dev/config-digest annotation of router pods"
+    digest = "switchpoint.dev/config-digest=0123abcd"
+    for name, labels in (("a-model-server", {"app": "vllm"}),
+                         ("a-router", {"app.kubernetes.io/name": "switchpoint-router"})):
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns, "labels": labels},
+               "spec": {"containers": [{"name": "c", "image": "registry.example/c:1"}]}}
+        plane.kubectl("create", "-f", "-", stdin=json.dumps(pod))
+    assert as_operator(plane, "annotate", "pod", "a-model-server", "-n", ns, digest) == (False, ANY(nudge))
+    assert as_operator(plane, "annotate", "pod", "a-router", "-n", ns, digest)[0]
+    assert as_operator(plane, "annotate", "pod", "a-router", "-n", ns, "other=x") == (False, ANY(nudge))
+    assert as_operator(plane, "label", "pod", "a-router", "-n", ns, "app=x") == (False, ANY(nudge))
+    image = {"spec": {"containers": [{"name": "c", "image": "registry.example/other:1"}]}}
+    assert as_operator(plane, "patch", "pod", "a-router", "-n", ns, "-p", json.dumps(image)) == (False, ANY(nudge))
+    plane.kubectl("delete", "pod/a-model-server", "pod/a-router", "configmap/someone-elses", "-n", ns, "--wait=false")
+
+
+class ANY:
+    """Equal to any text that contains `part`."""
+
+    def __init__(self, part: str):
+        self.part = part
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, str) and self.part in other
+
+    def __repr__(self) -> str:
+        return f"<text containing {self.part!r}>"

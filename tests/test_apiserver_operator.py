@@ -2,7 +2,8 @@
 kube-apiserver: it reconciles the cluster examples into router objects and statuses, the API server validating
 every object it writes and authorising every call against the chart's RBAC.
 
-The chart is installed with operator.watchNamespaces (Roles, the narrowest RBAC it offers) and nudgeRouterPods on.
+The chart is installed with operator.watchNamespaces (Roles, the narrowest RBAC it offers) and nudgeRouterPods on,
+and its ValidatingAdmissionPolicy is in force before the operator starts, so every write passes it too.
 No controllers run: the test plays the kubelet (pod status) where the story needs it; the operator itself deletes
 what a deleted policy owned (there is no garbage collector here, so nothing else could).
 """
@@ -14,7 +15,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ import yaml
 
 from switchpoint.config.compiler import load_config
 from switchpoint.operator.labels import CONFIG_DIGEST, CONFIG_FILE, MANAGED_BY, MANAGER
-from tests.apiserver_support import BIN, ControlPlane
+from tests.apiserver_support import BIN, ControlPlane, eventually
 from tests.conftest import EXAMPLES, ROOT
 from tests.operator_support import LARGE, load
 
@@ -102,20 +103,6 @@ def set_ready(plane: ControlPlane, namespace: str, name: str, ready: bool, ip: s
                   "-p", json.dumps({"status": status}))
 
 
-def eventually(check: Callable[[], Any], timeout: float = 15.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except AssertionError as exc:  # kubectl get of an object that is not there yet
-            last = exc
-        if last and not isinstance(last, AssertionError):
-            return last
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}: last {last!r}")
-
-
 def managed(plane: ControlPlane, namespace: str) -> dict[tuple[str, str], dict[str, str]]:
     """(kind, name) -> uid and resourceVersion of every router object the operator owns in `namespace`."""
     items = plane.get_json(OWNED_KINDS, "-n", namespace, "-l", f"{MANAGED_BY}={MANAGER}")["items"]
@@ -148,6 +135,7 @@ def env(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -
     settings = work / "router-settings.yaml"  # what the operator's pod mounts from the chart's ConfigMap
     settings.write_text(plane.get_json("configmap", f"{RELEASE}-switchpoint-router-settings", "-n", SYSTEM)
                         ["data"]["router-settings.yaml"])
+    plane.await_operator_policy(f"system:serviceaccount:{SYSTEM}:{RELEASE}-switchpoint", STORY)  # every write checked
     kubeconfig = plane.token_kubeconfig(SYSTEM, f"{RELEASE}-switchpoint", "operator")
     operator = OperatorProcess(kubeconfig, settings, (STORY, RESTART), work / "operator.log")
     operator.start()
