@@ -262,6 +262,38 @@ def _static_cluster(name: str, addresses: Sequence[str], dns: bool = False) -> d
             "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": endpoints}]}}
 
 
+DEPLOY_HEADER = """\
+# The gateway Switchpoint ships, for a cluster: Envoy in front of the router's ext_proc service.
+# Rendered by `switchpoint.gateway.deploy_config()` (tests/test_gateway_config.py checks it is current and that
+# the real Envoy accepts it); `switchpoint gateway` runs the same config on 127.0.0.1 with a local router.
+#
+# - listener :8080 (OpenAI API), admin 127.0.0.1:9901 only
+# - switchpoint.auth (Lua): drops client-sent x-switchpoint-tenant/-user/-request-id, x-gateway-destination-
+#   endpoint and x-prefiller-host-port; put your authentication in front (jwt_authn with claim_to_headers
+#   setting x-switchpoint-tenant, after this filter) or use `switchpoint gateway --api-keys`
+# - switchpoint.extproc: request headers + BUFFERED body to the router (switchpoint-router:9002), which answers
+#   with the replica (header and envoy.lb metadata), the rewritten body, or an immediate response
+# - switchpoint.observe: observability mode, sees the response and settles it (Envoy never waits for it)
+# - failure mode: closed (status_on_error 503 when the router is unreachable); see README.md here
+"""
+
+
+def deploy_config() -> str:
+    """deploy/envoy/envoy.yaml: the split-mode gateway for a cluster (router Service switchpoint-router:9002)."""
+    cfg = GatewayConfig(router_address=f"switchpoint-router:{DEFAULT_PORT}", router_dns=True, listen_host="0.0.0.0",
+                        port=8080, admin_host="127.0.0.1", admin_port=9901)
+    plain = json.loads(json.dumps(envoy_config(cfg)))  # no shared objects, so no YAML anchors
+    return DEPLOY_HEADER + yaml.dump(plain, Dumper=_BlockDumper, sort_keys=False, width=120)
+
+
+class _BlockDumper(yaml.SafeDumper):
+    """Multi-line strings (the Lua source) as literal blocks."""
+
+
+_BlockDumper.add_representer(str, lambda d, s: d.represent_scalar("tag:yaml.org,2002:str", s,
+                                                                   style="|" if "\n" in s else None))
+
+
 # -- running Envoy -----------------------------------------------------------------------------------------
 
 def envoy_binary() -> str:

@@ -201,6 +201,30 @@ async def _serve_fast_fleet(fleet: list[dict]) -> None:
     await asyncio.Event().wait()
 
 
+class FastFleet:
+    """Simulated replicas whose engine spends no time, in a child process, stopped on exit."""
+
+    def __init__(self, fleet: list[dict]):
+        self.fleet = fleet
+        self.proc: subprocess.Popen[str] | None = None
+
+    def __enter__(self) -> FastFleet:
+        self.proc = subprocess.Popen([sys.executable, "-m", "switchpoint.bench.gateway", json.dumps(self.fleet)],
+                                     stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        if "fleet ready" not in self.proc.stdout.readline():
+            self.proc.kill()
+            raise RuntimeError(f"the simulated replicas did not start (exit {self.proc.wait()})")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            if self.proc.stdout:
+                self.proc.stdout.close()
+
+
 def _baseline_config(cfg: GatewayConfig, replicas: list[str]) -> dict:
     """The gateway's config with the ext_proc filters out and a static cluster of the replicas."""
     config = envoy_config(cfg)
@@ -220,12 +244,7 @@ def _baseline_config(cfg: GatewayConfig, replicas: list[str]) -> dict:
 def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="switchpoint-bench-gateway-") as tmp, contextlib.ExitStack() as stack:
         config_dir, fleet, small = _fast_fleet([Path(p) for p in args.config], Path(tmp))
-        sim = subprocess.Popen([sys.executable, "-m", "switchpoint.bench.gateway", json.dumps(fleet)],
-                               stdout=subprocess.PIPE, text=True)
-        stack.callback(lambda: (sim.terminate(), sim.wait()))
-        assert sim.stdout is not None
-        if "fleet ready" not in sim.stdout.readline():
-            raise RuntimeError("the simulated replicas did not start")
+        stack.enter_context(FastFleet(fleet))
         extproc_port = free_port()
         router = stack.enter_context(RouterProcess([config_dir], metrics=False,
                                                    extra=["--extproc-port", str(extproc_port)]))
