@@ -185,6 +185,10 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--no-plot", action="store_true")
     b.add_argument("--json", action="store_true", help="print one JSON object")
 
+    from switchpoint import gateway as gateway_cli
+
+    gateway_cli.add_parser(sub, bench)  # switchpoint gateway, switchpoint bench gateway
+
     p = command("cache", _bench_usage, "The semantic cache in Redis: entries per policy, flush")
     cache = p.add_subparsers(dest="cache", required=True)
     b = cache.add_parser("stats", help="entries, scopes and memory of the cache, entries per policy")
