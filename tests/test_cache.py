@@ -525,9 +525,18 @@ def test_bench_cache_quick_json_layout(tmp_path: Any) -> None:
         assert e["hit_share"] > 0.3  # half the lookups are near-duplicates of stored prompts
     assert r["get_p99_ms"] > 0 and r["writes_per_s"] > 50
     assert r["threshold"] == r["threshold_rederived"]  # the default is what the stated rule picks
-    assert 0.5 <= r["hit_rate"] <= 1 and 0.8 <= r["hit_precision"] <= 1
-    assert r["pairs"] == {"paraphrase": 316, "near_miss": 317}
-    assert len(r["curve"]["test"]) == 10 and (tmp_path / "pr.png").stat().st_size > 10_000
+    assert r["quality_split"] == "heldout.jsonl" and r["heldout_pairs"] == {"paraphrase": 125, "near_miss": 131}
+    assert r["pairs"] == {"paraphrase": 336, "near_miss": 337}
+    lo, hi = r["hit_precision_ci95"]
+    assert 0 <= lo <= r["hit_precision"] <= hi <= 1 and r["hits"]["right"] + r["hits"]["wrong"] > 0
+    assert 0.5 <= r["hit_rate"] <= 1 and 0.9 <= r["hit_precision"] <= 1
+    # the cosine-only baseline beside it: more hits, far more of them wrong
+    assert r["cosine_only"]["hit_rate"] >= r["hit_rate"] and r["cosine_only"]["hit_precision"] < r["hit_precision"]
+    by_target = r["by_target_precision"]
+    assert [by_target[t]["hits"] for t in ("0.9", "0.95", "0.97", "0.98", "0.99")] == \
+        sorted((by_target[t]["hits"] for t in ("0.9", "0.95", "0.97", "0.98", "0.99")), reverse=True)
+    assert 0 < r["verifier_p50_ms"] <= r["verifier_p99_ms"]
+    assert len(r["curve"]["development"]) == 10 and (tmp_path / "pr.png").stat().st_size > 10_000
 
 
 def test_a_vector_of_another_dimension_is_a_miss_not_an_outage(make_cache: Callable[..., SemanticCache]) -> None:

@@ -26,6 +26,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from switchpoint.router.cache.scope import CacheScope, Conversation, conversation, exact_key
 from switchpoint.router.cache.store import CacheStore, Entry, MemoryStore, NewEntry, Probe
+from switchpoint.router.cache.verifier import DEFAULT_TARGET_PRECISION
 from switchpoint.router.request import ChatTurn
 
 log = logging.getLogger("switchpoint.router.cache")
@@ -84,16 +85,19 @@ class SemanticCache:
         return time.monotonic() >= self._down_until
 
     async def lookup(self, scope: CacheScope, text: str | Conversation, embedding: np.ndarray | None,
-                     threshold: float, max_tokens: int | None = None) -> Lookup:
+                     threshold: float, max_tokens: int | None = None,
+                     target_precision: float | None = None) -> Lookup:
         """The entry answering this request, if any. text: the request's Conversation (conversation(messages)),
-        or a single user message; embedding: its embed_text encoded (None: exact tier only)."""
+        or a single user message; embedding: its embed_text encoded (None: exact tier only); target_precision:
+        the pair verifier's operating point (None: verifier.DEFAULT_TARGET_PRECISION)."""
         start = time.perf_counter()
         if not self.available:
             self.counters["unavailable"] += 1
             return Lookup("unavailable")
         conv = as_conversation(text)
         vector = _usable(embedding)
-        probe = Probe(scope, exact_key(scope, conv), vector, threshold, conv.embed_text, max_tokens)
+        target = DEFAULT_TARGET_PRECISION if target_precision is None else target_precision
+        probe = Probe(scope, exact_key(scope, conv), vector, threshold, conv.embed_text, max_tokens, target)
         try:
             async with asyncio.timeout(self.lookup_timeout_s):
                 found = await self.backend.lookup(probe)

@@ -37,6 +37,8 @@ from __future__ import annotations
 import difflib
 import functools
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 _WORD = re.compile(r"[a-z][a-z0-9+#]*(?:'[a-z]+)?|\d+(?:[.,]\d+)*")
 _NUMBER_WORDS = {  # not "one": mostly a pronoun ("which one is faster")
@@ -45,7 +47,9 @@ _NUMBER_WORDS = {  # not "one": mostly a pronoun ("which one is faster")
     "seventeen": 17, "eighteen": 18, "nineteen": 19, "twenty": 20, "thirty": 30, "forty": 40, "fifty": 50,
     "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90, "hundred": 100, "thousand": 1000, "million": 10**6,
     "billion": 10**9, "dozen": 12, "second": "2nd", "third": "3rd", "fourth": "4th", "fifth": "5th",
+    "twice": 2, "thrice": 3, "half": 0.5,
 }
+_MULTIPLIERS = {"hundred": 100, "thousand": 1000, "million": 10**6, "billion": 10**9}
 _NEGATION = {"not", "no", "never", "without", "cannot", "none", "nor", "neither", "except", "excluding", "unless"}
 
 # One group per line: "class: a/b/c d/e ...": words joined by "/" are synonyms (one canonical token, the first).
@@ -89,7 +93,19 @@ _SLOT.update({w + suffix: slot for w, slot in list(_SLOT.items()) for suffix in 
               if w.isalpha() and len(w) > 2 and w + suffix not in _SLOT})  # plurals: one dict lookup per token
 _TARGET = {"to", "into", "in"}  # "convert X to Y", "X in Y": the slot word right after is the conversion's target
 _ARTICLES = {"a", "an", "the", "my", "your", "our"}
-_OPERATOR = re.compile(r"(?<=[\d\s)])([-+*/^=<>])(?=\s*[\d(a-z])")  # "2x + 3 = 11", "x^2"; not "week-long"
+_OPERATOR = re.compile(r"[-+*/^=<>]")
+_LEFT_OPERAND = re.compile(r"(?:\d|\)|(?<![a-z])[a-z])\s*$")  # "2", "(x + 1)", "2x", "x": not "fund"
+_RIGHT_OPERAND = re.compile(r"^\s*(?:[\d(]|[a-z](?![a-z]))")  # "3", "(", "x", "2x": not "how"
+# "at least one" / "exactly one" / "more than two": frame words that change the question; "exactly" only before a
+# number ("what exactly is a closure" is a paraphrase of "what is a closure").
+_NUM = r"(?:\d|one\b|two|three|four|five|six|seven|eight|nine|ten\b|twenty|a hundred|a thousand|a dozen|half)"
+_QUANTIFIERS = (
+    (re.compile(r"\bat least\b|\bno (?:less|fewer) than\b|\bor more\b|\bminimum of\b"), "q:min"),
+    (re.compile(r"\bat most\b|\bno more than\b|\bup to\b|\bor (?:less|fewer)\b|\bmaximum of\b"), "q:max"),
+    (re.compile(r"\b(?:more|greater|larger|bigger|higher|over)\s+(?:than\s+)?" + _NUM), "q:gt"),
+    (re.compile(r"\b(?:less|fewer|smaller|lower|under)\s+(?:than\s+)?" + _NUM), "q:lt"),
+    (re.compile(r"\b(?:exactly|precisely|only|just)\s+" + _NUM), "q:exact"),
+)
 
 
 def _number(token: str) -> str:
@@ -99,6 +115,55 @@ def _number(token: str) -> str:
     except ValueError:
         return token
     return str(int(value)) if value.is_integer() else repr(value)
+
+
+def _operators(lowered: str) -> set[str]:
+    """Arithmetic operators between operands ("2x + 3 = 11", "x^2", "3/4"); not a dash between words
+    ("ETF vs mutual fund - how are they different?") nor a hyphen ("week-long", "x-ray")."""
+    return {"op:" + m.group() for m in _OPERATOR.finditer(lowered)
+            if _LEFT_OPERAND.search(lowered, 0, m.start()) and _RIGHT_OPERAND.match(lowered[m.end():m.end() + 3])}
+
+
+def _numbers(tokens: list[str]) -> tuple[list[str | None], set[str]]:
+    """Each token's canonical number (None for other tokens) and the set of numbers: a run of number words is one
+    value ("twenty five" = 25, "two hundred" = 200, "5 million" = 5000000)."""
+    out: list[str | None] = [None] * len(tokens)
+    found: set[str] = set()
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        if not (token[0].isdigit() or token in _NUMBER_WORDS):
+            i += 1
+            continue
+        value = _NUMBER_WORDS.get(token, token)
+        if isinstance(value, str):  # digits or an ordinal
+            digits = _number(value)
+            j = i + 1
+            if j < len(tokens) and tokens[j] in _MULTIPLIERS and digits.replace(".", "", 1).isdigit():
+                digits = _number(repr(float(digits) * _MULTIPLIERS[tokens[j]]))
+                j += 1
+        else:
+            total, current, j = 0.0, float(value), i + 1
+            while j < len(tokens) and isinstance(_NUMBER_WORDS.get(tokens[j]), int | float) and tokens[j] != "half":
+                word = _NUMBER_WORDS[tokens[j]]
+                if tokens[j] in _MULTIPLIERS:
+                    current = max(current, 1.0) * word
+                    if word >= 1000:
+                        total, current = total + current, 0.0
+                else:
+                    current += word
+                j += 1
+            digits = _number(repr(total + current))
+        for k in range(i, j):
+            out[k] = digits
+        found.add(digits)
+        i = j
+    return out, found
+
+
+def _word(token: str) -> str:
+    """A possessive is its word: "python's" = "python"."""
+    return token[:-2] if token.endswith("'s") else token
 
 
 @functools.lru_cache(maxsize=8192)  # entries are compared again and again; a text is hashed once per call
@@ -111,17 +176,16 @@ def salient(text: str) -> str:
                          ("°f", "fahrenheit")):
         if symbol in lowered:
             found.add("unit:" + unit)
-    found.update("op:" + op for op in _OPERATOR.findall(lowered))
-    tokens = _WORD.findall(lowered)
+    found |= _operators(lowered)
+    found.update(slot for pattern, slot in _QUANTIFIERS if pattern.search(lowered))
+    tokens = [_word(t) for t in _WORD.findall(lowered)]
     if re.search(r"\bU\.?S\.?A?\b", text):  # "US" in capitals is the country, "us" the pronoun
         found.add("geo:usa")
+    numbers, values = _numbers(tokens)
+    found.update("n:" + v for v in values)
     target = ""
     for i, token in enumerate(tokens):
-        if token[0].isdigit():
-            found.add("n:" + _number(token))
-            continue
-        if token in _NUMBER_WORDS:
-            found.add("n:" + _number(str(_NUMBER_WORDS[token])))
+        if numbers[i] is not None:
             continue
         if token in _NEGATION or token.endswith("n't"):
             negated = True
@@ -150,77 +214,192 @@ def guards_match(a: str, b: str) -> bool:
 
 
 # Function words and the words people use to frame a question ("how do I", "explain", "what's the way to"):
-# rewording them is what paraphrases do, so they never count as a substituted content word.
+# rewording them is what paraphrases do, so they never count as a substituted content word. "user" and
+# "assistant" are the role prefixes of a multi-turn conversation's embedded text.
 _FRAME_WORDS = """
 a an the of to in on for at by with from into onto about as and or but if then so than that this these those
 it its is are was were be been being am do does did doing done have has had having i me my mine we our us you your
 yours u he she they them their his her what whats which who whom whose when where why how can could would should will
 shall may might must please tell explain describe define meaning mean means way ways exactly actually really just
 simple simply terms some any there here thing things get got make makes need want know like one ok okay help give
-show let steps step tips tip guide vs versus difference between s t m re ll d ve
+show let steps step tips tip guide vs versus difference between s t m re ll d ve user assistant
 """
 _FRAME = frozenset(_FRAME_WORDS.split())
-_TOKEN = re.compile(r"[a-z0-9+#]+")
+# Everyday synonyms: one canonical token per group (the first), so "flu" and "influenza" are the same word. Only
+# words that mean the same in every sense people type them in: "fall" (autumn / to fall) is not here.
+_SYNONYM_GROUPS = """
+flu/influenza fridge/refrigerator tv/television photo/photos/picture/pictures/pic/pics/photograph/photographs
+movie/movies/film/films kid/kids/child/children mom/mother/mum dad/father doctor/doctors/physician/doc
+annual/annually/yearly/year-long buy/purchase begin/start big/large/huge biggest/largest fast/quick/quickly/rapid
+couch/sofa holiday/vacation trash/garbage/rubbish bike/bicycle info/information phone/smartphone/cellphone
+pc/computer stomach/tummy/belly sick/ill remove/delete/erase medicine/medication/meds/medications
+cheap/inexpensive/affordable teen/teenager/teenagers/teens/adolescent baby/babies/infant/infants
+gas/petrol pants/trousers eggplant/aubergine zucchini/courgette cilantro/coriander shrimp/prawn/prawns
+lawyer/attorney hard/difficult invented/created/invent/create sea/ocean short/brief author/wrote/writer
+veggies/vegetables repair/fix scifi/sci-fi sofas/couches autumn/fall
+"""
+_SYNONYM = {w: group.split("/")[0] for group in _SYNONYM_GROUPS.split() for w in group.split("/")}
 MIN_SHARED_FRAME = 0.6  # token-level similarity from which a substituted content word means a different question
 MIN_SHARED_CONTENT = 0.5  # share of the sparser text's content words the other must contain
 MAX_TOKENS = 64  # longer texts are compared by their head and tail (the guard still sees every number and slot word)
+_SUFFIXES = frozenset({"s", "es", "ed", "d", "ing", "er", "ers", "ly", "ies", "ied", "ion", "ions", "al"})
+_KEYBOARD = ("qwertyuiop", "asdfghjkl", "zxcvbnm")
+_NEIGHBOURS = {c: {row[j] for r2 in range(max(0, r - 1), min(3, r + 2)) for row in [_KEYBOARD[r2]]
+                   for j in range(max(0, i - 1), min(len(row), i + 2))} - {c}
+               for r, row in enumerate(_KEYBOARD) for i, c in enumerate(row)}
+
+
+def _inflection(short: str, long: str) -> bool:
+    """long is short with an inflection suffix: dict/dicts, sort/sorting, copy/copies, stop/stopping, use/used."""
+    stems = [short] + ([short[:-1]] if short[-1] in "ey" else [])
+    for stem in stems:
+        if len(stem) >= 3 and long.startswith(stem):
+            rest = long[len(stem):]
+            if rest in _SUFFIXES or (rest[:1] == stem[-1] and rest[1:] in _SUFFIXES):
+                return True
+    return False
+
+
+def _typo(x: str, y: str) -> bool:
+    """One slip of the keyboard: a dropped, doubled or inserted letter (wether / weather), two neighbours swapped
+    (recieve / receive), or a key struck for its neighbour (teh / the is a swap; "hwllo" / "hello"). Two real words
+    one letter apart are not typos of each other unless the keys are neighbours: maternity / paternity differ."""
+    if len(x) < 5 or len(y) < 5 or abs(len(x) - len(y)) > 1:
+        return False
+    if len(x) == len(y):
+        diff = [i for i in range(len(x)) if x[i] != y[i]]
+        if len(diff) == 1:
+            i = diff[0]
+            return i > 0 and y[i] in _NEIGHBOURS.get(x[i], ())  # the first letter is rarely mistyped
+        return len(diff) == 2 and diff[1] == diff[0] + 1 and x[diff[0]] == y[diff[1]] and x[diff[1]] == y[diff[0]]
+    short, long = sorted((x, y), key=len)
+    i = next((k for k in range(len(short)) if short[k] != long[k]), len(short))
+    return short[i:] == long[i + 1:]
 
 
 def _same_word(x: str, y: str) -> bool:
-    """Inflections and typos of one word: dict/dicts, sort/sorting, wether/weather."""
+    """Inflections and typos of one word: dict/dicts, sort/sorting, wether/weather; not maternity/paternity."""
     if x == y:
         return True
     short, long = sorted((x, y), key=len)
-    if len(short) >= 4 and long.startswith(short[:-1]) and len(long) - len(short) <= 3:
-        return True
-    if len(short) < 5 or len(long) - len(short) > 2 or (x[0] != y[0] and x[-1] != y[-1]):
-        return False  # cheap filters before difflib: a typo keeps the length and one end
-    matcher = difflib.SequenceMatcher(None, x, y)
-    return matcher.quick_ratio() >= 0.85 and matcher.ratio() >= 0.85  # quick_ratio: a cheap upper bound
+    return _inflection(short, long) or _typo(x, y)
 
 
 @functools.lru_cache(maxsize=8192)
-def _canonical_tokens(text: str) -> tuple[str, ...]:
-    """Tokens with numbers and slot words in canonical form: "five kilometers" = "5 km"."""
-    out = []
-    for token in _TOKEN.findall(text.lower().replace("'", "")):
-        if token[0].isdigit():
-            token = _number(token)
-        elif token in _NUMBER_WORDS:
-            token = _number(str(_NUMBER_WORDS[token]))
-        else:
-            token = _SLOT.get(token, token)
-        out.append(token)
+def canonical_tokens(text: str) -> tuple[str, ...]:
+    """Tokens with numbers, slot words and synonyms in canonical form: "five kilometers" = "5 km", "flu" =
+    "influenza", "python's" = "python"."""
+    tokens = [_word(t).replace("'", "") for t in _WORD.findall(text.lower().replace("\u2019", "'"))]
+    numbers, _ = _numbers(tokens)
+    out: list[str] = []
+    for i, token in enumerate(tokens):
+        number = numbers[i]
+        if number is not None:
+            if i == 0 or numbers[i - 1] != number:  # a run of number words is one token
+                out.append(number)
+            continue
+        out.append(_SLOT.get(token) or _SYNONYM.get(token, token))
     if len(out) > MAX_TOKENS:
         out = out[: MAX_TOKENS - MAX_TOKENS // 3] + out[-(MAX_TOKENS // 3):]
     return tuple(out)
 
 
+_SOURCE, _DESTINATION = {"from"}, {"to", "into", "onto", "towards"}
+_ALTERNATIVE = {"than", "instead", "over", "with"}  # X than Y, X instead of Y, X over Y, replace X with Y
+# What a question asks for: "when did the first man land on the Moon" and "who was the first man on the Moon"
+# share every content word. Two texts that each ask with one of these and share none ask different things.
+_INTENTS = {"who": "who", "whom": "who", "whose": "who", "when": "when", "where": "where", "why": "why"}
+
+
+def _content(tokens: Sequence[str], start: int, step: int, limit: int = 3) -> str | None:
+    """The first content word from tokens[start] in direction step, within limit tokens."""
+    i = start
+    while 0 <= i < len(tokens) and abs(i - start) < limit:
+        if tokens[i] not in _FRAME and tokens[i] != "of":
+            return tokens[i]
+        i += step
+    return None
+
+
+@functools.lru_cache(maxsize=8192)
+def roles(tokens: tuple[str, ...]) -> dict[str, str]:
+    """Who is what in a relation: the source after "from" (or before "to" in a text without "from"), the
+    destination after "to" / "into", the two sides of "than" / "instead of" / "over": "from monthly to annual"
+    gives {"src": "monthly", "dst": "annual"}. The first occurrence of each role counts."""
+    out: dict[str, str] = {}
+    has_from = "from" in tokens
+    for i, token in enumerate(tokens):
+        if token in _SOURCE:
+            word = _content(tokens, i + 1, 1)
+            if word:
+                out.setdefault("src", word)
+        elif token in _DESTINATION or token in _ALTERNATIVE:
+            kind = "dst" if token in _DESTINATION else "alt"
+            after = _content(tokens, i + 1, 1)
+            if after:
+                out.setdefault(kind, after)
+            before = _content(tokens, i - 1, -1)
+            if before and (kind == "alt" or not has_from):
+                out.setdefault("src" if kind == "dst" else "pick", before)
+    return out
+
+
+def swapped_roles(ta: tuple[str, ...], tb: tuple[str, ...]) -> bool:
+    """The same words in swapped roles: "from monthly to annual" / "from annual to monthly", "45 degrees to
+    radians" / "45 radians to degrees", "butter instead of oil" / "oil instead of butter". Only a role both texts
+    fill counts, and only with words both texts contain (so rewording the frame is not a swap)."""
+    ra, rb = roles(ta), roles(tb)
+    sa, sb = set(ta), set(tb)
+    return any(ra[r] != rb[r] and ra[r] in sb and rb[r] in sa for r in ra.keys() & rb.keys())
+
+
 def same_question(a: str, b: str) -> bool:
-    """False when b is a's sentence with a content word swapped for another (capital of Canada / of Brazil).
+    """False when b is a's sentence with a content word swapped for another (capital of Canada / of Brazil) or
+    with two words in swapped roles (swapped_roles).
 
     Near misses keep the frame and swap one or two content words; paraphrases reword the frame. So when the
     two token sequences are mostly the same (difflib ratio >= MIN_SHARED_FRAME) and an aligned replacement
     swaps content words on both sides (not inflections or typos of each other), they are different questions.
     Inserted or dropped words are allowed ("reverse a list" / "reverse a list in place, please").
     """
-    ta, tb = _canonical_tokens(a), _canonical_tokens(b)
+    return compare(a, b).same
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """What same_question reads of two texts; the verifier's features are made of it."""
+
+    shared_content: float  # share of the sparser text's content words the other contains (inflections, typos)
+    covered: float  # share of the richer text's content words the other contains
+    frame_ratio: float  # difflib ratio of the two canonical token sequences
+    swap: bool  # an aligned replacement swaps content words
+    roles_swapped: bool
+    intent_differs: bool  # who / when / where / why: each text asks with some, and not with the same
+    content: tuple[int, int]  # content words of a and of b
+
+    @property
+    def same(self) -> bool:
+        if self.roles_swapped or self.intent_differs or self.shared_content < MIN_SHARED_CONTENT:
+            return False
+        return self.frame_ratio < MIN_SHARED_FRAME or not self.swap
+
+
+@functools.lru_cache(maxsize=4096)
+def compare(a: str, b: str) -> Comparison:
+    ta, tb = canonical_tokens(a), canonical_tokens(b)
     ca, cb = {w for w in ta if w not in _FRAME}, {w for w in tb if w not in _FRAME}
     fewer, more = sorted((ca, cb), key=len)
     exact = fewer & more
     shared = len(exact)
-    if shared < MIN_SHARED_CONTENT * len(fewer):  # exact matches first: fuzzy matching only for the rest
-        by_end: dict[str, list[str]] = {}  # an inflection or a typo keeps the first or the last letter
-        for y in more - exact:
-            by_end.setdefault("<" + y[0], []).append(y)
-            by_end.setdefault(">" + y[-1], []).append(y)
-        shared += sum(any(_same_word(x, y) for y in by_end.get("<" + x[0], []) + by_end.get(">" + x[-1], []))
-                      for x in fewer - exact)
-        if shared < MIN_SHARED_CONTENT * len(fewer):
-            return False
+    by_end: dict[str, list[str]] = {}  # an inflection or a typo keeps the first or the last letter
+    for y in more - exact:
+        by_end.setdefault("<" + y[0], []).append(y)
+        by_end.setdefault(">" + y[-1], []).append(y)
+    matched = {y for x in fewer - exact for y in by_end.get("<" + x[0], []) + by_end.get(">" + x[-1], [])
+               if _same_word(x, y)}
+    shared += sum(any(_same_word(x, y) for y in matched) for x in fewer - exact)
     matcher = difflib.SequenceMatcher(None, ta, tb, autojunk=False)
-    if matcher.ratio() < MIN_SHARED_FRAME:
-        return True
+    swap = False
     for op, i1, i2, j1, j2 in matcher.get_opcodes():
         if op != "replace":
             continue
@@ -229,5 +408,9 @@ def same_question(a: str, b: str) -> bool:
         # a swap: a content word on each side that is no form of any word on the other (else an insertion)
         if any(not any(_same_word(x, y) for y in right) for x in left) and \
                 any(not any(_same_word(y, x) for x in left) for y in right):
-            return False
-    return True
+            swap = True
+            break
+    ia, ib = {_INTENTS[w] for w in ta if w in _INTENTS}, {_INTENTS[w] for w in tb if w in _INTENTS}
+    return Comparison(shared / max(1, len(fewer)), (len(exact) + len(matched)) / max(1, len(more)),
+                      matcher.ratio(), swap, swapped_roles(ta, tb), bool(ia and ib and not ia & ib),
+                      (len(ca), len(cb)))

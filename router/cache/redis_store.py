@@ -46,7 +46,7 @@ moves the vector set's and the index's expiry to their newest entry's.
 
 A lookup is one round trip: a Lua script reads the exact entry, else runs VSIM (COUNT 4) and
 returns the candidates at or above the threshold, nearest first; the first whose guard matches
-and that passes same_question() (Python checks of the two texts, store.pick) answers. Inserts use VADD CAS (the
+and that the pair verifier accepts (store.pick, in a worker thread) answers. Inserts use VADD CAS (the
 neighbour search runs on a Redis thread), pipelined in batches by the write queue.
 """
 
@@ -62,7 +62,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from switchpoint.router.cache.scope import CacheScope, policy_tag, tenant_tag
-from switchpoint.router.cache.store import CANDIDATES, Entry, NewEntry, Probe, StoreHit, pick
+from switchpoint.router.cache.store import CANDIDATES, Entry, NewEntry, Probe, StoreHit, verify
 
 PREFIX = "sp:cache:"
 POLICIES = PREFIX + "policies"
@@ -178,7 +178,7 @@ class RedisStore:
             if tier == "exact":
                 return StoreHit(entry, 1.0, tier)
             candidates.append((entry, (guard or b"").decode(), min(1.0, 2.0 * float(score) - 1.0)))
-        return pick(probe, candidates)
+        return await verify(probe, candidates)
 
     async def write(self, entries: Sequence[NewEntry]) -> int:
         now_ms = int(time.time() * 1000)

@@ -3,13 +3,14 @@
 Two tiers behind one call: the exact tier (a key per scope and normalised conversation)
 answers identical requests; the vector tier answers the nearest entry of the same scope
 whose cosine similarity reaches the threshold, whose guard (numbers, negation, languages,
-units...) matches the request's, and whose text is not the request's sentence with a content
-word swapped (guard.same_question). Every entry is also its own exact entry: the vector
-tier's element id is the exact key.
+units...) matches the request's, and that the pair verifier (verifier.py: swapped roles, a
+swapped content word, a learned score at the decision's target precision) accepts. Every entry
+is also its own exact entry: the vector tier's element id is the exact key.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
@@ -18,11 +19,13 @@ from typing import Protocol
 
 import numpy as np
 
-from switchpoint.router.cache.guard import guards_match, salient, same_question
+from switchpoint.router.cache.guard import guards_match, salient
 from switchpoint.router.cache.scope import CacheScope
+from switchpoint.router.cache.verifier import DEFAULT_TARGET_PRECISION, Verifier, default_verifier
 
 CANDIDATES = 4  # nearest entries tried in order: the nearest may have expired or have a different guard
-VERIFIED = 2  # of those whose guard matches, how many same_question() may read (it costs ~0.1-0.3 ms each)
+VERIFIED = 2  # of those whose guard matches, how many the verifier may read (~0.1-0.3 ms each)
+VERIFIER: Verifier = default_verifier()
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,7 @@ class Probe:
     threshold: float
     text: str = ""  # the request's embedded text
     max_tokens: int | None = None  # the request's limit: entries with more completion tokens do not answer
+    target_precision: float = DEFAULT_TARGET_PRECISION  # the verifier's operating point (verifier.Verifier)
 
     def fits(self, entry: Entry) -> bool:
         return self.max_tokens is None or entry.tokens <= self.max_tokens
@@ -79,9 +83,12 @@ class Probe:
         return salient(self.text)
 
 
-def pick(probe: Probe, candidates: Iterable[tuple[Entry, str, float]]) -> StoreHit | None:
+def pick(probe: Probe, candidates: Iterable[tuple[Entry, str, float]],
+         verifier: Verifier | None = None) -> StoreHit | None:
     """The first candidate (entry, its guard, cosine), nearest first, that answers the probe: its guard matches
-    and it passes same_question; at most VERIFIED candidates are read by same_question."""
+    and the pair verifier accepts it at the probe's target precision; at most VERIFIED candidates are verified.
+    CPU work on the texts: the stores run it in a worker thread (verify), never on the event loop."""
+    verifier = verifier or VERIFIER
     verified = 0
     for entry, guard, similarity in candidates:
         if similarity < probe.threshold or verified == VERIFIED:
@@ -89,9 +96,16 @@ def pick(probe: Probe, candidates: Iterable[tuple[Entry, str, float]]) -> StoreH
         if not probe.fits(entry) or not guards_match(guard, probe.guard):
             continue
         verified += 1
-        if same_question(probe.text, entry.text):
+        if verifier.accepts(probe.text, entry.text, similarity, probe.target_precision):
             return StoreHit(entry, min(similarity, 1.0), "semantic")
     return None
+
+
+async def verify(probe: Probe, candidates: Sequence[tuple[Entry, str, float]]) -> StoreHit | None:
+    """pick() off the event loop, only when a candidate reaches the threshold (a miss costs no thread hop)."""
+    if not candidates or candidates[0][2] < probe.threshold:
+        return None
+    return await asyncio.to_thread(pick, probe, candidates)
 
 
 class CacheStore(Protocol):
@@ -189,9 +203,9 @@ class MemoryStore:
         matrix = self._scopes.get(probe.scope.digest)
         if probe.vector is None or matrix is None or probe.threshold > 1.0:
             return None
-        live = ((item.entry, item.guard, sim) for key, sim in matrix.nearest(probe.vector, CANDIDATES)
-                if (item := self._live(key, now)) is not None)
-        hit = pick(probe, live)
+        live = [(item.entry, item.guard, sim) for key, sim in matrix.nearest(probe.vector, CANDIDATES)
+                if (item := self._live(key, now)) is not None]
+        hit = await verify(probe, live)
         if hit is not None:
             self._items.move_to_end(hit.entry.key)
         return hit
