@@ -47,11 +47,10 @@ def entry(rid: str, replica: str, prefill: str = "", started: float = 0.0) -> In
 
 def columns(n: int, **kw) -> ScoringInput:
     """n candidates: nothing cached, idle, 100 uncached prompt tokens each, unless given (as lists)."""
-    inflight = np.array(kw.pop("inflight", [0] * n), dtype=float)
-    base = dict(prefix_blocks=[0] * n, uncached_tokens=[100] * n, backlog_tokens=[0.0] * n,
+    base = dict(prefix_blocks=[0] * n, uncached_tokens=[100] * n, backlog_tokens=[0.0] * n, inflight=[0] * n,
                 waiting=[0.0] * n, running=[0.0] * n, kv_usage=[0.0] * n)
     cols = {k: np.array(v, dtype=float) for k, v in {**base, **kw}.items()}
-    return ScoringInput(5000.0, 10, loads=lambda: inflight, **cols)
+    return ScoringInput(5000.0, 10, cols.pop("prefix_blocks"), cols.pop("uncached_tokens"), cols.__getitem__)
 
 
 SCORER_CASES = [
@@ -83,16 +82,18 @@ def test_prefix_and_latency_scorers():
     assert all(0 < s <= 1 for s in latency)
 
 
-def test_in_flight_counts_are_gathered_only_by_scorers_that_read_them():
-    calls = []
+def test_columns_are_gathered_once_and_only_by_scorers_that_read_them():
+    asked = []
     x = columns(2)
-    x.loads = lambda: calls.append(1) or np.zeros(2)
+    given = x.gather
+    x.gather = lambda name: asked.append(name) or given(name)
     SCORERS["predicted-latency"](x)
     SCORERS["kv-cache"](x)
-    assert calls == []
+    assert asked == ["backlog_tokens", "kv_usage"]
     SCORERS["least-request"](x)
     SCORERS["decode-interference"](x)
-    assert calls == [1]
+    SCORERS["inflight-tokens"](x)
+    assert asked == ["backlog_tokens", "kv_usage", "inflight", "running"]
 
 
 def test_policy_weights_override_the_profile():

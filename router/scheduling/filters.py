@@ -45,10 +45,10 @@ def ready(view: PoolView, positions: np.ndarray, fleet: FleetState) -> np.ndarra
 @register("decode")
 def decode(view: PoolView, positions: np.ndarray, fleet: FleetState) -> np.ndarray:
     """Replicas that can be the destination (role decode or both)."""
-    return positions[view.decodes[positions]]
+    return positions if view.all_decode else positions[view.decodes[positions]]
 
 
 @register("prefill")
 def prefill(view: PoolView, positions: np.ndarray, fleet: FleetState) -> np.ndarray:
     """Dedicated prefill replicas (role prefill)."""
-    return positions[view.prefill_only[positions]]
+    return positions[:0] if view.all_decode else positions[view.prefill_only[positions]]

@@ -31,15 +31,6 @@ class ReplicaMetrics:
     failures: int = 0  # consecutive failed scrapes
 
 
-@dataclass(frozen=True)
-class FleetColumns:
-    """Scraped values of some replicas, fresh ones only (0 where stale, never scraped or not reported)."""
-
-    waiting: np.ndarray
-    running: np.ndarray
-    kv_usage: np.ndarray
-
-
 def _value(v: float | None) -> float:
     return math.nan if v is None else v
 
@@ -85,20 +76,15 @@ class FleetState:
             return None
         return m
 
-    def columns(self, pool: Pool, slots: np.ndarray, now: float) -> FleetColumns:
-        """`fresh` for many replicas at once, with 0 for what `fresh` would leave out."""
+    def column(self, pool: Pool, slots: np.ndarray, now: float, name: str) -> np.ndarray:
+        """One scraped value (waiting, running or kv_usage) of these replicas, as `fresh` would give it: 0 when
+        stale, never scraped or not reported."""
         if pool.metrics is None:
-            zeros = np.zeros(len(slots))
-            return FleetColumns(zeros, zeros, zeros)
+            return np.zeros(len(slots))
         c = self.table.columns
-        stale = now - c["scraped_at"][slots] > pool.metrics.stale_after_ms / 1000
-
-        def fresh(name: str) -> np.ndarray:
-            values = np.nan_to_num(c[name][slots], nan=0.0)
-            values[stale] = 0.0
-            return values
-
-        return FleetColumns(fresh("waiting"), fresh("running"), fresh("kv_usage"))
+        values = np.nan_to_num(c[name][slots], nan=0.0)
+        values[now - c["scraped_at"][slots] > pool.metrics.stale_after_ms / 1000] = 0.0
+        return values
 
     def retain(self, addresses: Collection[str]) -> None:
         """Forget the replicas not in `addresses`."""

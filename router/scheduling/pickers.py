@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+NARROW_ABOVE = 8  # max-score sorts all candidates up to this many times k; above, it partitions first
 
 @dataclass
 class PickContext:
@@ -43,13 +44,11 @@ def max_score(scores: np.ndarray | None, n: int, k: int, ctx: PickContext) -> np
     """Highest score first; ties broken at random, as GIE's. Without scores (every weight 0) all tie."""
     if scores is None:
         scores = np.zeros(n)
-    if n > k:  # only the k best, and whatever ties with the k-th, are ordered
+    if n > NARROW_ABOVE * k:  # in a large pool only the k best, and whatever ties with the k-th, are ordered
         kth = np.partition(scores, n - k)[n - k]
         contenders = np.flatnonzero(scores >= kth)
-    else:
-        contenders = np.arange(n)
-    order = np.lexsort((ctx.np_rng.random(len(contenders)), -scores[contenders]))
-    return contenders[order[:k]]
+        return contenders[np.lexsort((ctx.np_rng.random(len(contenders)), -scores[contenders]))[:k]]
+    return np.lexsort((ctx.np_rng.random(n), -scores))[:k]
 
 
 @register("round-robin")

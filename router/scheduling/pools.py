@@ -27,6 +27,7 @@ class PoolView:
     positions: np.ndarray  # 0..n-1: every replica, the input of the first filter
     decodes: np.ndarray  # bool per replica
     prefill_only: np.ndarray  # bool per replica
+    all_decode: bool  # no prefill-only replica: the role filters have nothing to do
     fleet_slots: np.ndarray
     backlog_slots: np.ndarray
     prefix_slots: np.ndarray
@@ -39,5 +40,6 @@ def build_view(pool: Pool, fleet: FleetState, backlog: PrefillBacklog, prefix: P
         pool, replicas, addresses, {a: i for i, a in enumerate(addresses)}, np.arange(len(replicas)),
         np.array([r.role.decodes for r in replicas], dtype=bool),
         np.array([r.role is Role.PREFILL for r in replicas], dtype=bool),
+        all(r.role.decodes for r in replicas),
         fleet.table.slots(addresses), backlog.table.slots(addresses), prefix.table.slots(addresses),
     )

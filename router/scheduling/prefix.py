@@ -26,6 +26,7 @@ BLOCK_CHARS = 64
 TOKENS_PER_BLOCK = 16
 MAX_BLOCKS = 256
 LRU_BLOCKS = 31_250
+FEW_HOLDERS = 16  # up to this many replicas holding a block, their counts are set one by one
 
 
 def request_blocks(req: RouteInput, model: str) -> tuple[int, ...]:
@@ -78,12 +79,12 @@ class PrefixIndex:
             if deeper == held:
                 run += 1
                 continue
-            counts[self._bits(held)] += run
+            self._count(counts, held, run)
             held, run = deeper, 1
             if not held:
                 break
         if held:
-            counts[self._bits(held)] += run
+            self._count(counts, held, run)
         return counts
 
     def match(self, replica: str, blocks: tuple[int, ...]) -> int:
@@ -119,7 +120,13 @@ class PrefixIndex:
         else:
             del self._holders[block]
 
-    def _bits(self, mask: int) -> np.ndarray:
-        """The mask as booleans per slot."""
+    def _count(self, counts: np.ndarray, mask: int, run: int) -> None:
+        """Add `run` to the count of every slot in `mask`: bit by bit for a few replicas, else unpacked at once."""
+        if mask.bit_count() <= FEW_HOLDERS:
+            while mask:
+                low = mask & -mask
+                counts[low.bit_length() - 1] += run
+                mask ^= low
+            return
         raw = np.frombuffer(mask.to_bytes((self.table.capacity + 7) // 8, "little"), dtype=np.uint8)
-        return np.unpackbits(raw, bitorder="little")[: self.table.capacity].view(bool)
+        counts[np.unpackbits(raw, bitorder="little")[: self.table.capacity].view(bool)] += run

@@ -172,24 +172,37 @@ class Scheduler:
     def _rank(self, view: PoolView, profile: Profile, config: SchedulingConfig, positions: np.ndarray,
               total_blocks: int, matched: np.ndarray | None, prompt_tokens: int, now: float) -> _Ranked:
         n = len(positions)
-        prefix = matched[view.prefix_slots[positions]] if matched is not None else np.zeros(n, dtype=np.int64)
-        uncached = np.maximum(1, prompt_tokens - prefix * TOKENS_PER_BLOCK)
+        every = positions is view.positions  # no filter removed a replica: the slot arrays need no indexing
+
+        def slots(of: np.ndarray) -> np.ndarray:
+            return of if every else of[positions]
+
+        if matched is None:
+            prefix = np.zeros(n, dtype=np.int64)
+            uncached = np.full(n, max(1, prompt_tokens), dtype=np.int64)
+        else:
+            prefix = matched[slots(view.prefix_slots)]
+            uncached = np.maximum(1, prompt_tokens - prefix * TOKENS_PER_BLOCK)
         scores = None
         if profile.weights:
             rate = config.prefill_tokens_per_second
-            scraped = self.fleet.columns(view.pool, view.fleet_slots[positions], now)
-            x = ScoringInput(rate, total_blocks, prefix, uncached,
-                             self.backlog.tokens_at(view.backlog_slots[positions], now, rate),
-                             scraped.waiting, scraped.running, scraped.kv_usage, lambda: self._loads(view, positions))
-            scores = np.zeros(n)
+
+            def gather(column: str) -> np.ndarray:
+                if column == "backlog_tokens":
+                    return self.backlog.tokens_at(slots(view.backlog_slots), now, rate)
+                if column == "inflight":
+                    return self._loads(view, positions)
+                return self.fleet.column(view.pool, slots(view.fleet_slots), now, column)
+
+            x = ScoringInput(rate, total_blocks, prefix, uncached, gather)
             for name, weight in profile.weights:
-                scores += weight * SCORERS[name](x)
+                weighted = weight * SCORERS[name](x)
+                scores = weighted if scores is None else scores + weighted
         context = PickContext(self.rng, self._np_rng, self._turns[view.pool.key].__next__)
         order = PICKERS[profile.picker](scores, n, min(n, 1 + MAX_ALTERNATIVES), context)
-        chosen = positions[order]
-        replicas = tuple(view.replicas[i] for i in chosen)
-        traced = () if scores is None else tuple((r.address, float(s)) for r, s in zip(replicas, scores[order],
-                                                                                        strict=True))
+        replicas = tuple(view.replicas[i] for i in positions[order].tolist())
+        traced = () if scores is None else tuple(zip([r.address for r in replicas], scores[order].tolist(),
+                                                      strict=True))
         return _Ranked(replicas, int(uncached[order[0]]), traced)
 
     def _loads(self, view: PoolView, positions: np.ndarray) -> np.ndarray:

@@ -1,9 +1,9 @@
 """Scorers: each maps the candidate replicas to scores in [0, 1] (higher is better). Pure functions.
 
 A ScoringInput carries, per candidate replica and as numpy columns, what the router knows:
-scraped metrics (0 when stale or not scraped), its own in-flight count (gathered only when
-a scorer reads it), its prefill backlog (tokens), and the prompt tokens the replica would
-have to prefill for this request (its approximate prefix match taken off).
+scraped metrics (0 when stale or not scraped), its own in-flight count, its prefill backlog
+(tokens), and the prompt tokens the replica would have to prefill for this request (its
+approximate prefix match taken off). Columns no scorer of the profile reads are never gathered.
 
 Adding a scorer: a function here, registered with `@scorer("name")`, and its name in the
 CRD's enum (RoutingPolicy spec.scheduling[].scorers[].name); tests/test_scheduling_registry.py
@@ -28,15 +28,29 @@ class ScoringInput:
     total_blocks: int  # the request's prefix blocks
     prefix_blocks: np.ndarray  # leading blocks believed cached, per replica
     uncached_tokens: np.ndarray  # prompt tokens each replica would prefill
-    backlog_tokens: np.ndarray
-    waiting: np.ndarray  # scraped, fresh; 0 otherwise
-    running: np.ndarray
-    kv_usage: np.ndarray
-    loads: Callable[[], np.ndarray]  # the router's in-flight requests per replica
+    gather: Callable[[str], np.ndarray]  # the column of that name, per replica; asked at most once per column
+
+    @lazy
+    def backlog_tokens(self) -> np.ndarray:
+        return self.gather("backlog_tokens")
+
+    @lazy
+    def waiting(self) -> np.ndarray:
+        """Scraped and fresh; 0 otherwise (as `running` and `kv_usage`)."""
+        return self.gather("waiting")
+
+    @lazy
+    def running(self) -> np.ndarray:
+        return self.gather("running")
+
+    @lazy
+    def kv_usage(self) -> np.ndarray:
+        return self.gather("kv_usage")
 
     @lazy
     def inflight(self) -> np.ndarray:
-        return self.loads()
+        """The router's own in-flight requests."""
+        return self.gather("inflight")
 
 
 Scorer = Callable[[ScoringInput], np.ndarray]
@@ -70,7 +84,7 @@ def queue(x: ScoringInput) -> np.ndarray:
 @scorer("kv-cache")
 def kv_cache(x: ScoringInput) -> np.ndarray:
     """1 - scraped KV-cache use."""
-    return 1.0 - np.clip(x.kv_usage, 0.0, 1.0)
+    return 1.0 - np.minimum(np.maximum(x.kv_usage, 0.0), 1.0)  # np.clip costs twice as much on a few values
 
 
 @scorer("prefix-cache")
@@ -102,7 +116,7 @@ def predicted_ttft_s(backlog_tokens: np.ndarray, uncached_tokens: np.ndarray, ra
 def predicted_latency(x: ScoringInput) -> np.ndarray:
     """Best predicted TTFT over this replica's, in (0, 1]: load and prefix affinity in one unit, time."""
     predicted = predicted_ttft_s(x.backlog_tokens, x.uncached_tokens, x.prefill_tokens_per_second)
-    return predicted.min() / predicted
+    return np.minimum.reduce(predicted) / predicted
 
 
 @scorer("decode-interference")
