@@ -5,7 +5,7 @@ fleet's live state, and returns the positions it keeps. Profiles list theirs (ev
 profile: `ready`); the scheduler adds a role filter per stage of a disaggregated placement
 (`decode` for the destination, `prefill` for the prefill replica).
 
-Adding a filter: a function here, registered with `@register("name")`.
+Adding a filter: a function here, registered with `@FILTERS.register("name")`.
 """
 
 from __future__ import annotations
@@ -16,25 +16,18 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from switchpoint.router.scheduling.fleet import FleetState
+from switchpoint.router.scheduling.registry import Registry
 
 if TYPE_CHECKING:
     from switchpoint.router.scheduling.pools import PoolView
 
 Filter = Callable[["PoolView", np.ndarray, FleetState], np.ndarray]
-FILTERS: dict[str, Filter] = {}
+FILTERS: Registry[Filter] = Registry("filter")
 
 
-def register(name: str) -> Callable[[Filter], Filter]:
-    def add(fn: Filter) -> Filter:
-        if name in FILTERS:
-            raise ValueError(f"filter {name!r} is registered twice")
-        FILTERS[name] = fn
-        return fn
-
-    return add
 
 
-@register("ready")
+@FILTERS.register("ready")
 def ready(view: PoolView, positions: np.ndarray, fleet: FleetState) -> np.ndarray:
     """Replicas in rotation: all of an unscraped pool's; of a scraped pool, those whose scrapes have not failed
     `failuresToUnready` times in a row."""
@@ -42,13 +35,13 @@ def ready(view: PoolView, positions: np.ndarray, fleet: FleetState) -> np.ndarra
     return positions if mask is None else positions[mask]
 
 
-@register("decode")
+@FILTERS.register("decode")
 def decode(view: PoolView, positions: np.ndarray, fleet: FleetState) -> np.ndarray:
     """Replicas that can be the destination (role decode or both)."""
     return positions if view.all_decode else positions[view.decodes[positions]]
 
 
-@register("prefill")
+@FILTERS.register("prefill")
 def prefill(view: PoolView, positions: np.ndarray, fleet: FleetState) -> np.ndarray:
     """Dedicated prefill replicas (role prefill)."""
     return positions[:0] if view.all_decode else positions[view.prefill_only[positions]]

@@ -5,7 +5,7 @@ many it must rank (`k`: the chosen one and its alternatives; fewer when there ar
 candidates) and the scheduler's randomness and round-robin turn, and returns `k` distinct
 candidate indices. Ranking only the first `k` keeps a Route's cost from growing with the fleet.
 
-Adding a picker: a function here, registered with `@register("name")`, and a profile that uses it.
+Adding a picker: a function here, registered with `@PICKERS.register("name")`, and a profile that uses it.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+
+from switchpoint.router.scheduling.registry import Registry
 
 NARROW_ABOVE = 8  # max-score sorts all candidates up to this many times k; above, it partitions first
 
@@ -26,20 +28,12 @@ class PickContext:
 
 
 Picker = Callable[[np.ndarray | None, int, int, PickContext], np.ndarray]
-PICKERS: dict[str, Picker] = {}
+PICKERS: Registry[Picker] = Registry("picker")
 
 
-def register(name: str) -> Callable[[Picker], Picker]:
-    def add(fn: Picker) -> Picker:
-        if name in PICKERS:
-            raise ValueError(f"picker {name!r} is registered twice")
-        PICKERS[name] = fn
-        return fn
-
-    return add
 
 
-@register("max-score")
+@PICKERS.register("max-score")
 def max_score(scores: np.ndarray | None, n: int, k: int, ctx: PickContext) -> np.ndarray:
     """Highest score first; ties broken at random, as GIE's. Without scores (every weight 0) all tie."""
     if scores is None:
@@ -51,13 +45,13 @@ def max_score(scores: np.ndarray | None, n: int, k: int, ctx: PickContext) -> np
     return np.lexsort((ctx.np_rng.random(n), -scores))[:k]
 
 
-@register("round-robin")
+@PICKERS.register("round-robin")
 def round_robin(scores: np.ndarray | None, n: int, k: int, ctx: PickContext) -> np.ndarray:
     """The pool's replicas in turn."""
     return (ctx.turn() % n + np.arange(k)) % n
 
 
-@register("random")
+@PICKERS.register("random")
 def uniform(scores: np.ndarray | None, n: int, k: int, ctx: PickContext) -> np.ndarray:
     """Uniformly at random."""
     return np.array(ctx.rng.sample(range(n), k), dtype=np.intp)

@@ -5,7 +5,7 @@ scraped metrics (0 when stale or not scraped), its own in-flight count, its pref
 (tokens), and the prompt tokens the replica would have to prefill for this request (its
 approximate prefix match taken off). Columns no scorer of the profile reads are never gathered.
 
-Adding a scorer: a function here, registered with `@scorer("name")`, and its name in the
+Adding a scorer: a function here, registered with `@SCORERS.register("name")`, and its name in the
 CRD's enum (RoutingPolicy spec.scheduling[].scorers[].name); tests/test_scheduling_registry.py
 fails until both agree.
 """
@@ -17,9 +17,21 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from switchpoint.router.request import lazy
+from switchpoint.router.scheduling.registry import Registry
 
 ITERATION_S = 0.010  # one engine iteration: the floor of any predicted latency
+
+
+class _Column:
+    """A per-replica column of a ScoringInput, gathered on first read (a non-data descriptor: the value then
+    sits in the instance's __dict__)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, x: ScoringInput, owner: type | None = None) -> np.ndarray:
+        value = x.__dict__[self.name] = x.gather(self.name)
+        return value
 
 
 @dataclass
@@ -30,41 +42,15 @@ class ScoringInput:
     uncached_tokens: np.ndarray  # prompt tokens each replica would prefill
     gather: Callable[[str], np.ndarray]  # the column of that name, per replica; asked at most once per column
 
-    @lazy
-    def backlog_tokens(self) -> np.ndarray:
-        return self.gather("backlog_tokens")
-
-    @lazy
-    def waiting(self) -> np.ndarray:
-        """Scraped and fresh; 0 otherwise (as `running` and `kv_usage`)."""
-        return self.gather("waiting")
-
-    @lazy
-    def running(self) -> np.ndarray:
-        return self.gather("running")
-
-    @lazy
-    def kv_usage(self) -> np.ndarray:
-        return self.gather("kv_usage")
-
-    @lazy
-    def inflight(self) -> np.ndarray:
-        """The router's own in-flight requests."""
-        return self.gather("inflight")
+    backlog_tokens = _Column()  # prefill the router sent and has not seen drain
+    waiting = _Column()  # scraped and fresh, 0 otherwise (as running and kv_usage)
+    running = _Column()
+    kv_usage = _Column()
+    inflight = _Column()  # the router's own in-flight requests
 
 
 Scorer = Callable[[ScoringInput], np.ndarray]
-SCORERS: dict[str, Scorer] = {}
-
-
-def scorer(name: str) -> Callable[[Scorer], Scorer]:
-    def register(fn: Scorer) -> Scorer:
-        if name in SCORERS:
-            raise ValueError(f"scorer {name!r} is registered twice")
-        SCORERS[name] = fn
-        return fn
-
-    return register
+SCORERS: Registry[Scorer] = Registry("scorer")
 
 
 def _lower_is_better(values: np.ndarray) -> np.ndarray:
@@ -75,19 +61,19 @@ def _lower_is_better(values: np.ndarray) -> np.ndarray:
     return (hi - values) / (hi - lo)
 
 
-@scorer("queue")
+@SCORERS.register("queue")
 def queue(x: ScoringInput) -> np.ndarray:
     """Scraped `num_requests_waiting`."""
     return _lower_is_better(x.waiting)
 
 
-@scorer("kv-cache")
+@SCORERS.register("kv-cache")
 def kv_cache(x: ScoringInput) -> np.ndarray:
     """1 - scraped KV-cache use."""
     return 1.0 - np.minimum(np.maximum(x.kv_usage, 0.0), 1.0)  # np.clip costs twice as much on a few values
 
 
-@scorer("prefix-cache")
+@SCORERS.register("prefix-cache")
 def prefix_cache(x: ScoringInput) -> np.ndarray:
     """Share of the request's blocks believed cached on the replica."""
     if not x.total_blocks:
@@ -95,13 +81,13 @@ def prefix_cache(x: ScoringInput) -> np.ndarray:
     return x.prefix_blocks / x.total_blocks
 
 
-@scorer("least-request")
+@SCORERS.register("least-request")
 def least_request(x: ScoringInput) -> np.ndarray:
     """The router's own in-flight requests per replica."""
     return _lower_is_better(x.inflight)
 
 
-@scorer("inflight-tokens")
+@SCORERS.register("inflight-tokens")
 def inflight_tokens(x: ScoringInput) -> np.ndarray:
     """The prefill backlog the router has sent and not yet seen drain."""
     return _lower_is_better(x.backlog_tokens)
@@ -112,14 +98,14 @@ def predicted_ttft_s(backlog_tokens: np.ndarray, uncached_tokens: np.ndarray, ra
     return ITERATION_S + (backlog_tokens + uncached_tokens) / rate
 
 
-@scorer("predicted-latency")
+@SCORERS.register("predicted-latency")
 def predicted_latency(x: ScoringInput) -> np.ndarray:
     """Best predicted TTFT over this replica's, in (0, 1]: load and prefix affinity in one unit, time."""
     predicted = predicted_ttft_s(x.backlog_tokens, x.uncached_tokens, x.prefill_tokens_per_second)
     return np.minimum.reduce(predicted) / predicted
 
 
-@scorer("decode-interference")
+@SCORERS.register("decode-interference")
 def decode_interference(x: ScoringInput) -> np.ndarray:
     """Penalise long prefills on replicas busy decoding: every running sequence there waits them out."""
     return _lower_is_better(x.uncached_tokens * np.maximum(x.running, x.inflight))

@@ -17,14 +17,13 @@ import asyncio
 import contextlib
 import statistics
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import yaml
 
-from switchpoint.bench.router import ROUTE_METHOD, percentile
+from switchpoint.bench.router import ROUTE_METHOD, _latency, percentile
 from switchpoint.config.manifests import API_VERSION
 from switchpoint.localproc import RouterProcess
 from switchpoint.v1 import router_pb2
@@ -73,17 +72,10 @@ def payloads() -> list[bytes]:
 
 
 async def _latencies(address: str, calls: int, warmup: int) -> list[float]:
-    bodies = payloads()
     async with grpc.aio.insecure_channel(address) as channel:
-        call = channel.unary_unary(ROUTE_METHOD)
-        for i in range(warmup):
-            await call(bodies[i % len(bodies)])
-        out = []
-        for i in range(calls):
-            t0 = time.perf_counter()
-            await call(bodies[i % len(bodies)])
-            out.append(time.perf_counter() - t0)
-    return out
+        if warmup:
+            await _latency(channel, ROUTE_METHOD, payloads(), warmup)
+        return await _latency(channel, ROUTE_METHOD, payloads(), calls)
 
 
 def _round(router: RouterProcess, calls: int, warmup: int) -> FleetResult:
