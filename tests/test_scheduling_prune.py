@@ -150,11 +150,17 @@ async def _scraper_churn() -> None:
             current[0] = make_config([make_pool("a", addresses, scraped=True)])
             sched.retain(current[0])  # as the router does on a swap
             _, want = named(current[0])
-            for _ in range(10):  # a few scrape rounds (20 ms apart) against the new config
+            serving = {a for a in want if a in live}
+            deadline = asyncio.get_running_loop().time() + 5.0
+            rounds = 0
+            while True:  # scrape rounds (20 ms apart) against the new config
                 await asyncio.sleep(0.02)
-                assert set(fleet.replicas) <= want
-            assert scraper.tracked() <= want
-            assert {a for a in want if a in live} <= {a for a, m in fleet.replicas.items() if m.failures == 0}
+                rounds += 1
+                assert set(fleet.replicas) <= want  # never, not even for a moment, a replica of an older config
+                healthy = {a for a, m in fleet.replicas.items() if m.failures == 0 and m.waiting == 1}
+                if rounds >= 5 and scraper.tracked() <= want and serving <= healthy:
+                    break
+                assert asyncio.get_running_loop().time() < deadline, (scraper.tracked(), want, healthy)
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -163,3 +169,38 @@ async def _scraper_churn() -> None:
 
 def test_the_scraper_follows_the_config():
     asyncio.run(asyncio.wait_for(_scraper_churn(), timeout=30))
+
+
+class Watched:
+    """Replicas that change without a config swap, as a pod watch reports them (the ReplicaSource protocol)."""
+
+    def __init__(self) -> None:
+        self.now: dict[str, tuple[Replica, ...]] = {}
+        self.versions: dict[str, int] = {}
+
+    def set(self, pool: Pool, addresses: list[str]) -> None:
+        self.now[pool.key] = tuple(Replica(a) for a in addresses)
+        self.versions[pool.key] = self.versions.get(pool.key, 0) + 1
+
+    def replicas(self, pool: Pool) -> tuple[Replica, ...]:
+        return self.now.get(pool.key, ())
+
+    def version(self, pool_key: str) -> int:
+        return self.versions.get(pool_key, 0)
+
+
+def test_watched_replicas_are_placed_on_and_pruned_as_they_change():
+    source = Watched()
+    sched = Scheduler(InflightLedger(), replicas=source)
+    pool = make_pool("w", [], scraped=False)  # a selector pool: the config lists no replicas
+    config = make_config([pool])
+    cand = Candidate(pool, pool.models[0], SchedulingConfig("round-robin"))
+    for generation in range(5):
+        pods = [f"pod-{generation}-{k}:8000" for k in range(3)]
+        source.set(pool, pods)
+        sched.retain(config)  # what a router does when its watch reports a change
+        chosen = {sched.place(cand, request(i)).replica.address for i in range(6)}
+        assert chosen == set(pods)
+        placement = sched.place(cand, request(0))
+        sched.commit(cand, placement)
+        assert sched.tracked()[1] <= set(pods)

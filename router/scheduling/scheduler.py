@@ -34,7 +34,7 @@ from switchpoint.router.scheduling.backlog import PrefillBacklog
 from switchpoint.router.scheduling.filters import FILTERS
 from switchpoint.router.scheduling.fleet import FleetState
 from switchpoint.router.scheduling.pickers import PICKERS, PickContext
-from switchpoint.router.scheduling.pools import PoolView, build_view
+from switchpoint.router.scheduling.pools import PoolView, ReplicaSource, StaticReplicas, build_view, named_replicas
 from switchpoint.router.scheduling.prefix import TOKENS_PER_BLOCK, PrefixIndex, request_blocks
 from switchpoint.router.scheduling.profiles import Profile, profile_for
 from switchpoint.router.scheduling.scorers import SCORERS, ScoringInput
@@ -68,9 +68,11 @@ def _copy(rng: random.Random) -> random.Random:
 
 class Scheduler:
     def __init__(self, ledger: InflightLedger, fleet: FleetState | None = None,
-                 clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None):
+                 clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None,
+                 replicas: ReplicaSource | None = None):
         self.ledger = ledger
         self.fleet = fleet or FleetState()
+        self.source = replicas or StaticReplicas()
         self.clock = clock
         self.rng = rng or random.Random()
         # ties are broken with numpy's generator, seeded from a copy of `rng` so that `rng`'s own sequence (the
@@ -133,9 +135,10 @@ class Scheduler:
                 self.prefix.record(replica.address, placement.blocks)
 
     def retain(self, config: RouterConfig) -> None:
-        """Drop the state of every replica and pool `config` does not name (call on each config swap)."""
+        """Drop the state of every replica and pool `config` does not name: call on each config swap, and when a
+        watched pool's replicas change."""
         pools = frozenset(config.pools)
-        addresses = frozenset(r.address for p in config.pools.values() for r in p.static_replicas)
+        addresses = named_replicas(config.pools.values(), self.source)
         self._named = (pools, addresses)
         self.fleet.retain(addresses)
         self.backlog.retain(addresses)
@@ -156,8 +159,8 @@ class Scheduler:
 
     def _view(self, pool: Pool) -> PoolView:
         view = self._views.get(pool.key)
-        if view is None or view.pool is not pool:
-            view = build_view(pool, self.fleet, self.backlog, self.prefix)
+        if view is None or view.pool is not pool or view.version != self.source.version(pool.key):
+            view = build_view(pool, self.source, self.fleet, self.backlog, self.prefix)
             if self._named is None or pool.key in self._named[0]:
                 self._views[pool.key] = view
         return view

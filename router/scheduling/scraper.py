@@ -23,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from switchpoint.config.model import MetricsConfig, Pool, Replica, RouterConfig
 from switchpoint.router.scheduling.fleet import FleetState
+from switchpoint.router.scheduling.pools import ReplicaSource, StaticReplicas, named_replicas
 
 log = logging.getLogger("switchpoint.router.scraper")
 
@@ -48,13 +49,15 @@ def metrics_url(replica: Replica, metrics: MetricsConfig) -> str:
 
 class Scraper:
     def __init__(self, config: Callable[[], RouterConfig], fleet: FleetState,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, replicas: ReplicaSource | None = None):
         self.config = config
         self.fleet = fleet
+        self.source = replicas or StaticReplicas()
         self.clock = clock
         self._inflight: set[str] = set()
         self._last: dict[str, float] = {}  # replica -> when its last scrape started
-        self._named: tuple[RouterConfig | None, frozenset[str]] = (None, frozenset())  # config -> its scraped replicas
+        # the scraped replicas of (config, versions of its scraped pools' replicas)
+        self._named: tuple[RouterConfig | None, tuple[int, ...], frozenset[str]] = (None, (), frozenset())
         self._tasks: set[asyncio.Task] = set()
 
     async def run(self) -> None:
@@ -71,10 +74,11 @@ class Scraper:
         """The replicas of the scraped pools in the config now serving (a scrape that ends after its replica
         left the config is not recorded)."""
         config = self.config()
-        if self._named[0] is not config:
-            self._named = (config, frozenset(r.address for p in config.pools.values() if p.metrics is not None
-                                             for r in p.static_replicas))
-        return self._named[1]
+        scraped = [p for p in config.pools.values() if p.metrics is not None]
+        versions = tuple(self.source.version(p.key) for p in scraped)
+        if self._named[0] is not config or self._named[1] != versions:
+            self._named = (config, versions, named_replicas(scraped, self.source))
+        return self._named[2]
 
     def _round(self, session: aiohttp.ClientSession) -> float:
         """Start the scrapes that are due; returns how long to sleep."""
@@ -88,7 +92,7 @@ class Scraper:
                 continue
             interval = pool.metrics.interval_ms / 1000
             tick = min(tick, interval)
-            for replica in pool.static_replicas:
+            for replica in self.source.replicas(pool):
                 due = self._last.get(replica.address, -math.inf) + interval
                 if replica.address in self._inflight or now < due:
                     continue
