@@ -423,7 +423,6 @@ def add_parser(sub: argparse._SubParsersAction, bench: argparse._SubParsersActio
     p.add_argument("--workers", type=int, default=1, help="Envoy worker threads")
     p.add_argument("--extproc-port", type=int, default=0, help=f"the router's ext_proc port (0: any; pods: "
                    f"{DEFAULT_PORT})")
-    p.add_argument("--router-port", type=int, default=0, help="the router's gRPC Route/Report port (0: any)")
     p.add_argument("--metrics-port", type=int, default=None, help="the router's Prometheus /metrics port")
     p.add_argument("--redis", default=os.environ.get("SWITCHPOINT_REDIS_URL"), metavar="URL",
                    help="Redis shared by router replicas, for budgets and the cache (default: $SWITCHPOINT_REDIS_URL)")

@@ -47,9 +47,10 @@ QUESTION = ("I run a small team that ships a web service. We see latency spikes 
 SYSTEM = "You are a careful, concise site-reliability assistant. Answer in short numbered steps. "
 
 
-def chat_body() -> bytes:
-    """A ~1 KB chat request for the alias `auto` (the example policy's default decision)."""
-    body = {"model": "auto", "max_tokens": 8, "messages": [
+def chat_body(model: str = "auto") -> bytes:
+    """A ~1 KB chat request for the alias `auto` (the example policy's default decision); Envoy alone gets the
+    model name the router would have put there."""
+    body = {"model": model, "max_tokens": 8, "messages": [
         {"role": "system", "content": SYSTEM * 2}, {"role": "user", "content": QUESTION * 3}]}
     return json.dumps(body).encode()
 
@@ -74,11 +75,19 @@ class Connection:
         self.writer.write(request)
         head = await self.reader.readuntil(b"\r\n\r\n")
         status = int(head[9:12])
-        length = 0
+        length, chunked = 0, False
         for line in head.split(b"\r\n"):
-            if line[:15].lower() == b"content-length:":
-                length = int(line[15:])
-        await self.reader.readexactly(length)
+            name, _, value = line.partition(b":")
+            if name.lower() == b"content-length":
+                length = int(value)
+            elif name.lower() == b"transfer-encoding" and b"chunked" in value.lower():
+                chunked = True  # a body an ext_proc streamed back loses its length
+        if chunked:
+            while size := int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16):
+                await self.reader.readexactly(size + 2)
+            await self.reader.readuntil(b"\r\n")
+        else:
+            await self.reader.readexactly(length)
         if status != 200:
             raise RuntimeError(f"HTTP {status} from the gateway")
         return status
@@ -260,7 +269,7 @@ def run(args: argparse.Namespace) -> int:
         body = chat_body()
         for _ in range(args.rounds):
             for name, envoy in envoys.items():
-                request = http_request(body, envoy.address)
+                request = http_request(chat_body(MODEL) if name == "envoy_only" else body, envoy.address)
                 results[name].append(asyncio.run(_http_phase(envoy.address, request, args.calls, args.concurrency,
                                                              args.duration)))
             if not args.no_direct:
