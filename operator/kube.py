@@ -12,12 +12,14 @@ import json
 import os
 import ssl
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+Body = dict[str, Any]
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 MERGE_PATCH = "application/merge-patch+json"
 TOKEN_TTL_S = 60.0  # projected service-account tokens rotate; re-read the file this often
@@ -91,12 +93,12 @@ def in_cluster() -> Connection | None:
     return Connection(server, ca_path=str(SERVICE_ACCOUNT / "ca.crt"), token_path=str(SERVICE_ACCOUNT / "token"))
 
 
-def from_kubeconfig(context: str | None = None) -> Connection:
-    """Read ~/.kube/config (or $KUBECONFIG) with the official client's loader (exec plugins and all)."""
+def from_kubeconfig(context: str | None = None, path: str | None = None) -> Connection:
+    """Read `path`, else $KUBECONFIG or ~/.kube/config, with the official client's loader (exec plugins and all)."""
     from kubernetes import client, config
 
     cfg = client.Configuration()
-    config.load_kube_config(context=context, client_configuration=cfg)
+    config.load_kube_config(config_file=path, context=context, client_configuration=cfg)
     token = None
     for key in ("BearerToken", "authorization"):
         value = (cfg.api_key or {}).get(key)
@@ -142,19 +144,22 @@ class KubeApi:
             await self._session.close()
             self._session = None
 
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self.timeout, connector=aiohttp.TCPConnector(ssl=self._ssl()))
+        return self._session
+
     async def request(self, method: str, path: str, body: Any = None, content_type: str = "application/json",
                       params: dict[str, str] | None = None) -> dict[str, Any] | None:
         """The decoded answer; None for 404 on GET and DELETE; ApiError for other failures.
         Connection failures raise aiohttp.ClientError / OSError (the caller retries)."""
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self.timeout, connector=aiohttp.TCPConnector(ssl=self._ssl()))
         headers = {**self._headers(), "Accept": "application/json"}
         data = None
         if body is not None:
             headers["Content-Type"] = content_type
             data = json.dumps(body)
-        async with self._session.request(method, self.connection.server + path, data=data, headers=headers,
-                                         params=params) as response:
+        async with self._client().request(method, self.connection.server + path, data=data, headers=headers,
+                                          params=params) as response:
             text = await response.text()
             try:
                 payload = json.loads(text) if text else None
@@ -169,6 +174,11 @@ class KubeApi:
             return payload if isinstance(payload, dict) else None
 
     async def list(self, resource: Resource, namespace: str, label_selector: str | None = None) -> list[dict[str, Any]]:
+        return (await self.list_versioned(resource, namespace, label_selector))[0]
+
+    async def list_versioned(self, resource: Resource, namespace: str,
+                             label_selector: str | None = None) -> tuple[list[dict[str, Any]], str]:
+        """The items and the list's resourceVersion (where a watch of the same resources starts)."""
         params = {"labelSelector": label_selector} if label_selector else None
         answer = await self.request("GET", resource.path(namespace), params=params)
         if answer is None:
@@ -178,7 +188,36 @@ class KubeApi:
         for item in items:  # list items come without apiVersion and kind
             item.setdefault("apiVersion", resource.api_version)
             item.setdefault("kind", resource.kind)
-        return items
+        return items, str((answer.get("metadata") or {}).get("resourceVersion") or "")
+
+    async def watch(self, resource: Resource, namespace: str, resource_version: str,
+                    label_selector: str | None = None, timeout_s: int = 300) -> AsyncIterator[tuple[str, Body]]:
+        """(type, object) watch events after `resource_version`, until the server ends the stream (after
+        `timeout_s`). An ERROR event (410 Gone: the version is too old; list again) raises ApiError."""
+        path = resource.path(namespace)
+        params = {"watch": "true", "resourceVersion": resource_version, "allowWatchBookmarks": "true",
+                  "timeoutSeconds": str(timeout_s)}
+        if label_selector:
+            params["labelSelector"] = label_selector
+        stream_timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout.total, sock_read=timeout_s + 30)
+        async with self._client().get(self.connection.server + path, params=params, timeout=stream_timeout,
+                                      headers={**self._headers(), "Accept": "application/json"}) as response:
+            if response.status >= 400:
+                detail = await response.text()
+                raise ApiError(response.status, str(response.reason), detail[:500], "WATCH", path)
+            pending = b""
+            async for chunk in response.content.iter_any():  # events are JSON lines of any length
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    if event.get("type") == "ERROR":
+                        status = event.get("object") or {}
+                        raise ApiError(int(status.get("code") or 500), str(status.get("reason") or "Error"),
+                                       str(status.get("message") or ""), "WATCH", path)
+                    yield str(event.get("type")), event.get("object") or {}
 
     async def get(self, resource: Resource, namespace: str, name: str) -> dict[str, Any] | None:
         return await self.request("GET", resource.path(namespace, name))

@@ -1,0 +1,185 @@
+"""`switchpoint bench discovery`: how soon a pod's Ready transition reaches routing when routers watch their pods.
+
+Against a Kubernetes API (the test control plane, or any cluster the kubeconfig names): the bench plays the
+kubelet, creating Pod objects of a selector ModelPool and setting their status, and plays the router: a
+ReplicaDiscovery (router/discovery.py) watches the pool's pods, and the scheduler places a request every
+millisecond on the pool as discovery sees it (the scheduler's view of a pool is built from its replicas, as in the
+router). One pod at a time, so a placement either picks it or finds no replica:
+- ready -> routable: from the moment the bench sends Ready=True to the first placement that picks the pod;
+- gone -> unroutable: from the moment it sends the deletion to the last placement that still picks the pod
+  (0 when none did).
+The pods carry a label unique to the run and are deleted at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+
+from switchpoint.bench.router import percentile
+from switchpoint.config.compiler import compile_manifests
+from switchpoint.config.manifests import API_VERSION, Manifest
+from switchpoint.config.model import Candidate, Pool, RouterConfig
+from switchpoint.operator.kube import PODS, Connection, KubeApi, find_connection
+from switchpoint.router.discovery import ReplicaDiscovery
+from switchpoint.router.inflight import InflightLedger
+from switchpoint.router.request import ChatTurn, RouteInput
+from switchpoint.router.scheduling.scheduler import Scheduler
+
+POOL = "bench-discovery"
+LABEL = "switchpoint.dev/bench-discovery"
+PORT = 8000
+TARGET_S = 2.0  # issue 16: a pod's Ready transition reaches routing in under 2 s
+
+
+@dataclass
+class DiscoveryResult:
+    ready_to_routable: list[float] = field(default_factory=list)
+    gone_to_unroutable: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict[str, float | int]:
+        return {"trials": len(self.ready_to_routable),
+                "ready_to_routable_p50_s": round(percentile(self.ready_to_routable, 0.5), 4),
+                "ready_to_routable_p99_s": round(percentile(self.ready_to_routable, 0.99), 4),
+                "gone_to_unroutable_p99_s": round(percentile(self.gone_to_unroutable, 0.99), 4)}
+
+
+def bench_config(namespace: str, run: str) -> RouterConfig:
+    """One ModelPool selecting the pods labelled with this run's id."""
+    manifest = {"apiVersion": API_VERSION, "kind": "ModelPool", "metadata": {"name": POOL, "namespace": namespace},
+                "spec": {"models": [{"name": "bench-model"}],
+                         "replicas": {"selector": {"matchLabels": {LABEL: run}}, "port": PORT}}}
+    return compile_manifests([Manifest("bench", manifest)])
+
+
+class Kubelet:
+    """What a kubelet reports about the bench's pods, and the user's create and delete."""
+
+    def __init__(self, api: KubeApi, namespace: str, run: str):
+        self.api, self.namespace, self.run = api, namespace, run
+        self.created: list[str] = []
+
+    async def start(self, name: str, ip: str) -> None:
+        await self.api.create(PODS, self.namespace, {
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {LABEL: self.run}},
+            "spec": {"containers": [{"name": "server", "image": "bench/model-server"}]}})
+        self.created.append(name)
+        await self.status(name, {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+                                 "conditions": [{"type": "Ready", "status": "False"}]})
+
+    async def status(self, name: str, status: dict[str, object]) -> None:
+        await self.api.patch(PODS, self.namespace, name, {"status": status}, sub="status")
+
+    async def ready(self, name: str) -> None:
+        await self.status(name, {"conditions": [{"type": "Ready", "status": "True"}]})
+
+    async def delete(self, name: str) -> None:
+        await self.api.delete(PODS, self.namespace, name)
+        self.created.remove(name)
+
+    async def clean_up(self) -> None:
+        for name in list(self.created):
+            await self.delete(name)
+
+
+class Router:
+    """Places one request on the pool, as the router would, with the replicas its discovery sees."""
+
+    def __init__(self, discovery: ReplicaDiscovery, pool: Pool):
+        self.discovery, self.pool = discovery, pool
+        self.scheduler = Scheduler(InflightLedger())
+        self.request = RouteInput(request_id="bench", model="bench-model", messages=[ChatTurn("user", "hello")])
+        self._seen: tuple[int, Candidate] | None = None
+
+    def picked(self) -> str | None:
+        """The address of the replica a Route would pick now (None: the pool has no ready replica)."""
+        version = self.discovery.version(self.pool.key)
+        if self._seen is None or self._seen[0] != version:  # a new Pool object: the scheduler rebuilds its view
+            pool = replace(self.pool, static_replicas=self.discovery.replicas(self.pool))
+            self._seen = (version, Candidate(pool, "bench-model"))
+        placement = self.scheduler.place(self._seen[1], self.request)
+        return placement.replica.address if placement else None
+
+
+async def _until(router: Router, want: bool, address: str, interval_s: float, timeout_s: float) -> float | None:
+    """Route every `interval_s` until the pick is (want) or is not (not want) `address`; the time it changed,
+    or None after `timeout_s`."""
+    deadline = time.perf_counter() + timeout_s
+    while time.perf_counter() < deadline:
+        if (router.picked() == address) == want:
+            return time.perf_counter()
+        await asyncio.sleep(interval_s)
+    return None
+
+
+async def measure(connection: Connection, namespace: str, trials: int = 20, interval_s: float = 0.001,
+                  timeout_s: float = 30.0) -> DiscoveryResult:
+    run = uuid.uuid4().hex[:10]
+    config = bench_config(namespace, run)
+    pool = config.pools[f"{namespace}/{POOL}"]
+    kubelet_api, router_api = KubeApi(connection), KubeApi(connection)  # separate clients, as separate processes
+    kubelet = Kubelet(kubelet_api, namespace, run)
+    discovery = ReplicaDiscovery(router_api)
+    result = DiscoveryResult()
+    try:
+        discovery.update(config)
+        if not await discovery.listed():
+            raise RuntimeError(f"could not list pods in namespace {namespace} within 10 s")
+        router = Router(discovery, pool)
+        for i in range(trials):
+            name, ip = f"{POOL}-{run}-{i}", f"10.77.{i // 250}.{i % 250 + 1}"
+            address = f"{ip}:{PORT}"
+            await kubelet.start(name, ip)
+            sent = time.perf_counter()
+            await kubelet.ready(name)
+            routable = await _until(router, True, address, interval_s, timeout_s)
+            if routable is None:
+                raise RuntimeError(f"pod {name} was not routable {timeout_s:.0f}s after it turned Ready")
+            result.ready_to_routable.append(routable - sent)
+            sent = time.perf_counter()
+            last_pick = sent
+            deletion = asyncio.create_task(kubelet.delete(name))
+            while router.picked() == address:
+                last_pick = time.perf_counter()
+                if last_pick - sent > timeout_s:
+                    raise RuntimeError(f"pod {name} was still routable {timeout_s:.0f}s after its deletion")
+                await asyncio.sleep(interval_s)
+            await deletion
+            result.gone_to_unroutable.append(last_pick - sent)
+    finally:
+        await discovery.stop()
+        await kubelet.clean_up()
+        await kubelet_api.close()
+        await router_api.close()
+    return result
+
+
+def table(result: DiscoveryResult, server: str, namespace: str) -> str:
+    def row(name: str, values: list[float]) -> str:
+        p50, p99 = percentile(values, 0.5), percentile(values, 0.99)
+        return f"{name:<22}{p50 * 1e3:>10.1f}{p99 * 1e3:>10.1f}{max(values) * 1e3:>10.1f}"
+
+    lines = [f"discovery: {len(result.ready_to_routable)} pods one after another, API {server}, namespace {namespace}",
+             f"{'':<22}{'p50 ms':>10}{'p99 ms':>10}{'max ms':>10}",
+             row("ready -> routable", result.ready_to_routable), row("gone -> unroutable", result.gone_to_unroutable),
+             f"target: ready -> routable p99 under {TARGET_S:.0f} s: "
+             f"{'met' if percentile(result.ready_to_routable, 0.99) < TARGET_S else 'NOT met'}"]
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--namespace", default="default", help="where the bench creates (and deletes) its pods")
+    parser.add_argument("--context", default=None, help="kubeconfig context ($KUBECONFIG or ~/.kube/config)")
+    parser.add_argument("--trials", type=int, default=20, help="pods, one after another")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    connection = find_connection(None, args.context)
+    result = asyncio.run(measure(connection, args.namespace, args.trials))
+    print(json.dumps(result.summary()) if args.json else table(result, connection.server, args.namespace))
+    return 0
