@@ -124,12 +124,19 @@ class RouteInput:
         """Estimated tokens of every message, with per-message template overhead: what prefill must process."""
         return sum(self.message_tokens) + MESSAGE_OVERHEAD_TOKENS * len(self.messages)
 
-    def lowered(self, text: str) -> str:
-        """text.lower(), computed once per distinct text of this request."""
-        cache = self.__dict__.setdefault("_lowered", {})
-        if text not in cache:
-            cache[text] = text.lower()
-        return cache[text]
+    def scan_view(self, text_of: Callable[[], str], key: tuple, max_chars: int, lower: bool) -> str:
+        """What a keyword or regex signal reads of a text: all of it up to `max_chars`, else its first and last
+        max_chars / 2 characters (joined by a newline), lower-cased if asked; memoised under `key` (a short
+        tuple naming the text), so a long text is neither copied nor hashed again by the next signal."""
+        memo = self.__dict__.setdefault("_scan_views", {})
+        found = memo.get((key, max_chars, lower))
+        if found is None:
+            text = text_of()
+            if len(text) > max_chars:
+                half = max_chars // 2
+                text = f"{text[:half]}\n{text[-half:]}"
+            found = memo[(key, max_chars, lower)] = text.lower() if lower else text
+        return found
 
     @lazy
     def context_tokens(self) -> int:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -116,3 +118,21 @@ class SimProcess(_Child):
         if "switchpoint sim:" not in line:
             raise self._failed(line)
         return self
+
+
+@contextlib.contextmanager
+def separate_cores(router_pid: int) -> Iterator[None]:
+    """The router's threads on the last CPU, this process on the others (no-op on a one-CPU machine): the
+    benchmarks measure the router on one core, not the client's threads competing with it."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if len(cpus) < 2:
+        yield
+        return
+    for tid in os.listdir(f"/proc/{router_pid}/task"):
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(int(tid), {cpus[-1]})
+    os.sched_setaffinity(0, set(cpus[:-1]))
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, set(cpus))

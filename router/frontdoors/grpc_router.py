@@ -12,6 +12,7 @@ import grpc
 
 from switchpoint.router.budget.gate import BudgetView, admission_views, budget_view
 from switchpoint.router.core import Routed, RouterCore, Settlement
+from switchpoint.router.core.fairness import LargeRequestGate
 from switchpoint.router.refusals import InvalidRequest, Refusal
 from switchpoint.router.request import ChatTurn, RequestLimits, RouteInput, Sampling, route_input
 from switchpoint.router.telemetry import context_from_metadata
@@ -42,15 +43,17 @@ def status_code(refusal: Refusal) -> grpc.StatusCode:
 
 
 class RouterService:
-    def __init__(self, core: RouterCore, limits: RequestLimits):
+    def __init__(self, core: RouterCore, limits: RequestLimits, gate: LargeRequestGate | None = None):
         self.core = core
         self.limits = limits
+        self.gate = gate or LargeRequestGate()
+        self._decode_route = lenient_deserializer(router_pb2.RouteRequest)
 
     def method_handlers(self) -> dict[str, grpc.RpcMethodHandler]:
         """Route and Report, with deserializers that turn malformed input into INVALID_ARGUMENT."""
         return {
-            "Route": grpc.unary_unary_rpc_method_handler(
-                self.route, lenient_deserializer(router_pb2.RouteRequest), router_pb2.Decision.SerializeToString),
+            # Route is decoded in the handler, after the large-request gate (a 1 MB message takes a while to parse).
+            "Route": grpc.unary_unary_rpc_method_handler(self.route, None, router_pb2.Decision.SerializeToString),
             "Report": grpc.unary_unary_rpc_method_handler(
                 self.report, lenient_deserializer(router_pb2.ReportRequest),
                 router_pb2.ReportResponse.SerializeToString),
@@ -59,19 +62,19 @@ class RouterService:
                 router_pb2.BudgetStatusResponse.SerializeToString),
         }
 
-    async def route(self, request: router_pb2.RouteRequest | MalformedRequest,
-                    context: grpc.aio.ServicerContext) -> router_pb2.Decision:
+    async def route(self, data: bytes, context: grpc.aio.ServicerContext) -> router_pb2.Decision:
         parent = context_from_metadata(context.invocation_metadata()) if self.core.tracing else None
-        try:
-            req = route_input_from(request, self.limits)
-        except Refusal as refusal:
-            self.core.refused(refusal)
-            await context.abort(status_code(refusal), refusal.message)
-        try:
-            routed = await self.core.route(req, parent)
-        except Refusal as refusal:
-            await context.abort(status_code(refusal), refusal.message)
-        return decision_message(routed)
+        async with self.gate.turn(len(data)):
+            try:
+                req = route_input_from(self._decode_route(data), self.limits)
+            except Refusal as refusal:
+                self.core.refused(refusal)
+                await context.abort(status_code(refusal), refusal.message)
+            try:
+                routed = await self.core.route(req, parent)
+            except Refusal as refusal:
+                await context.abort(status_code(refusal), refusal.message)
+            return decision_message(routed)
 
     async def report(self, request: router_pb2.ReportRequest | MalformedRequest,
                      context: grpc.aio.ServicerContext) -> router_pb2.ReportResponse:

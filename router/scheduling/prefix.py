@@ -41,7 +41,8 @@ def _blocks(req: RouteInput, model: str) -> tuple[int, ...]:
     limit = BLOCK_CHARS * MAX_BLOCKS
     parts, size = [], 0
     for m in req.messages:
-        piece = f"<|{m.role}|>{m.content}"
+        piece = f"<|{m.role}|>"
+        piece += m.content[: max(0, limit - size - len(piece))]  # never copy more of a long message than is hashed
         parts.append(piece[: limit - size])
         size += len(parts[-1])
         if size >= limit:

@@ -199,11 +199,16 @@ def _token_count(signal: TokenRangeSignal, req: RouteInput) -> int:
     return req.prompt_tokens if signal.counted is TokenCount.PROMPT else req.context_tokens
 
 
+def scan_text(req: RouteInput, scope: TextScope, max_chars: int, lower: bool = False) -> str:
+    """The text a keyword or regex signal reads: bounded by the policy's textScan.maxChars, so the work of
+    the rule signals does not grow with the prompt (a 1 MB prompt is scanned as its first and last 4 K
+    characters by default)."""
+    return req.scan_view(lambda: scoped_text(req, scope), (scope,), max_chars, lower)
+
+
 def _keywords_found(signal: KeywordSignal, req: RouteInput) -> list[str]:
     """The terms found (all of them for match 'all'; the first for 'any')."""
-    text = scoped_text(req, signal.scope)
-    if not signal.case_sensitive:
-        text = req.lowered(text)
+    text = scan_text(req, signal.scope, signal.scan_chars, lower=not signal.case_sensitive)
     present = [t for t in signal.terms if t in text]  # C-level prefilter: most terms are absent
     if signal.match_all and len(present) < len(signal.terms):
         return []
@@ -243,7 +248,7 @@ def _is_word(char: str) -> bool:
 
 def _regex_matched(signal: RegexSignal, req: RouteInput) -> int:
     """How many patterns matched, stopping as soon as the answer is known."""
-    text = scoped_text(req, signal.scope)
+    text = scan_text(req, signal.scope, signal.scan_chars)
     matched = 0
     for pattern in signal.patterns:
         if pattern.search(text):

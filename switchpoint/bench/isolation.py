@@ -15,19 +15,16 @@ competing with it.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
 
 from switchpoint.bench.router import percentile
-from switchpoint.localproc import RouterProcess
+from switchpoint.localproc import RouterProcess, separate_cores
 from switchpoint.v1 import router_pb2, router_pb2_grpc
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "examples"
@@ -134,23 +131,6 @@ class _PacedLoad:
                 i += self.senders
 
 
-@contextlib.contextmanager
-def _separate_cores(router_pid: int) -> Iterator[None]:
-    """The router's threads on the last CPU, this process on the others (no-op on a one-CPU machine)."""
-    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    if len(cpus) < 2:
-        yield
-        return
-    for tid in os.listdir(f"/proc/{router_pid}/task"):
-        with contextlib.suppress(OSError):
-            os.sched_setaffinity(int(tid), {cpus[-1]})
-    os.sched_setaffinity(0, set(cpus[:-1]))
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, set(cpus))
-
-
 def isolation(models: Path, calls: int = 4000, rate: float = 50.0, transformer_rate: float = 15.0,
               ) -> dict[str, object]:
     """{"rules_p99_ms_alone", "rules_p99_ms_with_classifiers", "rules_p99_ms_with_transformer", ...}."""
@@ -160,7 +140,7 @@ def isolation(models: Path, calls: int = 4000, rate: float = 50.0, transformer_r
     with tempfile.TemporaryDirectory(prefix="switchpoint-isolation-") as tmp:
         config = _config(Path(tmp))
         with RouterProcess([config], metrics=False, extra=["--models", str(models)]) as router, \
-                _separate_cores(router.pid):
+                separate_cores(router.pid):
             _rules_latencies(router.address, 100)  # warm-up (the first classifier calls load sessions too)
             with _PacedLoad(router.address, "heavy", 20), _PacedLoad(router.address, "heavy-transformer", 5):
                 time.sleep(1.0)

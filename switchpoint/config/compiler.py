@@ -213,7 +213,8 @@ class _Reporter:
 
     def policy(self, spec: dict[str, Any], pools: dict[str, Pool]) -> Policy | None:
         declared = {c["name"]: _classifier_spec(c, i) for i, c in enumerate(spec.get("classifiers") or ())}
-        signals = tuple(s for i, raw in enumerate(spec.get("signals") or ()) if (s := self.signal(raw, i)))
+        scan_chars = spec["textScan"]["maxChars"]
+        signals = tuple(s for i, raw in enumerate(spec.get("signals") or ()) if (s := self.signal(raw, i, scan_chars)))
         names = {raw["name"] for raw in spec.get("signals") or ()}
         classifiers = self.used_classifiers(signals, declared)
         self.scheduling = self.scheduling_configs(spec.get("scheduling") or (), pools)
@@ -282,14 +283,14 @@ class _Reporter:
             encoder=raw["encoder"], exploration=float(raw["exploration"]),
         )
 
-    def signal(self, raw: dict[str, Any], index: int) -> Signal | None:
+    def signal(self, raw: dict[str, Any], index: int, scan_chars: int) -> Signal | None:
         name = raw["name"]
         path = ("signals", index)
         if "keywords" in raw:
             kw = raw["keywords"]
             case = kw["caseSensitive"]
             terms = tuple(dict.fromkeys(t if case else t.lower() for t in kw["terms"]))
-            return KeywordSignal(name, terms, kw["match"] == "all", case, TextScope(kw["scope"]))
+            return KeywordSignal(name, terms, kw["match"] == "all", case, TextScope(kw["scope"]), scan_chars)
         if "regex" in raw:
             rx = raw["regex"]
             compiled = []
@@ -300,7 +301,7 @@ class _Reporter:
                     self.fail((*path, "regex", "patterns", j), f"invalid regular expression: {exc}")
             if len(compiled) != len(rx["patterns"]):
                 return None
-            return RegexSignal(name, tuple(compiled), rx["match"] == "all", TextScope(rx["scope"]))
+            return RegexSignal(name, tuple(compiled), rx["match"] == "all", TextScope(rx["scope"]), scan_chars)
         for counted in TokenCount:
             if counted.value in raw:
                 bounds = raw[counted.value]
@@ -433,6 +434,7 @@ def _cache_config(raw: dict[str, Any]) -> CacheConfig:
         enabled=raw["enabled"], similarity_threshold=float(raw["similarityThreshold"]),
         ttl_seconds=_window_seconds(raw["ttl"]), max_entry_bytes=raw["maxEntryBytes"],
         store_truncated=raw["storeTruncated"], store_pii=raw["storePii"], encoder=raw["encoder"],
+        target_precision=float(raw["targetPrecision"]),
     )
 
 

@@ -95,6 +95,7 @@ class KeywordSignal:
     match_all: bool
     case_sensitive: bool
     scope: TextScope
+    scan_chars: int = 8192  # the policy's textScan.maxChars: a longer text is read as its head and tail
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,7 @@ class RegexSignal:
     patterns: tuple[re.Pattern[str], ...]
     match_all: bool
     scope: TextScope
+    scan_chars: int = 8192  # as KeywordSignal's
 
 
 class TokenCount(enum.Enum):
@@ -253,6 +255,7 @@ class CacheConfig:
     store_truncated: bool = False
     store_pii: bool = False
     encoder: str = "minilm-static"
+    target_precision: float = 0.97  # the pair verifier's operating point (router/cache/verifier.py)
 
 
 @dataclass(frozen=True)
