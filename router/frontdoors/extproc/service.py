@@ -340,7 +340,7 @@ def _outcome(status: int, done: bool, usage) -> str:  # type: ignore[no-untyped-
         return "cancelled"
     if usage.error:
         return "error"
-    if usage.overflow:
+    if usage.overflow or not usage.complete:  # past the size kept, or a stream cut before its end
         return "truncated"
     return "success"
 
