@@ -10,6 +10,10 @@ import argparse
 import asyncio
 import logging
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from switchpoint.operator.kube import Connection
 
 log = logging.getLogger("switchpoint.operator")
 
@@ -41,14 +45,20 @@ def run(args: argparse.Namespace) -> int:
 
 async def serve(args: argparse.Namespace, stop: asyncio.Event | None) -> int:
     """Run until `stop` is set (None: until SIGTERM or SIGINT)."""
+    from switchpoint.operator.kube import find_connection
+
+    return await serve_with(find_connection(args.server, args.context), args, stop)
+
+
+async def serve_with(connection: Connection, args: argparse.Namespace, stop: asyncio.Event | None) -> int:
+    """Run against the cluster `connection` names (args.server and args.context are not read)."""
     import kopf
 
     from switchpoint.operator.handlers import register
-    from switchpoint.operator.kube import KubeApi, find_connection
+    from switchpoint.operator.kube import KubeApi
     from switchpoint.operator.reconciler import Reconciler
     from switchpoint.operator.settings import load_settings
 
-    connection = find_connection(args.server, args.context)
     api = KubeApi(connection)
     reconciler = Reconciler(api, load_settings(args.router_settings), nudge=args.nudge, resync_s=args.resync_seconds,
                             debounce_s=args.debounce_seconds)

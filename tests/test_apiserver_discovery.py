@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from switchpoint.bench.discovery import TARGET_S, measure
+from switchpoint.bench.discovery import TARGET_S, measure_both
 from switchpoint.config.compiler import compile_manifests
 from switchpoint.config.manifests import API_VERSION, Manifest
 from switchpoint.config.model import PodSelector, Replica, Role, RouterConfig
@@ -122,10 +122,13 @@ def test_discovery_follows_the_pods_a_pool_selects(control_plane: ControlPlane,
 
 @pytest.mark.apiserver
 def test_the_bench_meets_the_target(router_connection: Connection, control_plane: ControlPlane) -> None:
+    control_plane.install_crds()  # for the baseline (the operator's ConfigMap path)
     admin = from_kubeconfig(path=str(control_plane.admin_kubeconfig))  # the bench plays the kubelet too
-    result = asyncio.run(measure(admin, NS, trials=5))
-    summary = result.summary()
-    assert summary["trials"] == 5
+    summary = asyncio.run(measure_both(admin, NS, trials=4)).summary()
+    assert summary["trials"] == 4
     assert summary["ready_to_routable_p99_s"] < TARGET_S, summary
     assert summary["gone_to_unroutable_p99_s"] < TARGET_S, summary
+    assert summary["baseline_ready_to_configmap_p50_s"] > 0, summary
     assert control_plane.get_json("pods", "-n", NS, "-l", "switchpoint.dev/bench-discovery")["items"] == []
+    assert control_plane.get_json("routingpolicies,modelpools,configmaps", "-n", NS, "-l",
+                                  "app.kubernetes.io/managed-by=switchpoint-operator")["items"] == []
