@@ -8,7 +8,7 @@ import itertools
 import numpy as np
 import pytest
 
-from switchpoint.router.cache import MemoryStore, SemanticCache, cache_scope
+from switchpoint.router.cache import CacheOptions, MemoryStore, SemanticCache, cache_scope
 from switchpoint.router.cache import verifier_model as shipped
 from switchpoint.router.cache.store import VERIFIER
 from switchpoint.router.cache.verifier import DEFAULT_TARGET_PRECISION, FEATURES, check_target
@@ -51,8 +51,11 @@ def test_provably_different_questions_are_refused_at_any_target() -> None:
 
 @pytest.mark.parametrize("bad", [0.49, 1.01, -1.0])
 def test_a_target_outside_the_range_is_refused(bad: float) -> None:
-    with pytest.raises(ValueError, match=r"outside \[0.5, 1.0\]"):
+    with pytest.raises(ValueError, match=r"target precision .* is outside \[0.5, 1.0\]"):
         check_target(bad)
+    with pytest.raises(ValueError, match="target precision"):
+        CacheOptions(target_precision=bad)
+    assert CacheOptions(target_precision=0.99).target_precision == 0.99
 
 
 def test_the_knob_reaches_the_store_through_lookup() -> None:
