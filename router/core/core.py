@@ -71,6 +71,7 @@ class RouterCore:
         self.bank = bank
         self.health = health
         self.clock = clock
+        self.scheduler.retain(snapshot.config)
         metrics.config_loaded(snapshot.digest)
 
     @property
@@ -82,6 +83,7 @@ class RouterCore:
         bandit states stop syncing and close, scheduling state of replicas and pools no longer named is
         dropped, loaded files no longer named are forgotten. Requests already running keep the old snapshot."""
         old, self._snapshot = self._snapshot, snapshot
+        self.scheduler.retain(snapshot.config)
         if self.bank is not None:
             self.bank.retain(snapshot.models)
         self.metrics.config_loaded(snapshot.digest)
