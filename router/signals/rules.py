@@ -1,8 +1,11 @@
-"""Cheap rule signals: each a pure function of the request.
+"""Cheap rule signals: each a pure function of the request, registered by kind (`rule_kind`).
 
 The hot path asks only whether a signal fired (`signal_fired`); what the signal
 saw (`signal_evidence`) is worked out only for recorded traces and for
 `switchpoint route`, since formatting it costs as much as the test itself.
+Adding a rule kind touches its dataclass (config/model.py), its compile step
+(config/compiler.py), its CRD field, and its registration here; a test ties the
+CRD's signal fields to `signal_kinds()`.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from switchpoint.config.model import (
 from switchpoint.router.classifiers.pii import find_pii
 from switchpoint.router.request import RouteInput
 
-NeuralSignal = ClassifierSignal | SimilaritySignal | PiiSignal  # computed off the event loop
+NeuralSignal = ClassifierSignal | SimilaritySignal | PiiSignal  # computed off the event loop (signals/neural.py)
 
 
 @dataclass(frozen=True)
@@ -112,40 +115,91 @@ class SignalBoard:
         )
 
 
+@dataclass(frozen=True)
+class RuleKind:
+    """A rule signal kind: a pure test of the request, and what it saw (for traces and `switchpoint route`)."""
+
+    name: str  # its field in the CRD's spec.signals[]
+    fired: Callable[[Any, RouteInput], bool]
+    evidence: Callable[[Any, RouteInput], str]
+
+
+RULE_KINDS: dict[type, RuleKind] = {}
+NEURAL_KINDS: dict[type, str] = {ClassifierSignal: "classifier", SimilaritySignal: "similarity", PiiSignal: "pii"}
+NEURAL = tuple(NEURAL_KINDS)  # computed off the event loop (signals/neural.py)
+
+
+def rule_kind(signal_type: type, name: str, evidence: Callable[[Any, RouteInput], str]) -> Callable:
+    """Register the decorated test as the rule kind of `signal_type` (one registration per kind)."""
+    def register(fired: Callable[[Any, RouteInput], bool]) -> Callable[[Any, RouteInput], bool]:
+        if signal_type in RULE_KINDS:
+            raise ValueError(f"signal kind {name!r} is registered twice")
+        RULE_KINDS[signal_type] = RuleKind(name, fired, evidence)
+        return fired
+    return register
+
+
+def signal_kinds() -> tuple[str, ...]:
+    """Every signal kind's CRD field name (token counts have two: promptTokens, contextTokens)."""
+    names = [k.name for t, k in RULE_KINDS.items() if t is not TokenRangeSignal]
+    return (*names, *(c.value for c in TokenCount), *NEURAL_KINDS.values())
+
+
 def signal_kind(signal: Signal) -> str:
     if isinstance(signal, TokenRangeSignal):
         return signal.counted.value
-    return _KINDS[type(signal)]
+    found = RULE_KINDS.get(type(signal))
+    return found.name if found is not None else NEURAL_KINDS[type(signal)]
 
 
 def signal_fired(signal: Signal, req: RouteInput) -> bool:
-    return _FIRED[type(signal)](signal, req)  # one dict lookup instead of a chain of isinstance checks
+    return RULE_KINDS[type(signal)].fired(signal, req)  # one dict lookup instead of a chain of isinstance checks
 
 
+def signal_evidence(signal: Signal, req: RouteInput) -> str:
+    return RULE_KINDS[type(signal)].evidence(signal, req)
+
+
+def _keywords_evidence(signal: KeywordSignal, req: RouteInput) -> str:
+    found = _keywords_found(signal, req)
+    return f"matched {', '.join(repr(t) for t in found[:5])}" if found else "no match"
+
+
+@rule_kind(KeywordSignal, "keywords", _keywords_evidence)
 def _keywords_fired(signal: KeywordSignal, req: RouteInput) -> bool:
     found = _keywords_found(signal, req)
     return len(found) == len(signal.terms) if signal.match_all else bool(found)
 
 
+@rule_kind(RegexSignal, "regex", lambda s, req: f"{_regex_matched(s, req)} of {len(s.patterns)} pattern(s) matched")
 def _regex_fired(signal: RegexSignal, req: RouteInput) -> bool:
     matched = _regex_matched(signal, req)
     return matched == len(signal.patterns) if signal.match_all else matched > 0
 
 
+@rule_kind(TokenRangeSignal, "tokens", lambda s, req: f"{_token_count(s, req)} tokens")
 def _tokens_fired(signal: TokenRangeSignal, req: RouteInput) -> bool:
     count = _token_count(signal, req)
     return (signal.min is None or count >= signal.min) and (signal.max is None or count <= signal.max)
 
 
+def _metadata_evidence(signal: MetadataSignal, req: RouteInput) -> str:
+    value = req.metadata.get(signal.key)
+    return f"{signal.key}={value}" if value is not None else f"{signal.key} absent"
+
+
+@rule_kind(MetadataSignal, "metadata", _metadata_evidence)
 def _metadata_fired(signal: MetadataSignal, req: RouteInput) -> bool:
     value = req.metadata.get(signal.key)
     return value is not None and (signal.values is None or value in signal.values)
 
 
+@rule_kind(TenantSignal, "tenant", lambda s, req: f"tenant={req.tenant or '-'}")
 def _tenant_fired(signal: TenantSignal, req: RouteInput) -> bool:
     return req.tenant in signal.tenants
 
 
+@rule_kind(ToolsSignal, "tools", lambda s, req: "tools present" if req.tools_present else "no tools")
 def _tools_fired(signal: ToolsSignal, req: RouteInput) -> bool:
     return req.tools_present == signal.present
 
@@ -154,37 +208,6 @@ def pii_found(signal: PiiSignal, text: str) -> list[str]:
     """The personal-data types of the signal found in the text (computed off the loop: see signals/neural.py)."""
     found = sorted({e.type for e in find_pii(text)})
     return found if signal.types is None else [t for t in found if t in signal.types]
-
-
-_FIRED: dict[type, Callable[[Any, RouteInput], bool]] = {
-    KeywordSignal: _keywords_fired, RegexSignal: _regex_fired, TokenRangeSignal: _tokens_fired,
-    MetadataSignal: _metadata_fired, TenantSignal: _tenant_fired, ToolsSignal: _tools_fired,
-}
-NEURAL = (ClassifierSignal, SimilaritySignal, PiiSignal)
-
-
-def signal_evidence(signal: Signal, req: RouteInput) -> str:
-    match signal:
-        case KeywordSignal():
-            found = _keywords_found(signal, req)
-            return f"matched {', '.join(repr(t) for t in found[:5])}" if found else "no match"
-        case RegexSignal():
-            return f"{_regex_matched(signal, req)} of {len(signal.patterns)} pattern(s) matched"
-        case TokenRangeSignal():
-            return f"{_token_count(signal, req)} tokens"
-        case MetadataSignal():
-            value = req.metadata.get(signal.key)
-            return f"{signal.key}={value}" if value is not None else f"{signal.key} absent"
-        case TenantSignal():
-            return f"tenant={req.tenant or '-'}"
-        case ToolsSignal():
-            return "tools present" if req.tools_present else "no tools"
-    raise TypeError(f"unknown signal type {type(signal).__name__}")
-
-
-_KINDS: dict[type, str] = {KeywordSignal: "keywords", RegexSignal: "regex", MetadataSignal: "metadata",
-                           TenantSignal: "tenant", ToolsSignal: "tools", PiiSignal: "pii",
-                           ClassifierSignal: "classifier", SimilaritySignal: "similarity"}
 
 
 def scoped_text(req: RouteInput, scope: TextScope) -> str:

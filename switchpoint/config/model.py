@@ -206,11 +206,6 @@ class NotRule:
 Rule = SignalRule | AllRule | AnyRule | NotRule
 
 
-SCORERS = ("predicted-latency", "decode-interference", "prefix-cache", "queue", "kv-cache", "least-request",
-           "inflight-tokens")
-PROFILES = ("switchpoint", "gie-default", "least-request", "round-robin", "random")
-
-
 @dataclass(frozen=True)
 class SchedulingConfig:
     """How replicas of one pool are chosen, set per pool in a RoutingPolicy."""
@@ -234,7 +229,7 @@ class Candidate:
 class SelectionConfig:
     """How a decision chooses among its candidate pools (spec.decisions[].selection)."""
 
-    algorithm: str = "static"  # static | weighted | cost-quality | knn | bandit
+    algorithm: str = "static"  # a name in the selection registry (router/selectors/registry.py)
     weights: tuple[float, ...] = ()
     lam: float | None = None  # the CRD's `lambda`
     target_quality_share: float | None = None
