@@ -110,6 +110,25 @@ def managed(plane: ControlPlane, namespace: str) -> dict[tuple[str, str], dict[s
                                                  "version": o["metadata"]["resourceVersion"]} for o in items}
 
 
+State = tuple[dict[tuple[str, str], dict[str, str]], dict[str, str]]
+STATUSES = ("routingpolicy/auto", "modelpool/small-chat", "modelpool/large-reasoning", "budget/acme-daily-tokens")
+
+
+def state(plane: ControlPlane, namespace: str) -> State:
+    """The router objects' versions, and the resourceVersions of the examples (which change with their status)."""
+    return managed(plane, namespace), {k: plane.get_json(k, "-n", namespace)["metadata"]["resourceVersion"]
+                                       for k in STATUSES}
+
+
+def settled(plane: ControlPlane, namespace: str) -> State:
+    """The state once the operator has nothing left to write (unchanged over half a second)."""
+    def unchanged() -> State | None:
+        first = state(plane, namespace)
+        time.sleep(0.5)
+        return first if state(plane, namespace) == first else None
+    return eventually(unchanged, what=f"the operator idle in {namespace}")
+
+
 def condition(obj: dict[str, Any], kind: str) -> dict[str, Any]:
     return next((c for c in (obj.get("status") or {}).get("conditions") or () if c["type"] == kind), {})
 
@@ -157,6 +176,8 @@ def test_the_operator_reconciles_the_examples_with_the_charts_rbac(env: Env, tmp
 
     # Router objects, stored by the API server (so valid to it), owned by the policy.
     eventually(lambda: len(managed(plane, ns)) == 4, what="ConfigMap, Deployment, Service and PDB")
+    eventually(lambda: len(replicas(plane, ns, "large-reasoning")) == 2, what="the ready pods in the config")
+    settled(plane, ns)
     assert sorted(managed(plane, ns)) == [("ConfigMap", "auto-router-config"), ("Deployment", "auto-router"),
                                           ("PodDisruptionBudget", "auto-router"), ("Service", "auto-router")]
     policy = plane.get_json("routingpolicy", "auto", "-n", ns)
@@ -214,10 +235,10 @@ def test_a_restarted_operator_converges_without_duplicates_or_writes(env: Env) -
     apply_examples(plane, ns)
     model_pod(plane, ns, "small-1", "10.0.0.1", {"switchpoint.dev/example-pool": "small-chat"})
     eventually(lambda: len(managed(plane, ns)) == 4, what="router objects")
+    eventually(lambda: replicas(plane, ns, "small-chat") == [{"address": "10.0.0.1:8000", "role": "both"}],
+               what="the replica in the config")
     eventually(lambda: condition(plane.get_json("routingpolicy", "auto", "-n", ns), "Accepted"), what="status")
-    before = managed(plane, ns)
-    statuses = {kind: plane.get_json(kind, "-n", ns)["metadata"]["resourceVersion"]
-                for kind in ("routingpolicy/auto", "modelpool/small-chat", "budget/acme-daily-tokens")}
+    before, versions = settled(plane, ns)
 
     env.operator.stop()
     plane.kubectl("delete", "service", "auto-router", "-n", ns)  # while no operator runs
@@ -228,5 +249,5 @@ def test_a_restarted_operator_converges_without_duplicates_or_writes(env: Env) -
     assert sorted(after) == sorted(before)  # one of each, no duplicates
     assert after.pop(("Service", "auto-router"))["uid"] != before.pop(("Service", "auto-router"))["uid"]
     assert after == before  # the other objects were not written again
-    assert {kind: plane.get_json(kind, "-n", ns)["metadata"]["resourceVersion"] for kind in statuses} == statuses
+    assert state(plane, ns)[1] == versions  # nor the statuses
     assert not [line for line in env.operator.text().splitlines() if any(word in line for word in FORBIDDEN)]
