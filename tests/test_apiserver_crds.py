@@ -70,6 +70,12 @@ def test_examples_are_stored_with_the_defaults_local_mode_fills_in(cluster: Cont
     assert budget["failurePolicy"] == "Open"
 
 
+def test_the_cluster_examples_are_accepted(cluster: ControlPlane) -> None:
+    """deploy/examples/cluster/ (selector pools, stand-in model-server Deployments), as the server would store it."""
+    out = cluster.kubectl("apply", "--dry-run=server", "-f", str(EXAMPLES / "cluster")).stdout
+    assert out.count("(server dry run)") == sum(len(load(p)) for p in (EXAMPLES / "cluster").glob("*.yaml")), out
+
+
 def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
     """A mutation that sets a dotted path (list indexes as numbers) in a manifest."""
     def mutate(doc: dict[str, Any]) -> None:
