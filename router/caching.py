@@ -67,7 +67,7 @@ class CacheStep:
 def cache_options(config: CacheConfig) -> CacheOptions:
     return CacheOptions(threshold=config.similarity_threshold, ttl_s=float(config.ttl_seconds),
                         max_entry_bytes=config.max_entry_bytes, store_truncated=config.store_truncated,
-                        store_pii=config.store_pii)
+                        store_pii=config.store_pii, target_precision=config.target_precision)
 
 
 class CacheStage:
@@ -92,7 +92,8 @@ class CacheStage:
         write = CacheWrite(scope, conv, embedding, options, decision.name) if wanted.write else None
         if not wanted.read:
             return self._counted(decision.name, CacheStep("bypass", write=write, reason=wanted.reason))
-        found = await self.cache.lookup(scope, conv, embedding, options.threshold, req.max_tokens)
+        found = await self.cache.lookup(scope, conv, embedding, options.threshold, req.max_tokens,
+                                        options.target_precision)
         if found.outcome == "hit":
             return self._counted(decision.name, CacheStep("hit", hit=found.hit))
         return self._counted(decision.name, CacheStep(found.outcome, write=write))
