@@ -258,13 +258,6 @@ def table(result: DiscoveryResult, server: str, namespace: str) -> str:
     return "\n".join(lines)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--namespace", default="default", help="where the bench creates (and deletes) its pods")
-    parser.add_argument("--context", default=None, help="kubeconfig context ($KUBECONFIG or ~/.kube/config)")
-    parser.add_argument("--trials", type=int, default=20, help="pods, one after another")
-    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
-
-
 async def measure_both(connection: Connection, namespace: str, trials: int) -> DiscoveryResult:
     result = await measure(connection, namespace, trials)
     api = KubeApi(connection)
@@ -278,6 +271,7 @@ async def measure_both(connection: Connection, namespace: str, trials: int) -> D
 
 
 def run(args: argparse.Namespace) -> int:
+    """args: namespace (where the pods go), context (of $KUBECONFIG or ~/.kube/config), trials, json."""
     connection = find_connection(None, args.context)
     result = asyncio.run(measure_both(connection, args.namespace, args.trials))
     print(json.dumps(result.summary()) if args.json else table(result, connection.server, args.namespace))
