@@ -1,4 +1,4 @@
-"""The package layout of DESIGN.md: folders mapped into one `switchpoint` distribution."""
+"""The package layout of docs/architecture.md: folders mapped into one `switchpoint` distribution."""
 
 from __future__ import annotations
 
