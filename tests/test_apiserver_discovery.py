@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from switchpoint.bench.discovery import TARGET_S, measure_both
+from switchpoint.bench.discovery import TARGET_S, measure_both, table
 from switchpoint.config.compiler import compile_manifests
 from switchpoint.config.manifests import API_VERSION, Manifest
 from switchpoint.config.model import PodSelector, Replica, Role, RouterConfig
@@ -124,7 +124,10 @@ def test_discovery_follows_the_pods_a_pool_selects(control_plane: ControlPlane,
 def test_the_bench_meets_the_target(router_connection: Connection, control_plane: ControlPlane) -> None:
     control_plane.install_crds()  # for the baseline (the operator's ConfigMap path)
     admin = from_kubeconfig(path=str(control_plane.admin_kubeconfig))  # the bench plays the kubelet too
-    summary = asyncio.run(measure_both(admin, NS, trials=4)).summary()
+    result = asyncio.run(measure_both(admin, NS, trials=4))
+    summary = result.summary()
+    printed = table(result, admin.server, NS)
+    assert "ready -> routable" in printed and "ready -> in ConfigMap" in printed and "2 s: met" in printed
     assert summary["trials"] == 4
     assert summary["ready_to_routable_p99_s"] < TARGET_S, summary
     assert summary["gone_to_unroutable_p99_s"] < TARGET_S, summary
