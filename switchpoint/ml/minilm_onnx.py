@@ -10,7 +10,8 @@ over the attention mask and L2 normalisation, so a session returns finished sent
 
 Token type ids are always 0 for a single sentence, so the type-0 embedding is folded into the position table.
 `quantize_int8` derives the int8 variant with onnxruntime's dynamic quantisation, per channel (measured, see the
-README's classifier benchmarks: per-tensor weights give cosine ≈ 0.97 to fp32, per-channel ≈ 0.99; `reduce_range` hurts), first layer in fp32.
+README's classifier benchmarks: per-tensor weights give cosine ≈ 0.97 to fp32, per-channel ≈ 0.99;
+`reduce_range` hurts), first layer in fp32.
 """
 
 from __future__ import annotations
