@@ -115,7 +115,9 @@ class PoolWatch:
 
 
 class ReplicaDiscovery:
-    """The replicas of a config's pools: watched for selector pools, the config's own for static ones.
+    """The replicas of a config's pools: watched for selector pools, the config's own for static ones. A
+    ReplicaSource (router/scheduling/pools.py): the router passes it to its Scheduler and Scraper, and calls
+    Scheduler.retain from `changed`.
 
     `update(config)` on every config swap starts watches for new selector pools, keeps those whose selector is
     unchanged (no relist on a policy edit) and stops the others. `version(key)` grows with each change of a pool's

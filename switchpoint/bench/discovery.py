@@ -2,9 +2,9 @@
 
 Against a Kubernetes API (the test control plane, or any cluster the kubeconfig names): the bench plays the
 kubelet, creating Pod objects of a selector ModelPool and setting their status, and plays the router: a
-ReplicaDiscovery (router/discovery.py) watches the pool's pods, and the scheduler places a request every
-millisecond on the pool as discovery sees it (the scheduler's view of a pool is built from its replicas, as in the
-router). One pod at a time, so a placement either picks it or finds no replica:
+ReplicaDiscovery (router/discovery.py) watches the pool's pods and is the scheduler's ReplicaSource, and the
+scheduler places a request on the pool every millisecond. One pod at a time, so a placement either picks it or
+finds no replica:
 - ready -> routable: from the moment the bench sends Ready=True to the first placement that picks the pod;
 - gone -> unroutable: from the moment it sends the deletion to the last placement that still picks the pod
   (0 when none did).
@@ -24,13 +24,13 @@ import asyncio
 import json
 import time
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from switchpoint.bench.router import percentile
 from switchpoint.config.compiler import compile_manifests
 from switchpoint.config.manifests import API_VERSION, Manifest
-from switchpoint.config.model import Candidate, Pool, RouterConfig
+from switchpoint.config.model import Candidate, Pool, Replica, RouterConfig
 from switchpoint.operator.kube import CONFIG_MAPS, PODS, POLICIES, POOLS, Connection, KubeApi, find_connection
 from switchpoint.operator.labels import CONFIG_FILE, config_map_name
 from switchpoint.router.discovery import ReplicaDiscovery
@@ -112,21 +112,21 @@ class Kubelet:
 
 
 class Router:
-    """Places one request on the pool, as the router would, with the replicas its discovery sees."""
+    """Places one request on the pool as the router does: its scheduler takes its replicas from the discovery
+    (a ReplicaSource), and is told to retain the config whenever they change."""
 
-    def __init__(self, discovery: ReplicaDiscovery, pool: Pool):
-        self.discovery, self.pool = discovery, pool
-        self.scheduler = Scheduler(InflightLedger())
+    def __init__(self, discovery: ReplicaDiscovery, config: RouterConfig, pool: Pool):
+        self.scheduler = Scheduler(InflightLedger(), replicas=discovery)
+        self.config = config
+        self.candidate = Candidate(pool, "bench-model")
         self.request = RouteInput(request_id="bench", model="bench-model", messages=[ChatTurn("user", "hello")])
-        self._seen: tuple[int, Candidate] | None = None
+
+    def replicas_changed(self, pool_key: str, replicas: tuple[Replica, ...]) -> None:
+        self.scheduler.retain(self.config)
 
     def picked(self) -> str | None:
         """The address of the replica a Route would pick now (None: the pool has no ready replica)."""
-        version = self.discovery.version(self.pool.key)
-        if self._seen is None or self._seen[0] != version:  # a new Pool object: the scheduler rebuilds its view
-            pool = replace(self.pool, static_replicas=self.discovery.replicas(self.pool))
-            self._seen = (version, Candidate(pool, "bench-model"))
-        placement = self.scheduler.place(self._seen[1], self.request)
+        placement = self.scheduler.place(self.candidate, self.request)
         return placement.replica.address if placement else None
 
 
@@ -202,12 +202,13 @@ async def measure(connection: Connection, namespace: str, trials: int = 20, inte
     kubelet_api, router_api = KubeApi(connection), KubeApi(connection)  # separate clients, as separate processes
     kubelet = Kubelet(kubelet_api, namespace, run)
     discovery = ReplicaDiscovery(router_api)
+    router = Router(discovery, config, pool)
+    discovery.on_change = router.replicas_changed
     result = DiscoveryResult()
     try:
         discovery.update(config)
         if not await discovery.listed():
             raise RuntimeError(f"could not list pods in namespace {namespace} within 10 s")
-        router = Router(discovery, pool)
         for i in range(trials):
             name, ip = f"{POOL}-{run}-{i}", f"10.77.{i // 250}.{i % 250 + 1}"
             address = f"{ip}:{PORT}"
