@@ -18,7 +18,7 @@ import numpy as np
 
 from switchpoint.router.scheduling.registry import Registry
 
-NARROW_ABOVE = 8  # max-score sorts all candidates up to this many times k; above, it partitions first
+NARROW_ABOVE = 8  # max-score sorts all candidates up to this many times k; above, it narrows first
 
 @dataclass
 class PickContext:
@@ -35,14 +35,19 @@ PICKERS: Registry[Picker] = Registry("picker")
 
 @PICKERS.register("max-score")
 def max_score(scores: np.ndarray | None, n: int, k: int, ctx: PickContext) -> np.ndarray:
-    """Highest score first; ties broken at random, as GIE's. Without scores (every weight 0) all tie."""
+    """Highest score first; ties broken at random, as GIE's. Without scores (every weight 0) all tie.
+
+    Up to NARROW_ABOVE x k candidates, every candidate draws its tie-break from `rng` in order (what
+    the scheduler always did, so seeded runs repeat); in a larger pool only the k best and whatever
+    ties with the k-th are ordered, with numpy's generator."""
     if scores is None:
         scores = np.zeros(n)
-    if n > NARROW_ABOVE * k:  # in a large pool only the k best, and whatever ties with the k-th, are ordered
+    if n > NARROW_ABOVE * k:
         kth = np.partition(scores, n - k)[n - k]
         contenders = np.flatnonzero(scores >= kth)
         return contenders[np.lexsort((ctx.np_rng.random(len(contenders)), -scores[contenders]))[:k]]
-    return np.lexsort((ctx.np_rng.random(n), -scores))[:k]
+    draw = ctx.rng.random
+    return np.lexsort(([draw() for _ in range(n)], -scores))[:k]
 
 
 @PICKERS.register("round-robin")
