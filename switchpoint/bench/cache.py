@@ -189,7 +189,7 @@ async def latency(url: str, sizes: Sequence[int], lookups: int, encoder) -> dict
     texts, held_out = synthetic_texts(max(sizes), rng)
     vectors = encoder.encode(texts)
     scope = cache_scope("bench/latency", "bench", "bench-tenant", "bench-model", encoder=encoder.name)
-    cache = SemanticCache(RedisStore(url, lookup_timeout_s=0.5), queue_size=8192, batch_size=128)
+    cache = SemanticCache(RedisStore(url, lookup_timeout_s=0.5), queue_size=8192, batch_size=128, lookup_timeout_s=0.5)
     await cache.flush("bench/latency")
     client = aioredis.Redis.from_url(url, protocol=2)  # the GET baseline: the same library, server and loop
     await client.set("sp:bench:get", "x" * 200)
