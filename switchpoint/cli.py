@@ -149,6 +149,10 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--duration", type=float, default=5.0, help="seconds of each throughput phase")
     b.add_argument("--latency-calls", type=int, default=2000, help="sequential calls for the latency phase")
     b.add_argument("--concurrency", type=int, default=32, help="calls in flight during the throughput phase")
+    b.add_argument("--sections", nargs="*", default=["fleet", "prompt-size"], choices=["fleet", "prompt-size"],
+                   help="sections after Route vs floor: fleet size (2 to 1,000 replicas), prompt size (1 KB vs 1 MB, "
+                        "bursts); default both, none with an empty list")
+    b.add_argument("--quick", action="store_true", help="shorter sections")
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b = bench.add_parser("scheduling", help="endpoint-picking policies on a simulated fleet, in virtual time")
     b.set_defaults(run=_bench_scheduling)

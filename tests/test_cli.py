@@ -67,11 +67,15 @@ def test_demo_routes_the_sample_prompts():
 
 def test_bench_router_prints_the_documented_json():
     out = switchpoint("bench", "router", "--config", str(EXAMPLES), "--duration", "0.3", "--latency-calls", "30",
-                      "--json")
+                      "--sections", "prompt-size", "--quick", "--json")
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     for key in ("route_p50_ms", "route_p99_ms", "route_rps", "floor_p50_ms", "floor_p99_ms", "floor_rps"):
         assert result[key] > 0
+    sizes = result["prompt_size"]
+    for key in ("cpu_us_1kb", "cpu_us_1mb", "floor_cpu_us_1mb", "small_p99_alone_ms", "small_p99_burst_ms"):
+        assert sizes[key] > 0
+    assert sizes["burst_1mb_routes"] >= 40 and "fleet" not in result
 
 
 def test_bench_budgets_prints_the_documented_json():

@@ -112,6 +112,16 @@ async def _measure(router: RouterProcess, args: argparse.Namespace) -> dict[str,
 def run(args: argparse.Namespace) -> int:
     with RouterProcess([Path(p) for p in args.config], metrics=True) as router:
         results = asyncio.run(_measure(router, args))
+    sections = set(args.sections)
+    extra: dict[str, dict] = {}
+    if "fleet" in sections:
+        from switchpoint.bench.fleet_scale import measure_fleet_scale
+
+        extra["fleet"] = measure_fleet_scale(quick=args.quick)
+    if "prompt-size" in sections:
+        from switchpoint.bench.prompt_size import prompt_size
+
+        extra["prompt_size"] = prompt_size(quick=args.quick)
     floor, route = results["floor"], results["route"]
     summary = {
         "route_p50_ms": round(route.p50_ms, 4),
@@ -129,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
         "duration_s": args.duration,
     }
     summary["targets_met"] = summary["rps_ratio"] >= 0.5 and summary["p50_ratio"] <= 1.5
+    summary.update(extra)
     if args.json:
         print(json.dumps(summary))
         return 0
@@ -140,4 +151,12 @@ def run(args: argparse.Namespace) -> int:
           f"{route.cpu_us_per_call / floor.cpu_us_per_call:>20.2f}")
     print(f"\ntargets: rps ratio >= 0.5, p50 ratio <= 1.5 -> {'met' if summary['targets_met'] else 'NOT met'}"
           f"  (concurrency {args.concurrency}, {args.duration:g}s per throughput phase, best of {ROUNDS} rounds)")
+    if "fleet" in extra:
+        from switchpoint.bench.fleet_scale import format_fleet_scale
+
+        print("\n" + format_fleet_scale(extra["fleet"]))
+    if "prompt_size" in extra:
+        from switchpoint.bench.prompt_size import print_prompt_size
+
+        print_prompt_size(extra["prompt_size"])
     return 0
