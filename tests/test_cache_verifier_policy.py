@@ -26,3 +26,11 @@ def test_the_policy_setting_compiles_and_is_validated(tmp_path: Path) -> None:
     path.write_text(text.replace("targetPrecision: 0.99", "targetPrecision: 1.5"))
     with pytest.raises(ConfigError, match="targetPrecision"):
         load_config([tmp_path])
+
+
+def test_the_cache_stage_passes_the_setting_on() -> None:
+    from switchpoint.config.model import CacheConfig
+    from switchpoint.router.caching import cache_options
+
+    assert cache_options(CacheConfig()).target_precision == DEFAULT_TARGET_PRECISION
+    assert cache_options(CacheConfig(target_precision=0.99)).target_precision == 0.99
