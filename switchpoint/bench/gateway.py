@@ -30,16 +30,13 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import grpc
-import yaml
+if TYPE_CHECKING:
+    from switchpoint.gateway import GatewayConfig
 
-from switchpoint.bench.router import percentile
-from switchpoint.config.manifests import manifest_files
-from switchpoint.gateway import EnvoyProcess, GatewayConfig, envoy_config, wait_extproc
-from switchpoint.localproc import RouterProcess
-from switchpoint.localredis import free_port
-from switchpoint.v1 import router_pb2
+# This module is also the simulated replicas' process (`python -m switchpoint.bench.gateway FLEET`): what only
+# the benchmark needs is imported where it is used, so that process starts in well under a second.
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 QUESTION = ("I run a small team that ships a web service. We see latency spikes every afternoon and I suspect the "
@@ -104,6 +101,8 @@ class Phase:
 
 
 async def _http_phase(address: str, request: bytes, calls: int, concurrency: int, duration: float) -> Phase:
+    from switchpoint.bench.router import percentile
+
     conn = await Connection.open(address)
     for _ in range(50):
         await conn.call(request)
@@ -133,6 +132,11 @@ async def _http_phase(address: str, request: bytes, calls: int, concurrency: int
 
 async def _direct_phase(router: str, calls: int, concurrency: int, duration: float) -> Phase:
     """Route over gRPC, the replica over HTTP, Report: the Router API's own path for the same request."""
+    import grpc
+
+    from switchpoint.bench.router import percentile
+    from switchpoint.v1 import router_pb2
+
     body = json.loads(chat_body())
     route = router_pb2.RouteRequest(model="auto", max_tokens=8, messages=[
         router_pb2.ChatMessage(role=m["role"], content=m["content"]) for m in body["messages"]])
@@ -175,6 +179,11 @@ async def _direct_phase(router: str, calls: int, concurrency: int, duration: flo
 
 def _fast_fleet(config: list[Path], tmp: Path) -> tuple[Path, list[dict], list[str]]:
     """The config with every static replica moved to a free local port; the fleet to serve there."""
+    import yaml
+
+    from switchpoint.config.manifests import manifest_files
+    from switchpoint.localredis import free_port
+
     config_dir = tmp / "config"
     config_dir.mkdir()
     replicas, small = [], []
@@ -202,8 +211,9 @@ async def _serve_fast_fleet(fleet: list[dict]) -> None:
 
     zero = EngineConfig(iteration_base_ms=0.0, decode_ms_per_seq=0.0, prefill_ms_per_token=0.0,
                         kv_transfer_base_ms=0.0, kv_transfer_ms_per_token=0.0)
-    for spec in fleet:
-        runner = web.AppRunner(SimReplica(spec["model"], spec["role"], config=zero).app(), access_log=None)
+    for spec in fleet:  # "realtime": the engine's default timings (an H100 serving an 8B model) instead
+        config = None if spec.get("realtime") else zero
+        runner = web.AppRunner(SimReplica(spec["model"], spec["role"], config=config).app(), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", spec["port"]).start()
     print("fleet ready", flush=True)
@@ -211,7 +221,8 @@ async def _serve_fast_fleet(fleet: list[dict]) -> None:
 
 
 class FastFleet:
-    """Simulated replicas whose engine spends no time, in a child process, stopped on exit."""
+    """Simulated replicas whose engine spends no time (unless a replica says "realtime"), in a child process,
+    stopped on exit."""
 
     def __init__(self, fleet: list[dict]):
         self.fleet = fleet
@@ -227,15 +238,19 @@ class FastFleet:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        """Stop the replicas (again is fine: a test may kill them before the end)."""
         if self.proc is not None:
             self.proc.terminate()
             self.proc.wait(10)
             if self.proc.stdout:
                 self.proc.stdout.close()
+            self.proc = None
 
 
 def _baseline_config(cfg: GatewayConfig, replicas: list[str]) -> dict:
     """The gateway's config with the ext_proc filters out and a static cluster of the replicas."""
+    from switchpoint.gateway import envoy_config
+
     config = envoy_config(cfg)
     hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     hcm["http_filters"] = [f for f in hcm["http_filters"] if "ext_proc" not in f["typed_config"]["@type"]]
@@ -251,6 +266,10 @@ def _baseline_config(cfg: GatewayConfig, replicas: list[str]) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from switchpoint.gateway import EnvoyProcess, GatewayConfig, envoy_config, wait_extproc
+    from switchpoint.localproc import RouterProcess
+    from switchpoint.localredis import free_port
+
     with tempfile.TemporaryDirectory(prefix="switchpoint-bench-gateway-") as tmp, contextlib.ExitStack() as stack:
         config_dir, fleet, small = _fast_fleet([Path(p) for p in args.config], Path(tmp))
         stack.enter_context(FastFleet(fleet))
