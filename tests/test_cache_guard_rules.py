@@ -13,6 +13,11 @@ def answers(a: str, b: str) -> bool:
 
 
 SAME = [
+    # the rules' first table (numbers as words, units, typos, rewording)
+    ("How do I reverse a string in Python?", "what's the python way to reverse a string"),
+    ("Convert 5 km to miles", "how many miles is five kilometers"),
+    ("What is 15% of 80?", "calculate fifteen percent of 80"),
+    ("How do I sort a list of dictionaries by a key in Python?", "Sorting a python list of dicts by key"),
     # synonyms
     ("What are the symptoms of the flu?", "influenza symptoms?"),
     ("How cold should my fridge be?", "How cold should my refrigerator be?"),
@@ -34,6 +39,16 @@ SAME = [
 ]
 
 DIFFERENT = [
+    # the rules' first table
+    ("Convert 5 km to miles", "Convert 8 km to miles"),  # number
+    ("Convert JSON to YAML", "Convert YAML to JSON"),  # conversion target
+    ("How do I reverse a list in Python?", "How do I reverse a list in Rust?"),  # language
+    ("How do I turn on dark mode?", "How do I turn off dark mode?"),
+    ("Is it safe to eat raw eggs?", "Is it not safe to eat raw eggs?"),  # negation
+    ("What is the capital of Canada?", "What is the capital of Brazil?"),  # a swapped content word
+    ("How do I count the words in a file with wc?", "How do I count the lines in a file with wc?"),
+    ("Do US citizens need a visa for Canada?", "Do US citizens need a visa for Japan?"),
+    ("what are regexes and what are they for", "What are the rules of checkers?"),  # little shared content
     # order and direction without a slot word
     ("How do I switch from monthly to annual billing?", "How do I switch from annual to monthly billing?"),
     ("Convert 45 degrees to radians", "Convert 45 radians to degrees"),
@@ -80,6 +95,7 @@ def test_different_questions_are_refused(a: str, b: str) -> None:
 ])
 def test_salient_table(text: str, guard: str) -> None:
     assert salient(text) == guard
+    assert salient("tell us more") == "" and "geo:usa" in salient("moving to the US")
 
 
 @pytest.mark.parametrize(("text", "expected"), [
