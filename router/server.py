@@ -22,6 +22,8 @@ from switchpoint.router.cache import SemanticCache, open_store
 from switchpoint.router.caching import CacheStage
 from switchpoint.router.classifiers.bank import ModelBank
 from switchpoint.router.core import Preparer, RouterCore, Snapshot
+from switchpoint.router.frontdoors.extproc.service import ExtProcFrontDoor
+from switchpoint.router.frontdoors.extproc.settings import ExtProcSettings
 from switchpoint.router.frontdoors.grpc_router import SERVICE_NAME, RouterService
 from switchpoint.router.inflight import InflightLedger
 from switchpoint.router.metrics import RouterMetrics
@@ -56,6 +58,8 @@ class RouterServer:
         otlp_endpoint: str | None = None,
         models_dir: Path | None = None,
         classifier_threads: int = 2,
+        extproc_port: int | None = None,
+        extproc_settings: ExtProcSettings | None = None,
     ):
         self.config_paths = list(config_paths)
         self.host = host
@@ -80,6 +84,10 @@ class RouterServer:
         self.bank = ModelBank(models_dir)
         self.preparer = Preparer(self.bank, SelectorBank(redis_url))
         self.classifier_threads = classifier_threads
+        self.extproc_port = extproc_port  # the Envoy ext_proc front door's own port (None: off)
+        self.extproc_settings = extproc_settings
+        self.extproc: ExtProcFrontDoor | None = None
+        self.extproc_server: grpc.aio.Server | None = None
         self.inference: SignalInference | None = None
         self.cache: SemanticCache | None = None
 
@@ -133,6 +141,8 @@ class RouterServer:
         if self.port == 0:
             raise OSError(f"cannot bind the gRPC port on {self.host}")
         await self.server.start()
+        if self.extproc_port is not None:
+            await self._start_extproc()
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if self.metrics_port is not None:
@@ -149,6 +159,19 @@ class RouterServer:
         log.info("router serving %d policies, %d pools on %s:%d (config %s)", len(config.policies),
                  len(config.pools), self.host, self.port, config.digest)
         return self.port
+
+    async def _start_extproc(self) -> None:
+        """The Envoy external processing front door on its own port (GIE's pickers use 9002), on the same core."""
+        assert self.core is not None and self.extproc_port is not None
+        self.extproc = ExtProcFrontDoor(self.core, self.extproc_settings, self.limits)
+        self.extproc_server = grpc.aio.server(options=self.extproc.server_options())
+        self.extproc.add_to_server(self.extproc_server)
+        port = self.extproc_server.add_insecure_port(f"{self.host}:{self.extproc_port}")
+        if port == 0:
+            raise OSError(f"cannot bind the ext_proc port {self.extproc_port} on {self.host}")
+        self.extproc_port = port
+        await self.extproc_server.start()
+        await self.extproc.start()
 
     async def _apply(self, snapshot: Snapshot) -> None:
         assert self.core is not None
@@ -167,6 +190,10 @@ class RouterServer:
         for task in self._tasks:
             task.cancel()
         await self.health.enter_graceful_shutdown()
+        if self.extproc is not None:
+            await self.extproc.stop()
+        if self.extproc_server is not None:
+            await self.extproc_server.stop(grace)
         if self.server is not None:
             await self.server.stop(grace)
         if self._metrics_http is not None:

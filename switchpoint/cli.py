@@ -69,6 +69,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-prompt-bytes", type=int, default=4 * 1024 * 1024,
                    help="largest total message content accepted, in bytes")
     p.add_argument("--reload-interval", type=float, default=1.0, help="seconds between config file checks")
+    p.add_argument("--extproc-port", type=int, default=None, metavar="PORT",
+                   help="also serve Envoy external processing (the endpoint-picker protocol) on this port "
+                        "(9002 in the chart, as GIE's pickers; 0 picks a free one; off when not given)")
     p.add_argument("--redis", default=os.environ.get("SWITCHPOINT_REDIS_URL"), metavar="URL",
                    help="Redis shared by all router replicas, for budgets (default: $SWITCHPOINT_REDIS_URL)")
     p.add_argument("--redis-timeout-ms", type=float, default=250, help="Redis call timeout")
@@ -226,12 +229,14 @@ def _router(args: argparse.Namespace) -> int:
                           limits=RequestLimits(max_prompt_bytes=args.max_prompt_bytes),
                           otlp_endpoint=args.otlp_endpoint, reload_interval=args.reload_interval,
                           redis_url=args.redis, redis_timeout_s=args.redis_timeout_ms / 1000,
-                          models_dir=args.models, classifier_threads=args.classifier_threads)
+                          models_dir=args.models, classifier_threads=args.classifier_threads,
+                          extproc_port=args.extproc_port)
 
     async def serve() -> None:
         await server.start()
         print(f"switchpoint router listening on {args.host}:{server.port}"
-              + (f", metrics on :{server.metrics_port}/metrics" if server.metrics_port else ""), flush=True)
+              + (f", metrics on :{server.metrics_port}/metrics" if server.metrics_port else "")
+              + (f", ext_proc on :{server.extproc_port}" if server.extproc_port is not None else ""), flush=True)
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
