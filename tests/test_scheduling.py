@@ -13,6 +13,7 @@ from switchpoint.router.inflight import InflightEntry, InflightLedger
 from switchpoint.router.refusals import InvalidRequest, Unavailable
 from switchpoint.router.request import ChatTurn, RouteInput
 from switchpoint.router.scheduling.fleet import FleetState
+from switchpoint.router.scheduling.pickers import PickContext, max_score
 from switchpoint.router.scheduling.profiles import profile_for
 from switchpoint.router.scheduling.scheduler import Scheduler
 from switchpoint.router.scheduling.scorers import SCORERS, ScoringInput
@@ -239,3 +240,37 @@ def test_ledger_is_bounded():
         ledger.admit(entry(str(i), "h:1", started=float(i)))
     assert len(ledger) == 3 and "0" not in ledger and ledger.load("h:1") == 3
     assert ledger.expired_total == 2
+
+
+def pick_context(seed: int) -> PickContext:
+    return PickContext(random.Random(seed), np.random.default_rng(seed), lambda: 0)
+
+
+def test_max_score_in_a_small_pool_orders_as_a_sort_with_random_ties():
+    """What the scheduler always did: sort by score, ties by one draw from its rng per candidate, in order."""
+    scores = np.array([0.5, 0.9, 0.5, 0.9, 0.1, 0.5])
+    for seed in range(20):
+        twin = random.Random(seed)
+        expected = sorted(range(len(scores)), key=lambda i: (-scores[i], twin.random()))[:5]
+        assert max_score(scores, len(scores), 5, pick_context(seed)).tolist() == expected
+
+
+def test_max_score_in_a_large_pool_ranks_the_best_and_draws_the_tied_uniformly():
+    scores = np.zeros(1000)
+    scores[[3, 500, 999]] = [2.0, 3.0, 2.0]
+    scores[100:200] = 1.0  # 100 replicas tie for the last two places
+    ctx = pick_context(1)
+    seen: Counter[int] = Counter()
+    for _ in range(3000):
+        order = max_score(scores, 1000, 5, ctx).tolist()
+        assert order[0] == 500 and set(order[1:3]) == {3, 999} and len(set(order)) == 5
+        assert all(100 <= i < 200 for i in order[3:])
+        seen.update(order[3:])
+    assert len(seen) == 100 and max(seen.values()) < 3 * min(seen.values())  # ~60 each
+    firsts = Counter(tuple(max_score(scores, 1000, 5, ctx).tolist()[1:3]) for _ in range(2000))
+    assert set(firsts) == {(3, 999), (999, 3)} and abs(firsts[(3, 999)] - 1000) < 150
+
+
+def test_max_score_without_scores_treats_all_alike():
+    order = max_score(None, 100, 5, pick_context(3))
+    assert len(set(order.tolist())) == 5 and all(0 <= i < 100 for i in order)

@@ -38,14 +38,18 @@ def max_score(scores: np.ndarray | None, n: int, k: int, ctx: PickContext) -> np
     """Highest score first; ties broken at random, as GIE's. Without scores (every weight 0) all tie.
 
     Up to NARROW_ABOVE x k candidates, every candidate draws its tie-break from `rng` in order (what
-    the scheduler always did, so seeded runs repeat); in a larger pool only the k best and whatever
-    ties with the k-th are ordered, with numpy's generator."""
+    the scheduler always did, so seeded runs repeat); in a larger pool only the k best are ordered
+    (those tied with the k-th drawn at random among themselves), with numpy's generator."""
     if scores is None:
         scores = np.zeros(n)
     if n > NARROW_ABOVE * k:
-        kth = np.partition(scores, n - k)[n - k]
-        contenders = np.flatnonzero(scores >= kth)
-        return contenders[np.lexsort((ctx.np_rng.random(len(contenders)), -scores[contenders]))[:k]]
+        kth = np.partition(scores, n - k)[n - k]  # the k-th best score
+        above = np.flatnonzero(scores > kth)  # fewer than k: all of them are ranked
+        tied = np.flatnonzero(scores == kth)  # a random few of these fill the rest, in random order
+        rest = ctx.np_rng.choice(tied, k - len(above), replace=False)
+        if not len(above):
+            return rest
+        return np.concatenate((above[np.lexsort((ctx.np_rng.random(len(above)), -scores[above]))], rest))
     draw = ctx.rng.random
     return np.lexsort(([draw() for _ in range(n)], -scores))[:k]
 
