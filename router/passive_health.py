@@ -79,6 +79,11 @@ class PassiveHealth:
                 r.ejections = max(0, r.ejections - calm)
                 r.back_since += calm * self.policy.base_ejection_s
 
+    @property
+    def tracking(self) -> bool:
+        """Whether any replica has failed lately (when none has, every replica is in rotation: no check needed)."""
+        return bool(self._replicas)
+
     def in_rotation(self, address: str, now: float) -> bool:
         r = self._replicas.get(address)
         return r is None or r.ejected_until <= now

@@ -27,6 +27,7 @@ from switchpoint.router.frontdoors.extproc.settings import ExtProcSettings
 from switchpoint.router.frontdoors.grpc_router import SERVICE_NAME, RouterService
 from switchpoint.router.inflight import InflightLedger
 from switchpoint.router.metrics import RouterMetrics
+from switchpoint.router.passive_health import PassiveHealth
 from switchpoint.router.pipeline import RoutePipeline
 from switchpoint.router.reload import ConfigWatcher
 from switchpoint.router.request import RequestLimits
@@ -70,7 +71,7 @@ class RouterServer:
         self.otlp_endpoint = otlp_endpoint
         self._owns_provider = False
         self.ledger = InflightLedger(ttl_s=inflight_ttl_s)
-        self.fleet = FleetState()
+        self.fleet = FleetState(PassiveHealth())
         self.metrics = RouterMetrics(self.ledger.loads, self.fleet)
         self.reload_interval = reload_interval
         self.redis_url = redis_url
@@ -119,7 +120,8 @@ class RouterServer:
         self.cache = SemanticCache(open_store(self.redis_url))
         self.core = RouterCore(snapshot, RoutePipeline(self.scheduler, tracer, self.inference), self.ledger,
                                self.metrics, tracer, BudgetGate(enforcer, self.metrics),
-                               CacheStage(self.cache, self.inference, self.metrics), bank=self.bank)
+                               CacheStage(self.cache, self.inference, self.metrics), bank=self.bank,
+                               health=self.fleet.health)
         service = RouterService(self.core, self.limits)
         # The transport limit sits above the prompt limit, so an oversized prompt gets our
         # INVALID_ARGUMENT naming the limit rather than the transport's RESOURCE_EXHAUSTED.

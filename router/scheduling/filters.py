@@ -29,10 +29,11 @@ FILTERS: Registry[Filter] = Registry("filter")
 
 @FILTERS.register("ready")
 def ready(view: PoolView, positions: np.ndarray, fleet: FleetState) -> np.ndarray:
-    """Replicas in rotation: all of an unscraped pool's; of a scraped pool, those whose scrapes have not failed
-    `failuresToUnready` times in a row."""
+    """Replicas in rotation: of a scraped pool, those whose scrapes have not failed `failuresToUnready` times in a
+    row; of every pool, those passive health has not ejected (failures seen in responses and Reports)."""
     mask = fleet.ready_mask(view.pool, view.fleet_slots[positions])
-    return positions if mask is None else positions[mask]
+    kept = positions if mask is None else positions[mask]
+    return fleet.passively_healthy(view.addresses, kept)
 
 
 @FILTERS.register("decode")

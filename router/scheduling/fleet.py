@@ -13,12 +13,14 @@ config no longer names.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
+import time
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from switchpoint.config.model import Pool, Replica
+from switchpoint.router.passive_health import PassiveHealth
 from switchpoint.router.scheduling.table import ReplicaTable
 
 
@@ -36,7 +38,8 @@ def _value(v: float | None) -> float:
 
 
 class FleetState:
-    def __init__(self) -> None:
+    def __init__(self, health: PassiveHealth | None = None) -> None:
+        self.health = health  # what responses and Reports said of each replica (None: not tracked)
         self.replicas: dict[str, ReplicaMetrics] = {}
         self.table = ReplicaTable(waiting=math.nan, running=math.nan, kv_usage=math.nan, scraped_at=-math.inf,
                                   failures=0.0)
@@ -86,8 +89,20 @@ class FleetState:
         values[now - c["scraped_at"][slots] > pool.metrics.stale_after_ms / 1000] = 0.0
         return values
 
+    def passively_healthy(self, addresses: Sequence[str], positions: np.ndarray) -> np.ndarray:
+        """The positions whose replica passive health keeps in rotation (consecutive failures seen in responses
+        and Reports eject a replica, router/passive_health.py); all of them when none would be left (panic)."""
+        health = self.health
+        if health is None or not health.tracking:
+            return positions
+        now = time.monotonic()
+        keep = np.fromiter((health.in_rotation(addresses[i], now) for i in positions), bool, len(positions))
+        return positions[keep] if keep.any() else positions
+
     def retain(self, addresses: Collection[str]) -> None:
         """Forget the replicas not in `addresses`."""
+        if self.health is not None:
+            self.health.forget(addresses)
         for address in self.table.retain(addresses):
             self.replicas.pop(address, None)
         for address in [a for a in self.replicas if a not in addresses]:
