@@ -54,6 +54,28 @@ class _CountingBatchProcessor(BatchSpanProcessor):
         super().on_end(span)
 
 
+class BrokenOtlpProtos(RuntimeError):
+    pass
+
+
+def check_otlp_protos() -> None:
+    """The OTLP exporter needs opentelemetry-proto's generated modules. xds-protos (the ext_proc stubs) ships
+    older copies of the same files, and whichever package pip installs last wins: name the cause and the fix
+    rather than fail inside the exporter's import."""
+    from opentelemetry.proto.common.v1 import common_pb2
+
+    if not hasattr(common_pb2, "InstrumentationScope"):
+        raise BrokenOtlpProtos(
+            "opentelemetry/proto was overwritten by xds-protos' older copy, so OTLP export cannot start; restore it "
+            "with: pip install --force-reinstall --no-deps opentelemetry-proto==" + _version("opentelemetry-proto"))
+
+
+def _version(distribution: str) -> str:
+    from importlib.metadata import version
+
+    return version(distribution)
+
+
 def otlp_tracer_provider(endpoint: str, service_name: str = "switchpoint-router",
                          count: SpanCounter | None = None, timeout_s: float = 5.0) -> TracerProvider:
     """OTLP/gRPC export through a bounded batch queue (2,048 spans; the oldest are dropped when full).
@@ -61,6 +83,7 @@ def otlp_tracer_provider(endpoint: str, service_name: str = "switchpoint-router"
     With `count`, spans ended, exported and failed are counted: ended minus exported minus failed
     is what is queued or was dropped. Sampling follows OTEL_TRACES_SAMPLER (parent-based by default).
     """
+    check_otlp_protos()
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
     provider = TracerProvider(resource=Resource.create({"service.name": service_name,
