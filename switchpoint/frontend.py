@@ -1,31 +1,40 @@
-"""A reference serving frontend: what an OpenAI-compatible gateway does with a Switchpoint router.
+"""A client of the gateway, as users call it: the official openai SDK against `switchpoint gateway`.
 
-For each request: Route (gRPC) → send the chat completion to the replica the Decision names,
-with the headers it asks for (x-prefiller-host-port for disaggregated pools), streaming →
-Report the outcome with usage, time to first token and latency. A refusal (budget, no
-replica) is returned as the error a client would get; a cached answer (Decision.cache "hit")
-is returned without touching a replica, and needs no Report. The Report carries the response
-text, so the router can cache it.
+Envoy asks the router where each request goes (ext_proc), sends it to that replica, and the router
+settles it from the response it observes; the client only sees an OpenAI-compatible API and the
+`x-switchpoint-*` response headers (decision, pool, model, cache). A refusal arrives as the error an
+OpenAI client expects (429 with Retry-After for a spent budget, 503 when no replica is ready); a cache
+hit is answered by Envoy itself, without a replica.
 """
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-import aiohttp
-import grpc
+import openai
 
-from switchpoint.v1 import router_pb2, router_pb2_grpc
+TOOLS = [{"type": "function", "function": {"name": "book_table", "description": "Book a restaurant table",
+                                            "parameters": {"type": "object", "properties": {
+                                                "people": {"type": "integer"}, "time": {"type": "string"}}}}}]
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    text: str
+    model: str = "auto"
+    api_key: str = ""  # whose key (the gateway maps it to a tenant)
+    max_tokens: int = 100
+    tools: bool = False
+    stream: bool = True
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class Served:
     decision: str
     pool: str
-    replica: str
-    disaggregated: bool
+    cache: str
     ttft_s: float
     latency_s: float
     prompt_tokens: int
@@ -34,49 +43,41 @@ class Served:
     detail: str = ""
 
 
-async def serve(stub: router_pb2_grpc.RouterStub, http: aiohttp.ClientSession,
-                request: router_pb2.RouteRequest) -> Served:
+async def serve(client: openai.AsyncOpenAI, req: ChatRequest) -> Served:
+    """One chat completion through the gateway, streaming or not, timed as the client sees it."""
     started = time.perf_counter()
+    kwargs: dict = {"model": req.model, "max_tokens": req.max_tokens,
+                    "messages": [{"role": "user", "content": req.text}], "extra_headers": req.headers}
+    if req.tools:
+        kwargs["tools"] = TOOLS
     try:
-        d = await stub.Route(request, timeout=10)
-    except grpc.aio.AioRpcError as exc:
-        return Served("", "", "", False, 0, 0, 0, 0, "refused", f"{exc.code().name}: {exc.details()}")
-    if d.cache == "hit":
-        elapsed = time.perf_counter() - started
-        return Served(d.decision, "cache", "", False, elapsed, elapsed, 0, 0, "success",
-                      f"{d.cached.tier} hit, similarity {d.cached.similarity:.2f}")
-    headers = {k: v for k, v in d.headers.items()}
-    body = {"model": d.model, "stream": True, "stream_options": {"include_usage": True},
-            "messages": [{"role": m.role, "content": m.content} for m in request.messages]}
-    if request.max_tokens:
-        body["max_tokens"] = request.max_tokens
-    ttft = 0.0
-    usage: dict = {}
-    text: list[str] = []
-    outcome = router_pb2.OUTCOME_SUCCESS
-    detail = ""
-    try:
-        async with http.post(f"http://{d.replica}/v1/chat/completions", json=body, headers=headers) as resp:
-            if resp.status != 200:
-                outcome, detail = router_pb2.OUTCOME_ERROR, f"HTTP {resp.status}: {(await resp.text())[:200]}"
-            else:
-                async for raw in resp.content:
-                    line = raw.decode().strip()
-                    if not line.startswith("data: ") or line == "data: [DONE]":
-                        continue
-                    chunk = json.loads(line[6:])
-                    piece = chunk["choices"][0].get("delta", {}).get("content") if chunk["choices"] else None
-                    if piece:
-                        ttft = ttft or time.perf_counter() - started
-                        text.append(piece)
-                    usage = chunk.get("usage") or usage
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        outcome, detail = router_pb2.OUTCOME_ERROR, f"{type(exc).__name__}: {exc}"
-    latency = time.perf_counter() - started
-    prompt, completion = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
-    await stub.Report(router_pb2.ReportRequest(
-        request_id=d.request_id, outcome=outcome, prompt_tokens=prompt, completion_tokens=completion,
-        cached_tokens=(usage.get("prompt_tokens_details") or {}).get("cached_tokens", 0),
-        ttft_ms=ttft * 1000, latency_ms=latency * 1000, replica=d.replica, response="".join(text)), timeout=10)
-    return Served(d.decision, d.pool, d.replica, bool(d.prefill_replica), ttft, latency, prompt, completion,
-                  "success" if outcome == router_pb2.OUTCOME_SUCCESS else "error", detail)
+        if not req.stream:
+            raw = await client.chat.completions.with_raw_response.create(**kwargs)
+            reply = raw.parse()
+            elapsed = time.perf_counter() - started
+            usage = reply.usage
+            return Served(raw.headers.get("x-switchpoint-decision", ""), raw.headers.get("x-switchpoint-pool", ""),
+                          raw.headers.get("x-switchpoint-cache", ""), elapsed, elapsed,
+                          usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0, "success")
+        ttft, usage = 0.0, None
+        async with client.chat.completions.with_streaming_response.create(
+                stream=True, stream_options={"include_usage": True}, **kwargs) as response:
+            headers = response.headers
+            async for chunk in await response.parse():
+                if chunk.choices and chunk.choices[0].delta.content and not ttft:
+                    ttft = time.perf_counter() - started
+                usage = chunk.usage or usage
+    except openai.APIStatusError as exc:
+        outcome = "refused" if exc.status_code in (400, 404, 429, 503) else "error"
+        return Served("", "", "", 0, 0, 0, 0, outcome, f"HTTP {exc.status_code}: {_message(exc)}")
+    except openai.APIError as exc:
+        return Served("", "", "", 0, 0, 0, 0, "error", f"{type(exc).__name__}: {exc}")
+    return Served(headers.get("x-switchpoint-decision", ""), headers.get("x-switchpoint-pool", ""),
+                  headers.get("x-switchpoint-cache", ""), ttft or time.perf_counter() - started,
+                  time.perf_counter() - started, usage.prompt_tokens if usage else 0,
+                  usage.completion_tokens if usage else 0, "success")
+
+
+def _message(exc: openai.APIStatusError) -> str:
+    body = exc.body if isinstance(exc.body, dict) else {}
+    return str(body.get("message") or exc.message)
