@@ -8,7 +8,10 @@ switchpoint.operator.discovery.discover finds among them (Running, Ready, not te
 pool's role label), in address order, as the operator renders them today. Static pools (local mode) are not
 watched: their replicas are the config's.
 
-The router's pod needs `list` and `watch` on pods in its namespace, nothing else.
+The router's pod needs `list` and `watch` on pods in its namespace, nothing else (the operator gives each
+policy's routers a ServiceAccount bound to a Role with exactly that). A router finds its credentials with
+`router_connection`: --kubeconfig, else the pod's ServiceAccount token, else $KUBECONFIG or ~/.kube/config; it
+connects only once a config has a selector pool, so a local router on static pools never talks to Kubernetes.
 """
 
 from __future__ import annotations
@@ -23,12 +26,32 @@ import aiohttp
 
 from switchpoint.config.model import PodSelector, Pool, Replica, Role, RouterConfig
 from switchpoint.operator.discovery import discover
-from switchpoint.operator.kube import PODS, ApiError, KubeApi
+from switchpoint.operator.kube import PODS, ApiError, Connection, KubeApi, from_kubeconfig, in_cluster
 
 log = logging.getLogger("switchpoint.router.discovery")
 
 Changed = Callable[[str, tuple[Replica, ...]], None]  # (pool key, its replicas now)
 RETRY_S = (0.2, 0.5, 1.0, 2.0, 5.0)  # after a failed list or watch; a 410 Gone relists at once
+
+
+class NoCredentials(RuntimeError):
+    pass
+
+
+def router_connection(kubeconfig: str | None = None) -> Connection:
+    """The router's credentials: `kubeconfig` (its --kubeconfig), else in-cluster, else $KUBECONFIG or
+    ~/.kube/config; NoCredentials naming what was tried when there are none."""
+    if kubeconfig is None:
+        found = in_cluster()
+        if found is not None:
+            return found
+    try:
+        return from_kubeconfig(path=kubeconfig)
+    except Exception as exc:  # the kubernetes loader raises ConfigException, OSError or ValueError
+        tried = f"--kubeconfig {kubeconfig}" if kubeconfig else \
+            "no ServiceAccount token (not in a pod), $KUBECONFIG or ~/.kube/config"
+        raise NoCredentials(f"a pool selects pods (spec.replicas.selector), so the router watches them, but it has "
+                            f"no Kubernetes credentials: {tried} ({type(exc).__name__}: {exc})") from exc
 
 
 def label_selector(selector: PodSelector) -> str:
@@ -71,6 +94,7 @@ class PoolWatch:
         self.query = label_selector(pool.selector)
         self.pods: dict[str, dict[str, Any]] = {}
         self.replicas: tuple[Replica, ...] | None = None  # None until the first list
+        self.last_error = ""  # of the last failed list or watch, for a router that cannot start
 
     def _publish(self) -> None:
         replicas = ready_replicas(self.selector, list(self.pods.values()))
@@ -103,12 +127,14 @@ class PoolWatch:
                     continue
                 failures += 1
                 delay = RETRY_S[min(failures, len(RETRY_S)) - 1]
+                self.last_error = str(exc)
                 log.warning("pool %s: pod watch failed (%s); the last replicas stay in use; again in %.1fs",
                             self.pool.key, exc, delay)
                 await asyncio.sleep(delay)
             except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
                 failures += 1
                 delay = RETRY_S[min(failures, len(RETRY_S)) - 1]
+                self.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("pool %s: pod watch interrupted (%s: %s); the last replicas stay in use; again in %.1fs",
                             self.pool.key, type(exc).__name__, exc, delay)
                 await asyncio.sleep(delay)
@@ -121,15 +147,28 @@ class ReplicaDiscovery:
 
     `update(config)` on every config swap starts watches for new selector pools, keeps those whose selector is
     unchanged (no relist on a policy edit) and stops the others. `version(key)` grows with each change of a pool's
-    replicas, so a scheduler knows when to rebuild what it prepared for the pool."""
+    replicas, so a scheduler knows when to rebuild what it prepared for the pool.
 
-    def __init__(self, api: KubeApi, changed: Changed | None = None):
-        self.api = api
+    `api` may be a function that makes the client: it is then called on the first update that has a selector
+    pool (never, in local mode with static replicas)."""
+
+    def __init__(self, api: KubeApi | Callable[[], KubeApi], changed: Changed | None = None):
+        self._api = api
         self.on_change = changed
         self._watches: dict[str, tuple[PodSelector, PoolWatch, asyncio.Task]] = {}
         self._replicas: dict[str, tuple[Replica, ...]] = {}
         self._versions: dict[str, int] = {}
         self._first: dict[str, asyncio.Event] = {}
+
+    @property
+    def api(self) -> KubeApi:
+        if not isinstance(self._api, KubeApi):
+            self._api = self._api()
+        return self._api
+
+    @property
+    def connected(self) -> bool:
+        return isinstance(self._api, KubeApi)
 
     def replicas(self, pool: Pool) -> tuple[Replica, ...]:
         if pool.selector is None:
@@ -148,7 +187,10 @@ class ReplicaDiscovery:
             self.on_change(key, replicas)
 
     def update(self, config: RouterConfig) -> None:
+        """Raises NoCredentials, before changing anything, when the config brings the first selector pool and the
+        client cannot be made."""
         wanted = {key: pool for key, pool in config.pools.items() if pool.selector is not None}
+        api = self.api if wanted else None
         for key in list(self._watches):
             selector, _, task = self._watches[key]
             if key not in wanted or wanted[key].selector != selector:
@@ -158,7 +200,8 @@ class ReplicaDiscovery:
                 self._first.pop(key, None)
         for key, pool in wanted.items():
             if key not in self._watches:
-                watch = PoolWatch(self.api, pool, self._changed)
+                assert api is not None
+                watch = PoolWatch(api, pool, self._changed)
                 self._first.setdefault(key, asyncio.Event())
                 self._watches[key] = (pool.selector, watch, asyncio.create_task(watch.run(), name=f"pods {key}"))
 
@@ -170,6 +213,11 @@ class ReplicaDiscovery:
             return False
         return True
 
+    def unlisted(self) -> list[str]:
+        """'pool: last error' for every watched pool not listed yet."""
+        return [f"{key}: {watch.last_error or 'no answer yet'}" for key, (_, watch, _) in self._watches.items()
+                if watch.replicas is None]
+
     async def stop(self) -> None:
         tasks = [task for _, _, task in self._watches.values()]
         self._watches.clear()
@@ -178,3 +226,5 @@ class ReplicaDiscovery:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.connected:
+            await self.api.close()

@@ -14,7 +14,8 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import start_http_server
 
-from switchpoint.config.model import RouterConfig
+from switchpoint.config.model import Replica, RouterConfig
+from switchpoint.operator.kube import KubeApi
 from switchpoint.router.budget.enforcer import BudgetEnforcer
 from switchpoint.router.budget.gate import BudgetGate
 from switchpoint.router.budget.ledger import RedisLedger
@@ -22,6 +23,7 @@ from switchpoint.router.cache import SemanticCache, open_store
 from switchpoint.router.caching import CacheStage
 from switchpoint.router.classifiers.bank import ModelBank
 from switchpoint.router.core import Preparer, RouterCore, Snapshot
+from switchpoint.router.discovery import NoCredentials, ReplicaDiscovery, router_connection
 from switchpoint.router.frontdoors.extproc.service import ExtProcFrontDoor
 from switchpoint.router.frontdoors.extproc.settings import ExtProcSettings
 from switchpoint.router.frontdoors.grpc_router import SERVICE_NAME, RouterService
@@ -61,6 +63,7 @@ class RouterServer:
         classifier_threads: int = 2,
         extproc_port: int | None = None,
         extproc_settings: ExtProcSettings | None = None,
+        kubeconfig: str | None = None,
     ):
         self.config_paths = list(config_paths)
         self.host = host
@@ -91,6 +94,9 @@ class RouterServer:
         self.extproc_server: grpc.aio.Server | None = None
         self.inference: SignalInference | None = None
         self.cache: SemanticCache | None = None
+        # Selector pools' replicas come from watching their pods; the client is made on the first selector pool,
+        # so a router on static pools never connects to Kubernetes.
+        self.discovery = ReplicaDiscovery(lambda: KubeApi(router_connection(kubeconfig)), self._replicas_changed)
 
     @property
     def config(self) -> RouterConfig:
@@ -113,7 +119,7 @@ class RouterServer:
                         "failurePolicy applies as if the ledger were unreachable)", len(config.budgets))
         # A reservation outlives the in-flight entry a little, so a Report that arrives in time always settles it.
         enforcer = BudgetEnforcer(self.budget_ledger, reservation_ttl_s=self.ledger.ttl_s + 60)
-        self.scheduler = Scheduler(self.ledger, self.fleet)
+        self.scheduler = Scheduler(self.ledger, self.fleet, replicas=self.discovery)
         self.inference = SignalInference(self.classifier_threads, tracer)
         # The cache shares the budget ledger's Redis when there is one (vector sets are built into Redis 8);
         # otherwise it lives in this process.
@@ -122,6 +128,12 @@ class RouterServer:
                                self.metrics, tracer, BudgetGate(enforcer, self.metrics),
                                CacheStage(self.cache, self.inference, self.metrics), bank=self.bank,
                                health=self.fleet.health)
+        self.discovery.update(config)  # NoCredentials if a pool selects pods and there are none
+        if not await self.discovery.listed():
+            unlisted = self.discovery.unlisted()
+            await self.discovery.stop()
+            raise RuntimeError(f"could not list the pods of {len(unlisted)} selector pool(s) within 10 s: "
+                               + "; ".join(unlisted))
         service = RouterService(self.core, self.limits)
         # The transport limit sits above the prompt limit, so an oversized prompt gets our
         # INVALID_ARGUMENT naming the limit rather than the transport's RESOURCE_EXHAUSTED.
@@ -154,7 +166,7 @@ class RouterServer:
         core = self.core
         watcher = ConfigWatcher(self.config_paths, lambda: self.preparer.load(self.config_paths, core.snapshot),
                                 self._apply, self._refused, self.reload_interval)
-        scraper = Scraper(lambda: self.config, self.fleet)
+        scraper = Scraper(lambda: self.config, self.fleet, replicas=self.discovery)
         self._tasks = [asyncio.create_task(watcher.run()), asyncio.create_task(core.sweep_forever(EXPIRY_SWEEP_S)),
                        asyncio.create_task(scraper.run()),
                        asyncio.create_task(sync_forever(lambda: core.snapshot.selectors))]
@@ -177,9 +189,19 @@ class RouterServer:
 
     async def _apply(self, snapshot: Snapshot) -> None:
         assert self.core is not None
+        try:
+            self.discovery.update(snapshot.config)
+        except NoCredentials as exc:
+            log.error("config reload refused; the previous config keeps serving: %s", exc)
+            self._refused(exc)
+            return
         await self.core.swap(snapshot)
         self.metrics.config_reloads.labels("applied").inc()
         log.info("config reloaded: digest %s", snapshot.digest)
+
+    def _replicas_changed(self, pool_key: str, replicas: tuple[Replica, ...]) -> None:
+        if self.core is not None:  # the scheduler keeps state only for replicas it was told about
+            self.scheduler.retain(self.core.snapshot.config)
 
     def _refused(self, _: Exception) -> None:
         self.metrics.config_reloads.labels("refused").inc()
@@ -191,6 +213,7 @@ class RouterServer:
     async def stop(self, grace: float = 5.0) -> None:
         for task in self._tasks:
             task.cancel()
+        await self.discovery.stop()
         await self.health.enter_graceful_shutdown()
         if self.extproc is not None:
             await self.extproc.stop()

@@ -78,6 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     models_arg(p)
     p.add_argument("--classifier-threads", type=int, default=2,
                    help="threads that run classifiers and encoders, off the event loop")
+    p.add_argument("--kubeconfig", default=None, help="credentials to watch the pods of selector pools (default: "
+                   "the pod's ServiceAccount, else $KUBECONFIG or ~/.kube/config)")
 
     p = command("route", _route, "Explain one routing decision offline")
     models_arg(p)
@@ -230,7 +232,7 @@ def _router(args: argparse.Namespace) -> int:
                           otlp_endpoint=args.otlp_endpoint, reload_interval=args.reload_interval,
                           redis_url=args.redis, redis_timeout_s=args.redis_timeout_ms / 1000,
                           models_dir=args.models, classifier_threads=args.classifier_threads,
-                          extproc_port=args.extproc_port)
+                          extproc_port=args.extproc_port, kubeconfig=args.kubeconfig)
 
     async def serve() -> None:
         await server.start()

@@ -34,7 +34,7 @@ pytestmark = pytest.mark.apiserver
 RELEASE, SYSTEM = "op", "op-system"
 STORY, RESTART = "shop-a", "shop-b"
 OWNED_KINDS = "configmaps,services,deployments,poddisruptionbudgets,horizontalpodautoscalers"
-FORBIDDEN = ("403", "Forbidden", "forbidden", "Not enough permissions")
+FORBIDDEN = (": 403 ", "Forbidden", "forbidden", "Not enough permissions")
 
 
 class OperatorProcess:
