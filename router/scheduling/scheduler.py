@@ -199,14 +199,16 @@ class Scheduler:
 
             x = ScoringInput(rate, total_blocks, prefix, uncached, gather)
             for name, weight in profile.weights:
-                weighted = weight * SCORERS[name](x)
+                score = SCORERS[name](x)
+                weighted = score if weight == 1.0 else weight * score
                 scores = weighted if scores is None else scores + weighted
         context = PickContext(self.rng, self._np_rng, self._turns[view.pool.key].__next__)
         order = PICKERS[profile.picker](scores, n, min(n, 1 + MAX_ALTERNATIVES), context)
-        replicas = tuple(view.replicas[i] for i in positions[order].tolist())
+        ranked = order.tolist()
+        replicas = tuple(view.replicas[i] for i in (ranked if every else positions[order].tolist()))
         traced = () if scores is None else tuple(zip([r.address for r in replicas], scores[order].tolist(),
                                                       strict=True))
-        return _Ranked(replicas, int(uncached[order[0]]), traced)
+        return _Ranked(replicas, int(uncached[ranked[0]]), traced)
 
     def _loads(self, view: PoolView, positions: np.ndarray) -> np.ndarray:
         """The ledger's in-flight count per candidate, walking whichever is shorter: the candidates or the loads."""
