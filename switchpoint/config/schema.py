@@ -22,6 +22,7 @@ import jsonschema
 import yaml
 
 from switchpoint.config.errors import field_path
+from switchpoint.overlaps import require
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,7 @@ def _cel_violations(schema: dict[str, Any], value: Any, path: tuple[str | int, .
 
 @functools.lru_cache(maxsize=256)
 def _compiled(rule: str) -> Any:
+    require(hasattr(cel, "compile"), "common-expression-language's cel module (needed for the CRDs' CEL rules)")
     return cel.compile(rule)
 
 
