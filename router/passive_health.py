@@ -79,10 +79,11 @@ class PassiveHealth:
                 r.ejections = max(0, r.ejections - calm)
                 r.back_since += calm * self.policy.base_ejection_s
 
-    @property
-    def tracking(self) -> bool:
-        """Whether any replica has failed lately (when none has, every replica is in rotation: no check needed)."""
-        return bool(self._replicas)
+    def ejected(self, now: float) -> frozenset[str]:
+        """The addresses out of rotation now (usually none: the scheduler's filter then costs nothing per replica)."""
+        if not self._replicas:
+            return frozenset()
+        return frozenset(a for a, r in self._replicas.items() if r.ejected_until > now)
 
     def in_rotation(self, address: str, now: float) -> bool:
         r = self._replicas.get(address)

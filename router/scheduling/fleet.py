@@ -92,11 +92,10 @@ class FleetState:
     def passively_healthy(self, addresses: Sequence[str], positions: np.ndarray) -> np.ndarray:
         """The positions whose replica passive health keeps in rotation (consecutive failures seen in responses
         and Reports eject a replica, router/passive_health.py); all of them when none would be left (panic)."""
-        health = self.health
-        if health is None or not health.tracking:
+        ejected = self.health.ejected(time.monotonic()) if self.health is not None else frozenset()
+        if not ejected:
             return positions
-        now = time.monotonic()
-        keep = np.fromiter((health.in_rotation(addresses[i], now) for i in positions), bool, len(positions))
+        keep = np.fromiter((addresses[i] not in ejected for i in positions), bool, len(positions))
         return positions[keep] if keep.any() else positions
 
     def retain(self, addresses: Collection[str]) -> None:
