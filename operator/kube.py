@@ -58,7 +58,11 @@ SERVICES = Resource("", "v1", "services", "Service")
 DEPLOYMENTS = Resource("apps", "v1", "deployments", "Deployment")
 DISRUPTION_BUDGETS = Resource("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget")
 AUTOSCALERS = Resource("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler")
-OWNED = (CONFIG_MAPS, DEPLOYMENTS, SERVICES, DISRUPTION_BUDGETS, AUTOSCALERS)
+SERVICE_ACCOUNTS = Resource("", "v1", "serviceaccounts", "ServiceAccount")
+ROLES = Resource("rbac.authorization.k8s.io", "v1", "roles", "Role")
+ROLE_BINDINGS = Resource("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding")
+# In the order a policy's objects are created: the routers' identity and its grant before the pods that use them.
+OWNED = (SERVICE_ACCOUNTS, ROLES, ROLE_BINDINGS, CONFIG_MAPS, DEPLOYMENTS, SERVICES, DISRUPTION_BUDGETS, AUTOSCALERS)
 BY_KIND = {r.kind: r for r in (*CUSTOM, PODS, *OWNED)}
 
 

@@ -1,17 +1,24 @@
 """The Kubernetes objects that run one RoutingPolicy's routers, built as plain dicts (pure functions).
 
 Config changes reach routers by hot reload, never by a rollout: the pod
-template carries no config digest, so a new ConfigMap (a policy edit or a pod
-of a pool becoming ready) never restarts routers. Restarting would drop the
-in-flight ledger each router keeps for Report, and a broken config could not
-fall back to the one already serving. Only changes to how routers run
-(image, resources, flags) roll the Deployment, one pod at a time.
+template carries no config digest, so a new ConfigMap (a policy edit) never
+restarts routers. Restarting would drop the in-flight ledger each router keeps
+for Report, and a broken config could not fall back to the one already serving.
+Only changes to how routers run (image, resources, flags) roll the Deployment,
+one pod at a time.
+
+Pods come and go without the operator: routers of a policy whose pools select
+pods watch those pods themselves (router/discovery.py), as a ServiceAccount of
+their own, `<policy>-router`, bound to a Role that may list and watch pods in
+the policy's namespace and nothing else. A policy on static pools only gets
+no ServiceAccount and its pods mount no token.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from switchpoint.operator.kube import PODS, ROLES
 from switchpoint.operator.labels import (
     CONFIG_DIGEST,
     CONFIG_FILE,
@@ -64,7 +71,32 @@ def _env(settings: RouterSettings) -> list[dict[str, Any]]:
     return []
 
 
-def deployment(policy: dict[str, Any], settings: RouterSettings) -> dict[str, Any]:
+ROUTER_RULES = [{"apiGroups": [PODS.group], "resources": [PODS.plural], "verbs": ["list", "watch"]}]
+
+
+def service_account(policy: dict[str, Any]) -> dict[str, Any]:
+    """The routers' identity; it mounts no token by itself (the router pod asks for one)."""
+    return {"apiVersion": "v1", "kind": "ServiceAccount",
+            "metadata": _metadata(policy, router_name(policy["metadata"]["name"])),
+            "automountServiceAccountToken": False}
+
+
+def role(policy: dict[str, Any]) -> dict[str, Any]:
+    """What a router does with the API: list and watch the pods of its namespace (RBAC cannot narrow a list to a
+    label selector; the router's own list and watch ask the server for its pools' pods only)."""
+    return {"apiVersion": ROLES.api_version, "kind": "Role",
+            "metadata": _metadata(policy, router_name(policy["metadata"]["name"])), "rules": ROUTER_RULES}
+
+
+def role_binding(policy: dict[str, Any]) -> dict[str, Any]:
+    meta = policy["metadata"]
+    name = router_name(meta["name"])
+    return {"apiVersion": ROLES.api_version, "kind": "RoleBinding", "metadata": _metadata(policy, name),
+            "roleRef": {"apiGroup": ROLES.group, "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": meta["namespace"]}]}
+
+
+def deployment(policy: dict[str, Any], settings: RouterSettings, watches_pods: bool = False) -> dict[str, Any]:
     policy_name = policy["metadata"]["name"]
     name = router_name(policy_name)
     grpc_probe = {"grpc": {"port": GRPC_PORT}}
@@ -89,7 +121,8 @@ def deployment(policy: dict[str, Any], settings: RouterSettings) -> dict[str, An
     if env:
         container["env"] = env
     pod_spec: dict[str, Any] = {
-        "automountServiceAccountToken": False,  # routers never talk to the Kubernetes API
+        # The token only where a pool selects pods: the routers watch them (the ServiceAccount mounts none itself).
+        "automountServiceAccountToken": watches_pods,
         "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001,
                             "seccompProfile": {"type": "RuntimeDefault"}},
         "terminationGracePeriodSeconds": 30,
@@ -97,6 +130,8 @@ def deployment(policy: dict[str, Any], settings: RouterSettings) -> dict[str, An
         "volumes": [{"name": "config", "configMap": {"name": config_map_name(policy_name)}},
                     {"name": "tmp", "emptyDir": {}}],
     }
+    if watches_pods:
+        pod_spec["serviceAccountName"] = router_name(policy_name)
     if settings.image_pull_secrets:
         pod_spec["imagePullSecrets"] = [{"name": s} for s in settings.image_pull_secrets]
     if settings.node_selector:
@@ -149,11 +184,13 @@ def autoscaler(policy: dict[str, Any], settings: RouterSettings) -> dict[str, An
     }
 
 
-def router_objects(policy: dict[str, Any], settings: RouterSettings, config_yaml: str,
-                   digest: str) -> list[dict[str, Any]]:
-    """Everything one accepted policy needs, config first (a new Deployment then finds its ConfigMap)."""
-    objects = [config_map(policy, config_yaml, digest), deployment(policy, settings), service(policy),
-               disruption_budget(policy)]
+def router_objects(policy: dict[str, Any], settings: RouterSettings, config_yaml: str, digest: str,
+                   watches_pods: bool = False) -> list[dict[str, Any]]:
+    """Everything one accepted policy needs, the routers' identity and config first (a new Deployment then finds
+    its ServiceAccount and ConfigMap). `watches_pods`: a pool the policy uses selects pods."""
+    identity = [service_account(policy), role(policy), role_binding(policy)] if watches_pods else []
+    objects = [*identity, config_map(policy, config_yaml, digest), deployment(policy, settings, watches_pods),
+               service(policy), disruption_budget(policy)]
     hpa = autoscaler(policy, settings)
     if hpa is not None:
         objects.append(hpa)

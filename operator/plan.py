@@ -3,8 +3,12 @@
 The operator compiles with the same compiler as local mode (`compile_manifests`):
 once for the whole namespace, to find every problem and attribute it to the
 object and field at fault, and once per accepted policy, over exactly the
-manifests its routers will load (the policy, the pools it uses with their
-discovered replicas written as `static`, and the budgets that apply to it).
+manifests its routers will load (the policy, the pools it uses as written, and
+the budgets that apply to it).
+
+Selector pools reach the routers with their selectors: routers watch the pods
+themselves (router/discovery.py), so pod churn changes no ConfigMap and writes
+nothing to router pods. The operator still reads the pods, for ModelPool status.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from switchpoint.config.compiler import compile_manifests
 from switchpoint.config.errors import ConfigError, Problem
 from switchpoint.config.manifests import Manifest
 from switchpoint.operator.conditions import ACCEPTED, CONFLICTED, READY, RESOLVED_REFS, Condition, merge_conditions
-from switchpoint.operator.discovery import Discovery, discover
+from switchpoint.operator.discovery import discover
 from switchpoint.operator.labels import (
     API_VERSION,
     CONFIG_DIGEST,
@@ -61,8 +65,8 @@ class Plan:
     apply: list[Body] = field(default_factory=list)  # desired objects, created or patched to match
     delete: list[ObjectRef] = field(default_factory=list)
     statuses: list[StatusUpdate] = field(default_factory=list)  # only those that differ from the live status
-    # Router pods to annotate with the config digest: the kubelet then refreshes their ConfigMap volume now
-    # instead of at its next periodic sync (up to about a minute).
+    # Router pods to annotate with the config digest after a policy edit: the kubelet then refreshes their
+    # ConfigMap volume now instead of at its next periodic sync (up to about a minute). Pod churn changes no config.
     nudges: list[tuple[str, str]] = field(default_factory=list)  # (pod name, digest)
     config_changed: bool = False  # a ConfigMap will be rewritten: look again shortly, to nudge the pods
 
@@ -109,15 +113,6 @@ def _ref(body: Body) -> str:
 def _age_key(body: Body) -> tuple[str, str]:
     meta = body["metadata"]
     return (str(meta.get("creationTimestamp") or ""), str(meta["name"]))
-
-
-def rendered_pool_spec(spec: dict[str, Any], found: Discovery | None) -> dict[str, Any]:
-    """A selector pool with ready pods becomes a static pool of those pods; with none, it keeps its selector
-    (the router then has no replica there and falls back to the decision's other candidates)."""
-    if found is None or not found.ready:
-        return spec
-    static = [{"address": r.address, "role": r.role} for r in found.ready]
-    return {**spec, "replicas": {"static": static}}
 
 
 def pool_refs(spec: dict[str, Any]) -> list[tuple[str, str]]:
@@ -240,8 +235,7 @@ class _Planner:
         used = {pool for _, pool in pool_refs(body.get("spec") or {})}
         used |= {b["spec"]["onExhausted"]["downgradeTo"] for b in budgets
                  if (b["spec"].get("onExhausted") or {}).get("downgradeTo")}
-        pools = [manifest(self.pools[p], rendered_pool_spec(self.pools[p]["spec"], self.discovery.get(p)))
-                 for p in sorted(used) if p in self.pools]
+        pools = [manifest(self.pools[p]) for p in sorted(used) if p in self.pools]
         manifests = [manifest(body), *pools, *(manifest(b) for b in budgets)]
         try:
             config = compile_manifests(manifests)
@@ -250,7 +244,8 @@ class _Planner:
             return _PolicyOutcome(accepted=False)
         for b in budgets:
             self.enforced_by.setdefault(b["metadata"]["name"], []).append(name)
-        objects = router_objects(body, settings, config_yaml(manifests), config.digest)
+        watches_pods = any(pool.selector is not None for pool in config.pools.values())
+        objects = router_objects(body, settings, config_yaml(manifests), config.digest, watches_pods)
         self.plan.apply.extend(objects)
         self.nudge_routers(name, config.digest)
         return _PolicyOutcome(True, config.digest, objects)

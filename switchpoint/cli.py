@@ -182,6 +182,15 @@ def _parser() -> argparse.ArgumentParser:
                    "with --quick bench-results/routing-curves-quick.png)")
     b.add_argument("--no-plot", action="store_true")
     b.add_argument("--json", action="store_true", help="print one JSON object")
+    b = bench.add_parser("discovery", help="a pod's Ready -> the first Route that picks it, and deletion -> the last, "
+                         "routers watching pods vs the operator's reconcile pass (a local control plane by default)")
+    b.set_defaults(run=_bench_discovery)
+    b.add_argument("--kubeconfig", default=None, help="the cluster to run against (default: start etcd and "
+                   "kube-apiserver on 127.0.0.1, from make controlplane)")
+    b.add_argument("--context", default=None, help="kubeconfig context")
+    b.add_argument("--namespace", default="default", help="where the bench's pods, pool and policy go")
+    b.add_argument("--trials", type=int, default=20, help="pods, one after another")
+    b.add_argument("--json", action="store_true", help="print one JSON object")
     b = bench.add_parser("cache", help="semantic cache: lookup p50/p99 at 10k/100k entries vs GET, writes/s, "
                          "hit rate and precision on labelled pairs")
     b.set_defaults(run=_bench_cache)
@@ -210,6 +219,12 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--policy", required=True, metavar="NS/NAME", help="the RoutingPolicy")
     b.add_argument("--tenant", default=None)
     return parser
+
+
+def _bench_discovery(args: argparse.Namespace) -> int:
+    from switchpoint.bench.discovery import run
+
+    return run(args)
 
 
 def _bench_cache(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.apiserver_support import POLICY_REFUSAL, ControlPlane
+from tests.apiserver_support import POLICY_REFUSAL, ControlPlane, can_i, grants
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.apiserver
@@ -85,42 +85,11 @@ def test_helm_install_creates_the_charts_objects(releases: ControlPlane) -> None
     assert listed.count('"status":"deployed"') >= 2
 
 
-def can_i(plane: ControlPlane, user: str, verb: str, resource: str, namespace: str | None) -> bool:
-    """`kubectl auth can-i` as `user`: namespace "*" asks for every namespace, None for a cluster-scoped kind."""
-    resource, _, sub = resource.partition("/")
-    args = ["auth", "can-i", verb, resource, "--as", user]
-    if sub:
-        args.append(f"--subresource={sub}")
-    if namespace == "*":
-        args.append("--all-namespaces")
-    elif namespace:
-        args += ["-n", namespace]
-    done = plane.kubectl(*args, check=False)
-    answer = done.stdout.strip()
-    assert answer in ("yes", "no"), done.stderr
-    return answer == "yes"
-
-
-def grants(plane: ControlPlane, user: str, namespace: str) -> set[tuple[str, str]]:
-    """(verb, resource) pairs `kubectl auth can-i --list` shows for `user` in `namespace`, less what every
-    authenticated user may do (a ServiceAccount without bindings shows those)."""
-    def listed(who: str) -> set[tuple[str, str]]:
-        out = plane.kubectl("auth", "can-i", "--list", "--as", who, "-n", namespace).stdout
-        header, *rows = out.rstrip().splitlines()
-        starts = [header.index(title) for title in ("Resources", "Non-Resource URLs", "Resource Names", "Verbs")]
-        found = set()
-        for row in rows:
-            resource, non_resource, names, verbs = (row[a:b].strip() for a, b in
-                                                    zip(starts, [*starts[1:], None], strict=True))
-            assert names == "[]", row  # no rule is narrowed to resourceNames
-            found |= {(verb, resource or non_resource) for verb in verbs.strip("[]").split()}
-        return found
-    return listed(user) - listed("system:serviceaccount:default:nobody")
-
-
 # What the operator does (see operator/kube.py and apply.py, and kopf's watches) in a namespace it manages.
 OWNED = ("configmaps", "services", "deployments.apps", "poddisruptionbudgets.policy",
-         "horizontalpodautoscalers.autoscaling")
+         "horizontalpodautoscalers.autoscaling",
+         # each policy's routers' identity: they list and watch pods themselves
+         "serviceaccounts", "roles.rbac.authorization.k8s.io", "rolebindings.rbac.authorization.k8s.io")
 # `get` where `list` is granted reads nothing more; the chart grants it with the reads.
 NAMESPACED = {
     *((verb, f"{kind}.{SP}") for kind in ("modelpools", "routingpolicies", "budgets")
@@ -131,7 +100,7 @@ NAMESPACED = {
     ("get", "pods"), ("list", "pods"), ("watch", "pods"),
     *((verb, kind) for kind in OWNED for verb in ("get", "list", "watch", "create", "patch", "delete")),
 }
-NUDGE = {("patch", "pods")}  # operator.nudgeRouterPods (the default) annotates router pods
+NUDGE = {("patch", "pods")}  # operator.nudgeRouterPods (the default) annotates router pods after a policy edit
 CRDS = {(verb, "customresourcedefinitions.apiextensions.k8s.io") for verb in ("get", "list", "watch")}
 NAMESPACES = {(verb, "namespaces") for verb in ("get", "list", "watch")}
 
@@ -148,6 +117,10 @@ def test_cluster_wide_operator_can_do_what_it_needs_and_no_more(releases: Contro
     assert not can_i(releases, user, "create", "pods", "*")
     assert not can_i(releases, user, "update", "deployments.apps", "*")
     assert not can_i(releases, user, "create", "customresourcedefinitions.apiextensions.k8s.io", None)
+    for kind in ("clusterroles", "clusterrolebindings"):  # what it grants stays in a namespace
+        assert not can_i(releases, user, "create", f"{kind}.rbac.authorization.k8s.io", None)
+    assert not can_i(releases, user, "bind", "roles.rbac.authorization.k8s.io", "*")
+    assert not can_i(releases, user, "escalate", "roles.rbac.authorization.k8s.io", "*")
 
 
 def test_scoped_operator_has_namespaced_rights_only_where_it_watches(releases: ControlPlane) -> None:
@@ -203,6 +176,41 @@ def test_the_admission_policy_confines_the_operators_writes_to_its_router_object
     image = {"spec": {"containers": [{"name": "c", "image": "registry.example/other:1"}]}}
     assert as_operator(plane, "patch", "pod", "a-router", "-n", ns, "-p", json.dumps(image)) == (False, ANY(nudge))
     plane.kubectl("delete", "pod/a-model-server", "pod/a-router", "configmap/someone-elses", "-n", ns, "--wait=false")
+
+
+def test_the_admission_policy_confines_the_routers_grants_to_listing_and_watching_pods(releases: ControlPlane) -> None:
+    """RBAC lets the operator write Roles and RoleBindings with what it holds itself (create Deployments, patch
+    pods...); the policy lets its Roles only list and watch pods, and its RoleBindings only bind their own Role to
+    ServiceAccounts of their namespace."""
+    plane, ns = releases, "default"
+    plane.await_operator_policy(CLUSTER_WIDE.user, ns)
+    labels = {"app.kubernetes.io/managed-by": "switchpoint-operator"}
+    meta = {"name": "r", "namespace": ns, "labels": labels}
+    pods = [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]}]
+    rbac = "rbac.authorization.k8s.io/v1"
+    for rules in ([{"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch", "patch"]}],
+                  [*pods, {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["create"]}]):
+        refused = as_operator(plane, "create", "-f", "-", stdin=json.dumps({"apiVersion": rbac, "kind": "Role",
+                                                                             "metadata": meta, "rules": rules}))
+        assert refused == (False, ANY("the Switchpoint operator's Roles may only list and watch pods")), rules
+    assert as_operator(plane, "create", "-f", "-", stdin=json.dumps({"apiVersion": rbac, "kind": "Role",
+                                                                      "metadata": meta, "rules": pods}))[0]
+    other = {"apiVersion": rbac, "kind": "Role", "metadata": {"name": "other", "namespace": ns}, "rules": pods}
+    plane.kubectl("create", "-f", "-", stdin=json.dumps(other))  # someone else's, that the operator could grant
+    subject = {"kind": "ServiceAccount", "name": "r", "namespace": ns}
+    only = "the Switchpoint operator's RoleBindings may only bind the Role of their own name"
+    for ref, subjects in (({"kind": "Role", "name": "other"}, [subject]),
+                          ({"kind": "Role", "name": "r"}, [{**subject, "namespace": "kube-system"}]),
+                          ({"kind": "Role", "name": "r"}, [{"kind": "User", "name": "someone",
+                                                            "apiGroup": "rbac.authorization.k8s.io"}])):
+        binding = {"apiVersion": rbac, "kind": "RoleBinding", "metadata": meta,
+                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", **ref}, "subjects": subjects}
+        assert as_operator(plane, "create", "-f", "-", stdin=json.dumps(binding)) == (False, ANY(only)), binding
+    binding = {"apiVersion": rbac, "kind": "RoleBinding", "metadata": meta,
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "r"}, "subjects": [subject]}
+    assert as_operator(plane, "create", "-f", "-", stdin=json.dumps(binding))[0]
+    assert as_operator(plane, "delete", "rolebinding/r", "role/r", "-n", ns)[0]
+    plane.kubectl("delete", "role/other", "-n", ns)
 
 
 class ANY:

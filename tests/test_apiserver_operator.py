@@ -3,7 +3,8 @@ kube-apiserver: it reconciles the cluster examples into router objects and statu
 every object it writes and authorising every call against the chart's RBAC.
 
 The chart is installed with operator.watchNamespaces (Roles, the narrowest RBAC it offers) and nudgeRouterPods on,
-and its ValidatingAdmissionPolicy is in force before the operator starts, so every write passes it too.
+and its ValidatingAdmissionPolicy is in force before the operator starts, so every write passes it too (the
+routers' Role and RoleBinding as well: the API server lets the operator grant only what it holds itself).
 No controllers run: the test plays the kubelet (pod status) where the story needs it; the operator itself deletes
 what a deleted policy owned (there is no garbage collector here, so nothing else could).
 """
@@ -25,7 +26,7 @@ import yaml
 
 from switchpoint.config.compiler import load_config
 from switchpoint.operator.labels import CONFIG_DIGEST, CONFIG_FILE, MANAGED_BY, MANAGER
-from tests.apiserver_support import BIN, ControlPlane, eventually
+from tests.apiserver_support import BIN, ControlPlane, eventually, grants
 from tests.conftest import EXAMPLES, ROOT
 from tests.operator_support import LARGE, load
 
@@ -33,7 +34,8 @@ pytestmark = pytest.mark.apiserver
 
 RELEASE, SYSTEM = "op", "op-system"
 STORY, RESTART = "shop-a", "shop-b"
-OWNED_KINDS = "configmaps,services,deployments,poddisruptionbudgets,horizontalpodautoscalers"
+OWNED_KINDS = ("serviceaccounts,roles,rolebindings,configmaps,services,deployments,poddisruptionbudgets,"
+               "horizontalpodautoscalers")
 FORBIDDEN = (": 403 ", "Forbidden", "forbidden", "Not enough permissions")
 
 
@@ -138,8 +140,8 @@ def config_docs(plane: ControlPlane, namespace: str) -> dict[str, dict[str, Any]
     return {d["metadata"]["name"]: d for d in yaml.safe_load_all(data)}
 
 
-def replicas(plane: ControlPlane, namespace: str, pool: str) -> list[dict[str, str]]:
-    return config_docs(plane, namespace)[pool]["spec"]["replicas"].get("static", [])
+def ready_replicas(plane: ControlPlane, namespace: str, pool: str) -> int | None:
+    return (plane.get_json("modelpool", pool, "-n", namespace).get("status") or {}).get("readyReplicas")
 
 
 @pytest.fixture(scope="module")
@@ -175,20 +177,29 @@ def test_the_operator_reconciles_the_examples_with_the_charts_rbac(env: Env, tmp
     model_pod(plane, ns, "large-x", "10.0.1.3", {**LARGE, "llm-d.ai/role": "decode"}, ready=False)
 
     # Router objects, stored by the API server (so valid to it), owned by the policy.
-    eventually(lambda: len(managed(plane, ns)) == 4, what="ConfigMap, Deployment, Service and PDB")
-    eventually(lambda: len(replicas(plane, ns, "large-reasoning")) == 2, what="the ready pods in the config")
+    eventually(lambda: len(managed(plane, ns)) == 7, what="identity, ConfigMap, Deployment, Service and PDB")
+    eventually(lambda: ready_replicas(plane, ns, "large-reasoning") == 2, what="the ready pods in the pool status")
     settled(plane, ns)
     assert sorted(managed(plane, ns)) == [("ConfigMap", "auto-router-config"), ("Deployment", "auto-router"),
-                                          ("PodDisruptionBudget", "auto-router"), ("Service", "auto-router")]
+                                          ("PodDisruptionBudget", "auto-router"), ("Role", "auto-router"),
+                                          ("RoleBinding", "auto-router"), ("Service", "auto-router"),
+                                          ("ServiceAccount", "auto-router")]
     policy = plane.get_json("routingpolicy", "auto", "-n", ns)
     for kind in ("configmap/auto-router-config", "deployment/auto-router", "service/auto-router"):
         owner = plane.get_json(kind, "-n", ns)["metadata"]["ownerReferences"][0]
         assert owner["uid"] == policy["metadata"]["uid"] and owner["blockOwnerDeletion"] is True
     service = plane.get_json("service", "auto-router", "-n", ns)
     assert service["spec"]["clusterIP"]  # allocated by the API server
-    assert replicas(plane, ns, "large-reasoning") == [{"address": "10.0.1.1:8000", "role": "prefill"},
-                                                      {"address": "10.0.1.2:8000", "role": "decode"}]
-    assert replicas(plane, ns, "small-chat") == [{"address": "10.0.0.1:8000", "role": "both"}]
+    # The routers get the pools as written, selectors and all: they watch the pods themselves, as the
+    # ServiceAccount the operator made for them, which may list and watch pods here and nothing else.
+    docs = config_docs(plane, ns)
+    for pool in ("small-chat", "large-reasoning"):
+        live = plane.get_json("modelpool", pool, "-n", ns)["spec"]["replicas"]
+        assert "selector" in live and docs[pool]["spec"]["replicas"] == live
+    pod_spec = plane.get_json("deployment", "auto-router", "-n", ns)["spec"]["template"]["spec"]
+    assert (pod_spec["serviceAccountName"], pod_spec["automountServiceAccountToken"]) == ("auto-router", True)
+    assert grants(plane, f"system:serviceaccount:{ns}:auto-router", ns) == {("list", "pods"), ("watch", "pods")}
+    assert grants(plane, f"system:serviceaccount:{ns}:auto-router", RESTART) == set()
     config_map = plane.get_json("configmap", "auto-router-config", "-n", ns)
     (tmp_path / CONFIG_FILE).write_text(config_map["data"][CONFIG_FILE])
     digest = config_map["metadata"]["annotations"][CONFIG_DIGEST]
@@ -207,14 +218,19 @@ def test_the_operator_reconciles_the_examples_with_the_charts_rbac(env: Env, tmp
     table = plane.kubectl("get", "routingpolicies,modelpools", "-n", ns).stdout
     assert all(line.split()[-2] == "True" for line in table.splitlines() if line.startswith(("routing", "modelpool")))
 
-    # The kubelet reports another replica ready: its address is in the routers' config within 2 s.
+    # The kubelet reports another replica ready: the pool's status counts it within 2 s, and the routers' config
+    # is not rewritten (they see the pod themselves).
+    config_version = config_map["metadata"]["resourceVersion"]
     started = time.monotonic()
     set_ready(plane, ns, "large-x", True)
-    eventually(lambda: {"address": "10.0.1.3:8000", "role": "decode"} in replicas(plane, ns, "large-reasoning"),
-               what="new replica in the config")
+    eventually(lambda: ready_replicas(plane, ns, "large-reasoning") == 3, what="the new replica in the pool status")
     assert time.monotonic() - started < 2.0
+    settled(plane, ns)
+    assert plane.get_json("configmap", "auto-router-config", "-n", ns)["metadata"]["resourceVersion"] == \
+        config_version
 
-    # A router pod is annotated with the config's digest (nudgeRouterPods: patch on pods in the watched namespace).
+    # A router pod is annotated with the config's digest (nudgeRouterPods: patch on pods in the watched namespace;
+    # after a policy edit, the kubelet then refreshes the mounted config at once).
     labels = {"app.kubernetes.io/name": "switchpoint-router", "app.kubernetes.io/instance": "auto"}
     router_pod = {"apiVersion": "v1", "kind": "Pod",
                   "metadata": {"name": "auto-router-abc", "namespace": ns, "labels": labels},
@@ -234,9 +250,8 @@ def test_a_restarted_operator_converges_without_duplicates_or_writes(env: Env) -
     plane, ns = env.plane, RESTART
     apply_examples(plane, ns)
     model_pod(plane, ns, "small-1", "10.0.0.1", {"switchpoint.dev/example-pool": "small-chat"})
-    eventually(lambda: len(managed(plane, ns)) == 4, what="router objects")
-    eventually(lambda: replicas(plane, ns, "small-chat") == [{"address": "10.0.0.1:8000", "role": "both"}],
-               what="the replica in the config")
+    eventually(lambda: len(managed(plane, ns)) == 7, what="router objects")
+    eventually(lambda: ready_replicas(plane, ns, "small-chat") == 1, what="the replica in the pool status")
     eventually(lambda: condition(plane.get_json("routingpolicy", "auto", "-n", ns), "Accepted"), what="status")
     before, versions = settled(plane, ns)
 

@@ -158,7 +158,7 @@ def test_router_objects_the_operator_writes_are_valid(tmp_path: Path, values: di
     observed = Observed("default", pools=docs[:-1], policies=docs[-1:])
     plan = plan_namespace(observed, settings, "2026-01-01T00:00:00Z")
     kinds = sorted(o["kind"] for o in plan.apply)
-    expected = ["ConfigMap", "Deployment", "PodDisruptionBudget", "Service"]
+    expected = ["ConfigMap", "Deployment", "PodDisruptionBudget", "Role", "RoleBinding", "Service", "ServiceAccount"]
     assert kinds == sorted(expected + (["HorizontalPodAutoscaler"] if values else []))
     for obj in plan.apply:
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)

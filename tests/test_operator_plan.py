@@ -16,8 +16,8 @@ from switchpoint.operator.objects import owner_reference
 from switchpoint.operator.observed import Observed
 from switchpoint.operator.plan import Plan, plan_namespace
 from switchpoint.operator.settings import RouterSettings, settings_from_dict
-from tests.conftest import EXAMPLES, ThreadedRouter, chat
-from tests.operator_support import condition, load, model_pod
+from tests.conftest import EXAMPLES
+from tests.operator_support import LARGE, condition, load, model_pod
 
 CLUSTER = EXAMPLES / "cluster"
 NOW = "2026-01-01T00:00:00Z"
@@ -60,16 +60,17 @@ def desired(plan: Plan, kind: str, name: str) -> dict[str, Any] | None:
     return next((o for o in plan.apply if o["kind"] == kind and o["metadata"]["name"] == name), None)
 
 
-def test_accepted_policy_gets_router_objects_with_discovered_replicas(tmp_path: Path) -> None:
+def test_accepted_policy_gets_router_objects_with_the_pools_selectors(tmp_path: Path) -> None:
     plan = plan_for(example())
-    kinds = sorted(o["kind"] for o in plan.apply)
-    assert kinds == ["ConfigMap", "Deployment", "PodDisruptionBudget", "Service"]
+    kinds = [o["kind"] for o in plan.apply]  # in creation order: the routers' identity before their pods
+    assert kinds == ["ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Deployment", "Service",
+                     "PodDisruptionBudget"]
     config = desired(plan, "ConfigMap", "auto-router-config")
     assert config is not None
     docs = list(yaml.safe_load_all(config["data"][CONFIG_FILE]))
     large = next(d for d in docs if d["metadata"]["name"] == "large-reasoning")
-    assert large["spec"]["replicas"] == {"static": [{"address": "10.0.1.1:8000", "role": "prefill"},
-                                                    {"address": "10.0.1.2:8000", "role": "decode"}]}
+    written = next(p for p in example()["pools"] if p["metadata"]["name"] == "large-reasoning")
+    assert large["spec"]["replicas"] == written["spec"]["replicas"]  # the selector: routers watch the pods
     # The router loads exactly this file: same compiler, same digest as the policy's status says.
     (tmp_path / CONFIG_FILE).write_text(config["data"][CONFIG_FILE])
     routed = load_config([tmp_path])
@@ -82,15 +83,31 @@ def test_accepted_policy_gets_router_objects_with_discovered_replicas(tmp_path: 
         assert obj["metadata"]["ownerReferences"][0]["uid"] == "policy-auto"
 
 
-def test_a_real_router_routes_to_the_discovered_pods(tmp_path: Path) -> None:
-    config = desired(plan_for(example()), "ConfigMap", "auto-router-config")
-    assert config is not None
-    (tmp_path / CONFIG_FILE).write_text(config["data"][CONFIG_FILE])
-    with ThreadedRouter(config_paths=[tmp_path]) as router:
-        decision = router.stub.Route(chat("Refactor this Python class for me, please"), timeout=5)
-    # The only decode-capable pod of the pool (the prefill pod is offered for long prompts only).
-    assert (decision.pool, decision.replica) == ("large-reasoning", "10.0.1.2:8000")
-    assert [f.replica for f in decision.fallbacks] == ["10.0.0.1:8000"]  # small-chat's one ready pod
+@pytest.mark.parametrize("pods", [[], PODS[:1], PODS, [model_pod("large-y", "10.0.1.9", LARGE)]],
+                         ids=["none", "one", "all", "other"])
+def test_pod_churn_changes_no_router_object(pods: list[dict[str, Any]]) -> None:
+    """Routers see the pods themselves: what the operator writes for them is the same whatever the pods (only the
+    pools' statuses follow them)."""
+    assert plan_for(example(), pods=pods).apply == plan_for(example()).apply
+
+
+def test_a_policy_on_static_pools_gets_no_service_account_and_mounts_no_token() -> None:
+    plan = plan_for(example(EXAMPLES / "pools.yaml"), pods=[])
+    assert [o["kind"] for o in plan.apply] == ["ConfigMap", "Deployment", "Service", "PodDisruptionBudget"]
+    deployment = desired(plan, "Deployment", "auto-router")
+    assert deployment is not None
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False and "serviceAccountName" not in pod
+
+
+def test_the_routers_may_list_and_watch_pods_and_nothing_else() -> None:
+    plan = plan_for(example())
+    account, role, binding = (desired(plan, kind, "auto-router") for kind in ("ServiceAccount", "Role", "RoleBinding"))
+    assert account is not None and role is not None and binding is not None
+    assert account["automountServiceAccountToken"] is False  # only the router pods ask for the token
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]}]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "auto-router"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "auto-router", "namespace": "default"}]
 
 
 def test_policy_conditions_and_pool_counts() -> None:
@@ -122,7 +139,7 @@ def test_deployment_runs_the_router_on_the_compiled_config() -> None:
     assert router["env"] == [{"name": "SWITCHPOINT_REDIS_URL", "value": "redis://redis:6379/0"}]
     assert pod["volumes"][0] == {"name": "config", "configMap": {"name": "auto-router-config"}}
     assert deployment["spec"]["replicas"] == 3
-    assert pod["automountServiceAccountToken"] is False
+    assert (pod["automountServiceAccountToken"], pod["serviceAccountName"]) == (True, "auto-router")  # it watches pods
     # Hot reload, not a rollout: nothing in the pod template depends on the config.
     assert "annotations" not in deployment["spec"]["template"]["metadata"]
 
@@ -239,7 +256,8 @@ def test_objects_of_a_deleted_policy_are_deleted() -> None:
     policy = objects["policies"].pop()
     live = [dict(o, metadata={**o["metadata"]}) for o in plan_for(example()).apply]
     plan = plan_for(objects, managed=live)
-    assert sorted(r.kind for r in plan.delete) == ["ConfigMap", "Deployment", "PodDisruptionBudget", "Service"]
+    assert sorted(r.kind for r in plan.delete) == ["ConfigMap", "Deployment", "PodDisruptionBudget", "Role",
+                                                   "RoleBinding", "Service", "ServiceAccount"]
     assert all(r.name.startswith(router_name(policy["metadata"]["name"])) for r in plan.delete)
 
 

@@ -10,11 +10,15 @@ finds no replica:
   (0 when none did).
 The pods carry a label unique to the run and are deleted at the end.
 
-Baseline, in the same run (where the CRDs are installed): the path before routers watched pods. The operator
-(`switchpoint operator`, in-process) watches the pods, and the bench times Ready=True -> the address in the
-router ConfigMap the operator rewrites. That is only the first hop: the kubelet's refresh of the mounted file (a
-second or two after the operator's nudge, up to about a minute without) and the router's 1 s file poll come on top,
-and neither can be measured without a kubelet.
+Baseline, in the same run (where the CRDs are installed): the operator's path, which is how replicas reached
+routers before they watched pods. The operator (`switchpoint operator`, in-process) watches the pods and, in one
+reconcile pass (debounce, list the namespace, plan, write), updates the ModelPool's status; the bench times
+Ready=True -> status.readyReplicas 1 (and deletion -> 0). The same pass used to rewrite the router ConfigMap; the
+kubelet's refresh of the mounted file (a second or two after the operator's nudge, up to about a minute without)
+and the router's 1 s file poll came on top, and neither can be measured without a kubelet.
+
+Without --kubeconfig the bench starts its own control plane (switchpoint/localkube.py: etcd and kube-apiserver
+from `make controlplane`) and installs the CRDs there.
 """
 
 from __future__ import annotations
@@ -22,17 +26,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from switchpoint.bench.router import percentile
 from switchpoint.config.compiler import compile_manifests
 from switchpoint.config.manifests import API_VERSION, Manifest
 from switchpoint.config.model import Candidate, Pool, Replica, RouterConfig
-from switchpoint.operator.kube import CONFIG_MAPS, PODS, POLICIES, POOLS, Connection, KubeApi, find_connection
-from switchpoint.operator.labels import CONFIG_FILE, config_map_name
+from switchpoint.operator.kube import CONFIG_MAPS, PODS, POLICIES, POOLS, Connection, KubeApi, from_kubeconfig
+from switchpoint.operator.labels import config_map_name
 from switchpoint.router.discovery import ReplicaDiscovery
 from switchpoint.router.inflight import InflightLedger
 from switchpoint.router.request import ChatTurn, RouteInput
@@ -42,15 +49,15 @@ POOL = "bench-discovery"
 LABEL = "switchpoint.dev/bench-discovery"
 PORT = 8000
 TARGET_S = 2.0  # issue 16: a pod's Ready transition reaches routing in under 2 s
-CONFIG_POLL_S = 0.005  # how often the baseline reads the operator's ConfigMap
+STATUS_POLL_S = 0.005  # how often the baseline reads the ModelPool's status
 
 
 @dataclass
 class DiscoveryResult:
     ready_to_routable: list[float] = field(default_factory=list)
     gone_to_unroutable: list[float] = field(default_factory=list)
-    baseline_ready_to_config: list[float] = field(default_factory=list)  # empty: the baseline did not run
-    baseline_gone_from_config: list[float] = field(default_factory=list)
+    baseline_ready_to_status: list[float] = field(default_factory=list)  # empty: the baseline did not run
+    baseline_gone_from_status: list[float] = field(default_factory=list)
 
     def summary(self) -> dict[str, float | int]:
         out: dict[str, float | int] = {
@@ -58,10 +65,10 @@ class DiscoveryResult:
             "ready_to_routable_p50_s": round(percentile(self.ready_to_routable, 0.5), 4),
             "ready_to_routable_p99_s": round(percentile(self.ready_to_routable, 0.99), 4),
             "gone_to_unroutable_p99_s": round(percentile(self.gone_to_unroutable, 0.99), 4)}
-        if self.baseline_ready_to_config:
-            out.update(baseline_ready_to_configmap_p50_s=round(percentile(self.baseline_ready_to_config, 0.5), 4),
-                       baseline_ready_to_configmap_p99_s=round(percentile(self.baseline_ready_to_config, 0.99), 4),
-                       baseline_gone_from_configmap_p99_s=round(percentile(self.baseline_gone_from_config, 0.99), 4))
+        if self.baseline_ready_to_status:
+            out.update(baseline_ready_to_status_p50_s=round(percentile(self.baseline_ready_to_status, 0.5), 4),
+                       baseline_ready_to_status_p99_s=round(percentile(self.baseline_ready_to_status, 0.99), 4),
+                       baseline_gone_from_status_p99_s=round(percentile(self.baseline_gone_from_status, 0.99), 4))
         return out
 
 
@@ -141,24 +148,19 @@ async def _until(router: Router, want: bool, address: str, interval_s: float, ti
     return None
 
 
-def _has(config_map: dict[str, Any] | None, address: str) -> bool:
-    return address in ((config_map or {}).get("data") or {}).get(CONFIG_FILE, "")
-
-
-async def _poll_config(api: KubeApi, namespace: str, address: str, want: bool, timeout_s: float) -> float:
+async def _poll_status(api: KubeApi, namespace: str, ready: int, timeout_s: float) -> float:
     deadline = time.perf_counter() + timeout_s
-    name = config_map_name(POOL)
-    while _has(await api.get(CONFIG_MAPS, namespace, name), address) != want:
+    while ((await api.get(POOLS, namespace, POOL) or {}).get("status") or {}).get("readyReplicas") != ready:
         if time.perf_counter() > deadline:
-            raise RuntimeError(f"the operator's ConfigMap {namespace}/{name} did not {'gain' if want else 'lose'} "
-                               f"{address} within {timeout_s:.0f}s")
-        await asyncio.sleep(CONFIG_POLL_S)
+            raise RuntimeError(f"the operator did not report {ready} ready replica(s) in ModelPool {namespace}/{POOL} "
+                               f"within {timeout_s:.0f}s")
+        await asyncio.sleep(STATUS_POLL_S)
     return time.perf_counter()
 
 
 async def measure_operator_path(connection: Connection, namespace: str, trials: int, result: DiscoveryResult,
                                 timeout_s: float = 30.0) -> None:
-    """The baseline: Ready=True -> the address in the operator's router ConfigMap (and deletion -> gone from it)."""
+    """The baseline: Ready=True -> the operator's ModelPool status counts the pod (and deletion -> no longer)."""
     from switchpoint.operator.command import serve_with
 
     run = uuid.uuid4().hex[:10]
@@ -173,15 +175,14 @@ async def measure_operator_path(connection: Connection, namespace: str, trials: 
         await api.create(POLICIES, namespace, policy_manifest(namespace, run))
         for i in range(trials):
             name, ip = f"{POOL}-{run}-{i}", f"10.78.{i // 250}.{i % 250 + 1}"
-            address = f"{ip}:{PORT}"
             await kubelet.start(name, ip)
+            await _poll_status(api, namespace, 0, timeout_s)  # the operator reports the pool (0 ready)
             sent = time.perf_counter()
             await kubelet.ready(name)
-            result.baseline_ready_to_config.append(await _poll_config(api, namespace, address, True, timeout_s) - sent)
+            result.baseline_ready_to_status.append(await _poll_status(api, namespace, 1, timeout_s) - sent)
             sent = time.perf_counter()
             await kubelet.delete(name)
-            result.baseline_gone_from_config.append(await _poll_config(api, namespace, address, False, timeout_s)
-                                                    - sent)
+            result.baseline_gone_from_status.append(await _poll_status(api, namespace, 0, timeout_s) - sent)
     finally:
         await kubelet.clean_up()
         await api.delete(POLICIES, namespace, POOL)  # the operator deletes the router objects it made for it
@@ -247,11 +248,11 @@ def table(result: DiscoveryResult, server: str, namespace: str) -> str:
              "routers watch their pods:",
              row("  ready -> routable", result.ready_to_routable),
              row("  gone -> unroutable", result.gone_to_unroutable)]
-    if result.baseline_ready_to_config:
-        lines += ["baseline, the operator rewrites the router ConfigMap (first hop only; the kubelet's volume refresh "
-                  "and the router's 1 s file poll follow):",
-                  row("  ready -> in ConfigMap", result.baseline_ready_to_config),
-                  row("  gone -> out of ConfigMap", result.baseline_gone_from_config)]
+    if result.baseline_ready_to_status:
+        lines += ["baseline, the operator's reconcile pass (it used to rewrite the router ConfigMap; the kubelet's "
+                  "volume refresh and the router's 1 s file poll followed):",
+                  row("  ready -> in pool status", result.baseline_ready_to_status),
+                  row("  gone -> out of status", result.baseline_gone_from_status)]
     else:
         lines.append("baseline not run: the switchpoint.dev CRDs are not installed (kubectl apply -f crds/)")
     lines.append(f"target: ready -> routable p99 under {TARGET_S:.0f} s: "
@@ -272,8 +273,33 @@ async def measure_both(connection: Connection, namespace: str, trials: int) -> D
 
 
 def run(args: argparse.Namespace) -> int:
-    """args: namespace (where the pods go), context (of $KUBECONFIG or ~/.kube/config), trials, json."""
-    connection = find_connection(None, args.context)
-    result = asyncio.run(measure_both(connection, args.namespace, args.trials))
+    """args: kubeconfig (None: start a local control plane), context, namespace (where the pods go), trials, json."""
+    for name in ("kopf", "switchpoint.operator", "switchpoint.router.discovery"):  # a line per event is noise here
+        logging.getLogger(name).setLevel(logging.WARNING)
+    if args.kubeconfig is not None:
+        connection = from_kubeconfig(args.context, args.kubeconfig)
+        result = asyncio.run(measure_both(connection, args.namespace, args.trials))
+    else:
+        connection, result = local_run(args.namespace, args.trials)
     print(json.dumps(result.summary()) if args.json else table(result, connection.server, args.namespace))
     return 0
+
+
+def local_run(namespace: str, trials: int) -> tuple[Connection, DiscoveryResult]:
+    """The bench against a control plane of its own (etcd and kube-apiserver on 127.0.0.1), with the CRDs."""
+    from switchpoint.localkube import ControlPlane, missing_binaries
+
+    missing = missing_binaries()
+    if missing:
+        raise RuntimeError("no --kubeconfig, and the local control plane is not built: " + "; ".join(missing))
+    with tempfile.TemporaryDirectory(prefix="switchpoint-kube-") as work:
+        plane = ControlPlane(Path(work))
+        plane.start()
+        try:
+            plane.install_crds()
+            if namespace != "default":
+                plane.kubectl("create", "namespace", namespace)
+            connection = from_kubeconfig(path=str(plane.admin_kubeconfig))
+            return connection, asyncio.run(measure_both(connection, namespace, trials))
+        finally:
+            plane.stop()

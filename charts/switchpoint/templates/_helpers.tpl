@@ -93,6 +93,14 @@ tolerations:
 - apiGroups: [""]
   resources: [pods]
   verbs: [get, list, watch{{ if .Values.operator.nudgeRouterPods }}, patch{{ end }}]
+# Each policy's routers get a ServiceAccount and a Role to list and watch pods (they discover their replicas).
+# The API server lets the operator grant only what it holds itself; the admission policy pins the Role's rules.
+- apiGroups: [""]
+  resources: [serviceaccounts]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [roles, rolebindings]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [""]
   resources: [configmaps, services]
   verbs: [get, list, watch, create, patch, delete]
