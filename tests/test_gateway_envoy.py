@@ -137,7 +137,8 @@ class Stack:
         deadline = time.monotonic() + timeout
         while not check():
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}")
+                reports = [ln for ln in self.router.metrics_text().splitlines() if ln.startswith("switchpoint_reports")]
+                raise AssertionError(f"timed out waiting for {what}; reports: {reports}")
             time.sleep(0.05)
 
 
@@ -225,10 +226,12 @@ def test_models_and_refusals_in_openai_shape(stack: Stack) -> None:
 def test_a_cache_hit_is_answered_by_envoy_without_a_replica(stack: Stack, stream: bool) -> None:
     client = stack.client("sk-globex-00001")
     question = f"faq: how do I reset my password? ({'stream' if stream else 'json'})"
+    stored = stack.metric("switchpoint_cache_writes_total", result="stored")
     first = client.chat.completions.with_raw_response.create(model="auto", messages=chat(question), max_tokens=8)
     assert first.headers["x-switchpoint-cache"] == "miss"
     answer = first.parse().choices[0].message.content
-    stack.wait_for("the cache write", lambda: stack.metric("switchpoint_cache_writes_total", result="stored") > 0)
+    stack.wait_for("the cache write", lambda: stack.metric("switchpoint_cache_writes_total", result="stored")
+                   > stored)
     served = stack.served(stack.sim_ports["chat1"]) + stack.served(stack.sim_ports["chat2"])
     if stream:
         with client.chat.completions.with_streaming_response.create(model="auto", messages=chat(question),

@@ -330,14 +330,14 @@ def _report(results: dict[str, list[Phase]], args: argparse.Namespace, body_byte
         return 0
     print(f"a {body_bytes:,}-byte chat request, median of {args.rounds} rounds ({args.calls} sequential calls; "
           f"throughput at concurrency {args.concurrency} for {args.duration:g} s); router on one core\n")
-    print(f"{'path':<46}{'p50 ms':>9}{'p99 ms':>9}{'rps':>8}{'+p50 ms':>9}{'+p99 ms':>9}")
+    print(f"{'path':<64}{'p50 ms':>9}{'p99 ms':>9}{'rps':>8}{'+p50 ms':>9}{'+p99 ms':>9}")
     rows = [("Envoy alone -> replica", base, False)]
     rows += [(f"Envoy + ext_proc, {m} ({BODY_MODES[m]})", med[m], True) for m in args.modes]
     if "direct" in med:
         rows.append(("direct gRPC Route + replica + Report", med["direct"], False))
     for label, p, added in rows:
         plus = f"{p.p50_ms - base.p50_ms:>9.3f}{p.p99_ms - base.p99_ms:>9.3f}" if added else ""
-        print(f"{label:<46}{p.p50_ms:>9.3f}{p.p99_ms:>9.3f}{p.rps:>8.0f}{plus}")
+        print(f"{label:<64}{p.p50_ms:>9.3f}{p.p99_ms:>9.3f}{p.rps:>8.0f}{plus}")
     print(f"\ntarget: ext_proc ({main}) adds <= 2 ms p50 and <= 5 ms p99 over Envoy alone -> "
           f"{'met' if summary['targets_met'] else 'NOT met'}; load average {summary['load_average']}")
     return 0

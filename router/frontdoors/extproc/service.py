@@ -98,8 +98,9 @@ class ExtProcFrontDoor(pb_grpc.ExternalProcessorServicer):
             async for msg in request_iterator:
                 for answer in await exchange.handle(msg):
                     yield answer
-                if exchange.response_done:  # settle once the last answer is on its way, not before
-                    await exchange.close()
+                if exchange.response_done:  # settle once the last answer is on its way, then end the stream:
+                    await exchange.close()  # Envoy holds an observability stream open for a while otherwise
+                    return
         finally:
             await exchange.close()
 
@@ -316,7 +317,10 @@ class Exchange:
         self.settled = True
         usage = self.reader.finish()
         latency = (time.perf_counter() - self.started) * 1000
-        outcome = _outcome(self.status, self.response_done, usage)
+        # A stream read to its end ([DONE], or a finish_reason and usage) is complete even when the stream ended
+        # before Envoy's last empty chunk: clients close the connection after [DONE].
+        done = self.response_done or (bool(self.reader.sse) and usage.complete)
+        outcome = _outcome(self.status, done, usage)
         prompt, completion = usage.prompt_tokens, usage.completion_tokens
         if not usage.reported and outcome != "cancelled":  # a server that never says: never count zero
             prompt = self.request.input_tokens if self.request is not None else 0
