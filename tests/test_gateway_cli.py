@@ -84,3 +84,17 @@ def test_fail_open_without_static_replicas_is_refused(tmp_path: Path, flag: str)
     done = subprocess.run([sys.executable, "-m", "switchpoint.cli", "gateway", "--config", str(tmp_path), flag],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "static replicas" in done.stderr
+
+
+def test_bench_gateway_prints_the_documented_json() -> None:
+    done = subprocess.run([sys.executable, "-m", "switchpoint.cli", "--log-level", "error", "bench", "gateway",
+                           "--rounds", "1", "--calls", "20", "--concurrency", "2", "--duration", "0.2", "--json"],
+                          capture_output=True, text=True, timeout=120, cwd=EXAMPLES.parent.parent)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    for key in ("envoy_only_p50_ms", "envoy_only_p99_ms", "extproc_p50_ms", "extproc_p99_ms", "added_p50_ms",
+                "added_p99_ms", "extproc_rps", "direct_p50_ms"):
+        assert isinstance(result[key], float), key
+    assert result["extproc_p50_ms"] > result["envoy_only_p50_ms"] > 0
+    assert result["extproc_body_mode"].startswith("BUFFERED") and result["modes"]["duplex"]["body_mode"] == \
+        "FULL_DUPLEX_STREAMED"
