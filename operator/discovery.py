@@ -1,7 +1,8 @@
 """Replica discovery: which pods a ModelPool selects, which of them are ready, and their roles.
 
-Pure functions over pod bodies as the API returns them. The operator renders the
-result into the router config as the pool's static replicas.
+Pure functions over pod bodies as the API returns them. The operator reports the
+result in the ModelPool's status; routers apply the same rules to the pods they
+watch (router/discovery.py), so both agree on which replicas are ready.
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
 """Routers discover their replicas: a watch on the pods each selector pool selects (ModelPool spec.replicas.selector).
 
 A pod's Ready transition reaches routing in one watch event (milliseconds, measured by `switchpoint bench
-discovery`), instead of the operator rewriting the routers' ConfigMap and the kubelet refreshing the mounted file
-(up to about a minute when no nudge lands). Each selector pool has its own list+watch, narrowed on the server by the
+discovery`); before, the operator rewrote the routers' ConfigMap and the kubelet refreshed the mounted file (up to
+about a minute when no nudge landed). Each selector pool has its own list+watch, narrowed on the server by the
 pool's label selector, so a router reads only its pools' pods. A pool's replicas are what
 switchpoint.operator.discovery.discover finds among them (Running, Ready, not terminating, with an IP; roles from the
-pool's role label), in address order, as the operator renders them today. Static pools (local mode) are not
-watched: their replicas are the config's.
+pool's role label), in address order, as the operator counts them in the pool's status. Static pools (local mode)
+are not watched: their replicas are the config's.
 
 The router's pod needs `list` and `watch` on pods in its namespace, nothing else (the operator gives each
 policy's routers a ServiceAccount bound to a Role with exactly that). A router finds its credentials with

@@ -26,7 +26,7 @@ from switchpoint.localproc import RouterProcess
 from switchpoint.operator.objects import role, role_binding, service_account
 from switchpoint.v1 import router_pb2_grpc
 from tests.apiserver_support import ControlPlane, can_i, grants
-from tests.conftest import chat
+from tests.conftest import ThreadedRouter, chat, wait_for
 
 pytestmark = pytest.mark.apiserver
 
@@ -134,3 +134,25 @@ def test_a_router_on_a_selector_pool_without_credentials_does_not_start(router_e
                            "--kubeconfig", str(missing)], capture_output=True, text=True, timeout=60)
     assert done.returncode != 0
     assert f"no Kubernetes credentials: --kubeconfig {missing}" in done.stderr, done.stderr[-2000:]
+
+
+def test_local_mode_on_static_pools_never_connects_and_a_reload_without_credentials_is_refused(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """No control plane here: a router on static pools makes no Kubernetes client, even with --kubeconfig; a reload
+    that brings a selector pool it cannot watch is refused, naming the cause, and the static config keeps serving."""
+    watched, fallback, policy = manifests()
+    static_policy = {**policy, "spec": {"aliases": [POLICY], "default": {"pools": [{"pool": "fallback"}]}}}
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "switchpoint.yaml").write_text(yaml.safe_dump_all([fallback, static_policy]))
+    with ThreadedRouter(config_paths=[config], reload_interval=0.05,
+                        kubeconfig=str(tmp_path / "no-such.kubeconfig")) as router:
+        assert not router.server.discovery.connected
+        digest = router.server.config.digest
+        assert router.stub.Route(chat("hello", model=POLICY), timeout=5).replica == FALLBACK
+        (config / "switchpoint.yaml").write_text(yaml.safe_dump_all([watched, fallback, policy]))
+        assert wait_for(lambda: 'switchpoint_config_reloads_total{result="refused"} 1.0' in router.metrics_text())
+        assert router.server.config.digest == digest and not router.server.discovery.connected
+        assert "config reload refused; the previous config keeps serving: a pool selects pods" in caplog.text
+        assert "no Kubernetes credentials: --kubeconfig" in caplog.text
+        assert router.stub.Route(chat("hello", model=POLICY), timeout=5).replica == FALLBACK
