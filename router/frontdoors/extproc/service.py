@@ -98,9 +98,10 @@ class ExtProcFrontDoor(pb_grpc.ExternalProcessorServicer):
             async for msg in request_iterator:
                 for answer in await exchange.handle(msg):
                     yield answer
-                if exchange.response_done:  # settle once the last answer is on its way, then end the stream:
-                    await exchange.close()  # Envoy holds an observability stream open for a while otherwise
-                    return
+                if exchange.response_done:  # settle once the last answer is on its way
+                    await exchange.close()
+                    if exchange.observer:  # Envoy holds an observability stream open for deferred_close_timeout
+                        return  # unless the processor ends it; other streams Envoy closes itself
         finally:
             await exchange.close()
 
