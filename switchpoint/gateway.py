@@ -274,7 +274,9 @@ DEPLOY_HEADER = """\
 # - switchpoint.extproc: request headers + BUFFERED body to the router (switchpoint-router:9002), which answers
 #   with the replica (header and envoy.lb metadata), the rewritten body, or an immediate response
 # - switchpoint.observe: observability mode, sees the response and settles it (Envoy never waits for it)
-# - failure mode: closed (status_on_error 503 when the router is unreachable); see README.md here
+# - failure mode: closed (status_on_error 503 when the router is unreachable)
+# - switchpoint-router must be a ClusterIP Service (one address): each Envoy worker then keeps one HTTP/2
+#   connection to one router pod, so a request's two ext_proc streams reach the router that admitted it
 """
 
 
