@@ -224,3 +224,20 @@ class ANY:
 
     def __repr__(self) -> str:
         return f"<text containing {self.part!r}>"
+
+
+def test_the_endpoint_picker_may_list_and_watch_pods_in_its_namespace_only(control_plane: ControlPlane) -> None:
+    """The picker is a router on a policy's compiled config: it watches the pods of its selector pools, as a
+    ServiceAccount of its own (the chart's), with nothing else."""
+    plane, release, ns = control_plane, "pick", "picker-team"
+    plane.helm("install", release, str(CHART), "--namespace", ns, "--create-namespace", "--set",
+               "endpointPicker.enabled=true,endpointPicker.policy=auto")
+    try:
+        name = f"{release}-switchpoint-picker"
+        pod = plane.get_json("deployment", name, "-n", ns)["spec"]["template"]["spec"]
+        assert (pod["serviceAccountName"], pod["automountServiceAccountToken"]) == (name, True)
+        user = f"system:serviceaccount:{ns}:{name}"
+        assert grants(plane, user, ns) == {("list", "pods"), ("watch", "pods")}
+        assert grants(plane, user, "default") == set()
+    finally:
+        plane.helm("uninstall", release, "--namespace", ns)
