@@ -78,3 +78,25 @@ def test_the_knob_reaches_the_store_through_lookup() -> None:
         return outcomes
 
     assert asyncio.run(body()) == ["hit", "hit", "miss"]
+
+
+@pytest.mark.parametrize("words", [5, 800], ids=["short: on the loop", "long: in a worker thread"])
+def test_short_and_long_texts_are_verified_alike(words: int) -> None:
+    """A long conversation (over store.INLINE_CHARS) goes through the worker thread and answers as a short one."""
+    from switchpoint.router.cache.store import INLINE_CHARS
+
+    context = " ".join(f"word{i}" for i in range(words))
+    stored, query = f"{context} How do I reverse a string in Python?", f"{context} how do i reverse a string in python"
+    assert (len(query) > INLINE_CHARS) is (words > 100)
+
+    async def body() -> list[str]:
+        cache = SemanticCache(MemoryStore(), lookup_timeout_s=5.0)
+        sc = cache_scope("team-a/chat", "general", "acme", "m")
+        v = np.ones(8, dtype=np.float32) / np.sqrt(8)
+        assert cache.store(sc, stored, v, "s[::-1]", "general", 60, 1024)
+        await cache.drain()
+        out = [(await cache.lookup(sc, q, v, 0.5)).outcome for q in (query, query.replace("string", "list"))]
+        await cache.close()
+        return out
+
+    assert asyncio.run(body()) == ["hit", "miss"]
