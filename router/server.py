@@ -45,6 +45,10 @@ log = logging.getLogger("switchpoint.router")
 EXPIRY_SWEEP_S = 1.0  # in-flight expiry, and queued budget settlements
 
 
+class StartError(RuntimeError):
+    """The router cannot start as configured (a port taken, pods it cannot list); the message says why."""
+
+
 class RouterServer:
     def __init__(
         self,
@@ -132,8 +136,8 @@ class RouterServer:
         if not await self.discovery.listed():
             unlisted = self.discovery.unlisted()
             await self.discovery.stop()
-            raise RuntimeError(f"could not list the pods of {len(unlisted)} selector pool(s) within 10 s: "
-                               + "; ".join(unlisted))
+            raise StartError(f"could not list the pods of {len(unlisted)} selector pool(s) within 10 s: "
+                             + "; ".join(unlisted))
         service = RouterService(self.core, self.limits)
         # The transport limit sits above the prompt limit, so an oversized prompt gets our
         # INVALID_ARGUMENT naming the limit rather than the transport's RESOURCE_EXHAUSTED.
@@ -151,9 +155,7 @@ class RouterServer:
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             self.server,
         )
-        self.port = self.server.add_insecure_port(f"{self.host}:{self.port}")
-        if self.port == 0:
-            raise OSError(f"cannot bind the gRPC port on {self.host}")
+        self.port = _bind(self.server, self.host, self.port, "gRPC")
         await self.server.start()
         if self.extproc_port is not None:
             await self._start_extproc()
@@ -180,10 +182,7 @@ class RouterServer:
         self.extproc = ExtProcFrontDoor(self.core, self.extproc_settings, self.limits)
         self.extproc_server = grpc.aio.server(options=self.extproc.server_options())
         self.extproc.add_to_server(self.extproc_server)
-        port = self.extproc_server.add_insecure_port(f"{self.host}:{self.extproc_port}")
-        if port == 0:
-            raise OSError(f"cannot bind the ext_proc port {self.extproc_port} on {self.host}")
-        self.extproc_port = port
+        self.extproc_port = _bind(self.extproc_server, self.host, self.extproc_port, "ext_proc")
         await self.extproc_server.start()
         await self.extproc.start()
 
@@ -234,3 +233,14 @@ class RouterServer:
             await close_retired(self.core.snapshot.selectors, Selectors())
         if self._owns_provider and isinstance(self.tracer_provider, TracerProvider):
             await asyncio.to_thread(self.tracer_provider.shutdown)
+
+
+def _bind(server: grpc.aio.Server, host: str, port: int, what: str) -> int:
+    """The bound port (the OS's choice for 0); StartError naming the port when it is taken."""
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError as exc:  # grpcio raises where older versions returned 0
+        raise StartError(f"cannot bind the {what} port {port} on {host}: {exc}") from exc
+    if bound == 0:
+        raise StartError(f"cannot bind the {what} port {port} on {host}")
+    return bound

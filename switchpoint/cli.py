@@ -240,8 +240,10 @@ def _cache_admin():  # type: ignore[no-untyped-def]
 
 
 def _router(args: argparse.Namespace) -> int:
+    from switchpoint.router.discovery import NoCredentials
     from switchpoint.router.request import RequestLimits
-    from switchpoint.router.server import RouterServer
+    from switchpoint.router.server import RouterServer, StartError
+
     server = RouterServer(args.config, host=args.host, port=args.port, metrics_port=args.metrics_port,
                           limits=RequestLimits(max_prompt_bytes=args.max_prompt_bytes),
                           otlp_endpoint=args.otlp_endpoint, reload_interval=args.reload_interval,
@@ -261,7 +263,11 @@ def _router(args: argparse.Namespace) -> int:
         await stop.wait()
         await server.stop(grace=5.0)
 
-    asyncio.run(serve())
+    try:
+        asyncio.run(serve())
+    except (StartError, NoCredentials) as exc:
+        print(f"switchpoint router: cannot start: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

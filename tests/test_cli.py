@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -136,3 +137,13 @@ def test_matrix_reads_a_running_router(tmp_path: Path):
     assert "coding -> large-reasoning" in out.stdout and "3 requests" in out.stdout
     cell = next(c for c in as_json if c["decision"] == "default")
     assert cell["requests"] == 2 and 50 <= cell["ttft_p50_ms"] <= 100
+
+
+def test_a_router_whose_port_is_taken_says_so_and_exits_1():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = switchpoint("router", "--config", str(EXAMPLES), "--port", str(port))
+    assert out.returncode == 1
+    assert f"switchpoint router: cannot start: cannot bind the gRPC port {port} on 127.0.0.1" in out.stderr
