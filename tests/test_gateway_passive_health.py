@@ -12,7 +12,7 @@ import pytest
 from switchpoint.bench.gateway import FastFleet
 from switchpoint.gateway import EnvoyProcess, GatewayConfig, envoy_config
 from switchpoint.localredis import free_port
-from tests.conftest import ThreadedRouter
+from tests.conftest import ThreadedRouter, wait_for
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 
@@ -62,7 +62,9 @@ def test_a_killed_replica_is_taken_out_of_rotation(two_replicas) -> None:  # typ
     failures = outcomes.count(False)
     assert 1 <= failures <= 3, outcomes  # three consecutive failures eject it (OutlierPolicy's default)
     assert all(outcomes[-30:]), outcomes  # then every request goes to the live replica
-    metrics = router.metrics_text()
-    errors = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
-                 if line.startswith("switchpoint_reports_total{") and 'outcome="error"' in line)
-    assert errors == failures
+
+    def errors() -> float:
+        return sum(float(line.rsplit(" ", 1)[1]) for line in router.metrics_text().splitlines()
+                   if line.startswith("switchpoint_reports_total{") and 'outcome="error"' in line)
+
+    assert wait_for(lambda: errors() == failures), (errors(), outcomes)  # each failure settled as an error
