@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
     if "fleet" in sections:
         from switchpoint.bench.fleet_scale import measure_fleet_scale
 
-        extra["fleet"] = measure_fleet_scale(quick=args.quick)
+        extra["fleet_scale"] = measure_fleet_scale(quick=args.quick)  # keys fleet, fleet_ratio_1000_vs_10, ...
     if "prompt-size" in sections:
         from switchpoint.bench.prompt_size import prompt_size
 
@@ -139,7 +139,9 @@ def run(args: argparse.Namespace) -> int:
         "duration_s": args.duration,
     }
     summary["targets_met"] = summary["rps_ratio"] >= 0.5 and summary["p50_ratio"] <= 1.5
-    summary.update(extra)
+    summary.update(extra.get("fleet_scale", {}))
+    if "prompt_size" in extra:
+        summary["prompt_size"] = extra["prompt_size"]
     if args.json:
         print(json.dumps(summary))
         return 0
@@ -151,10 +153,10 @@ def run(args: argparse.Namespace) -> int:
           f"{route.cpu_us_per_call / floor.cpu_us_per_call:>20.2f}")
     print(f"\ntargets: rps ratio >= 0.5, p50 ratio <= 1.5 -> {'met' if summary['targets_met'] else 'NOT met'}"
           f"  (concurrency {args.concurrency}, {args.duration:g}s per throughput phase, best of {ROUNDS} rounds)")
-    if "fleet" in extra:
+    if "fleet_scale" in extra:
         from switchpoint.bench.fleet_scale import format_fleet_scale
 
-        print("\n" + format_fleet_scale(extra["fleet"]))
+        print("\n" + format_fleet_scale(extra["fleet_scale"]))
     if "prompt_size" in extra:
         from switchpoint.bench.prompt_size import print_prompt_size
 
