@@ -40,8 +40,8 @@ from typing import Any
 
 import yaml
 
-from switchpoint.router.core.answers import DESTINATION_HEADER, PREFILLER_HEADER
 from switchpoint.router.frontdoors.extproc.settings import DEFAULT_PORT, EXTPROC_SERVICE, ExtProcSettings
+from switchpoint.router.frontdoors.headers import DESTINATION_HEADER, PREFILLER_HEADER
 
 MODES = ("split", "duplex", "buffered")
 HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"

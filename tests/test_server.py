@@ -13,7 +13,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from switchpoint.router.frontdoors.grpc_router import STATUS_CODES
 from switchpoint.v1 import router_pb2
 
-from .conftest import ThreadedRouter, chat
+from .conftest import ThreadedRouter, chat, wait_for
 
 
 def test_route_returns_pool_model_replica_headers_and_signals(router):
@@ -139,16 +139,25 @@ def test_a_pool_without_ready_replicas_is_unavailable_and_named(tmp_path: Path, 
     static:
       - address: 127.0.0.1:8101
       - address: 127.0.0.1:8102
-""", """  replicas:
-    selector: {matchLabels: {app: llama}}
-    port: 8000
-""")
+""", """  metrics: {intervalMs: 20, failuresToUnready: 1}
+  replicas:
+    static:
+      - address: 127.0.0.1:8101
+      - address: 127.0.0.1:8102
+""")  # nothing listens there: the first failed scrapes take both out of rotation
     (config_dir / "pools.yaml").write_text(pools)
     with ThreadedRouter(config_paths=[config_dir]) as running:
-        with pytest.raises(grpc.RpcError) as caught:
-            running.stub.Route(chat("plain hello", model="meta-llama/Llama-3.1-8B-Instruct"), timeout=5)
-        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert "pool 'small-chat': no ready replica" in caught.value.details()
+        def refused() -> grpc.RpcError | None:
+            try:
+                running.stub.Route(chat("plain hello", model="meta-llama/Llama-3.1-8B-Instruct"), timeout=5)
+            except grpc.RpcError as exc:
+                return exc
+            return None
+
+        assert wait_for(lambda: refused() is not None)
+        caught = refused()
+        assert caught is not None and caught.code() == grpc.StatusCode.UNAVAILABLE
+        assert "pool 'small-chat': no ready replica" in caught.details()
         # the default decision falls back to its second candidate
         assert running.stub.Route(chat("plain hello"), timeout=5).pool == "large-reasoning"
 

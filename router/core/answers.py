@@ -8,8 +8,6 @@ from dataclasses import dataclass, field
 from switchpoint.router.budget.gate import BudgetAdmission
 from switchpoint.router.refusals import InvalidRequest
 
-DESTINATION_HEADER = "x-gateway-destination-endpoint"  # Gateway API Inference Extension
-PREFILLER_HEADER = "x-prefiller-host-port"  # llm-d
 OUTCOMES = ("success", "error", "cancelled", "truncated")
 
 

@@ -29,8 +29,6 @@ from switchpoint.router.budget.gate import BudgetAdmission, BudgetGate, BudgetSt
 from switchpoint.router.caching import CacheStage, CacheStep
 from switchpoint.router.classifiers.bank import ModelBank
 from switchpoint.router.core.answers import (
-    DESTINATION_HEADER,
-    PREFILLER_HEADER,
     CachedAnswer,
     Routed,
     ServedModel,
@@ -39,6 +37,7 @@ from switchpoint.router.core.answers import (
     Target,
 )
 from switchpoint.router.core.snapshot import Snapshot
+from switchpoint.router.frontdoors.headers import DESTINATION_HEADER, PREFILLER_HEADER
 from switchpoint.router.inflight import InflightEntry, InflightLedger
 from switchpoint.router.metrics import RouterMetrics
 from switchpoint.router.pipeline import RoutePipeline, RouteResult, downgraded

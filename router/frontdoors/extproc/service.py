@@ -33,7 +33,7 @@ from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
-from switchpoint.router.core.answers import DESTINATION_HEADER, Routed, Settlement
+from switchpoint.router.core.answers import Routed, Settlement
 from switchpoint.router.frontdoors.extproc import immediate
 from switchpoint.router.frontdoors.extproc.openai import (
     OpenAIError,
@@ -44,6 +44,7 @@ from switchpoint.router.frontdoors.extproc.openai import (
 )
 from switchpoint.router.frontdoors.extproc.settings import EXTPROC_SERVICE, ExtProcSettings
 from switchpoint.router.frontdoors.extproc.usage import ResponseReader
+from switchpoint.router.frontdoors.headers import DESTINATION_HEADER
 from switchpoint.router.refusals import InvalidRequest, Refusal
 from switchpoint.router.request import RequestLimits, RouteInput, route_input
 from switchpoint.router.signals.tokens import estimate_tokens
