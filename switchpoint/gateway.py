@@ -481,22 +481,9 @@ def run(args: argparse.Namespace) -> int:
 
 def wait_extproc(address: str, timeout_s: float = 30.0) -> None:
     """Until the ext_proc service answers SERVING on gRPC health."""
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from switchpoint.localproc import wait_serving
 
-    deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while True:
-            try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(service=EXTPROC_SERVICE), timeout=1.0)
-                if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the router's ext_proc service at {address} is not serving after {timeout_s:g}s")
-            time.sleep(0.05)
+    wait_serving(address, EXTPROC_SERVICE, timeout_s, what="the router's ext_proc service")
 
 
 async def _until_signal(envoy: EnvoyProcess) -> None:

@@ -85,19 +85,7 @@ class RouterProcess(_Child):
         return self
 
     def _wait_serving(self) -> None:
-        deadline = time.monotonic() + self.start_timeout_s
-        with grpc.insecure_channel(self.address) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            while True:
-                try:
-                    reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
-                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.RpcError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"router at {self.address} not serving after {self.start_timeout_s}s")
-                time.sleep(0.05)
+        wait_serving(self.address, timeout_s=self.start_timeout_s, what="router")
 
     def cpu_seconds(self) -> float:
         """User + system CPU time the router process has used so far (Linux /proc)."""
@@ -136,3 +124,21 @@ def separate_cores(router_pid: int) -> Iterator[None]:
         yield
     finally:
         os.sched_setaffinity(0, set(cpus))
+
+
+def wait_serving(address: str, service: str = "", timeout_s: float = 30.0, what: str = "server") -> None:
+    """Until gRPC health at `address` answers SERVING for `service`; RuntimeError naming both after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1.0)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{what} at {address} not serving{f' {service}' if service else ''} "
+                                   f"after {timeout_s:g}s")
+            time.sleep(0.05)
