@@ -388,13 +388,10 @@ class EnvoyProcess:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            from switchpoint.localproc import stop_process  # lazy, as this module's other localproc uses
+
+            stop_process(self.proc)
         if self._dir is not None:
             self._dir.cleanup()
             self._dir = None

@@ -43,12 +43,7 @@ class _Child:
                  tb: TracebackType | None) -> None:
         if self.proc is None:
             return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
         if self.proc.stdout:
             self.proc.stdout.close()
 
@@ -142,3 +137,15 @@ def wait_serving(address: str, service: str = "", timeout_s: float = 30.0, what:
                 raise RuntimeError(f"{what} at {address} not serving{f' {service}' if service else ''} "
                                    f"after {timeout_s:g}s")
             time.sleep(0.05)
+
+
+def stop_process(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `grace_s`; returns once it is gone."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
