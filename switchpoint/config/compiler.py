@@ -33,6 +33,7 @@ from switchpoint.config.model import (
     MetadataSignal,
     MetricsConfig,
     NotRule,
+    Objective,
     PiiSignal,
     PodSelector,
     Policy,
@@ -59,6 +60,7 @@ from switchpoint.config.model import (
 RULE_KEYS = ("signal", "all", "any", "not")
 DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MIN_WINDOW_S, MAX_WINDOW_S = 30, 366 * 86400
+NO_QUALITY_ALGORITHMS = ("static", "weighted")  # selections whose evidence carries no predicted quality
 
 
 def load_config(paths: list[str | Path]) -> RouterConfig:
@@ -225,13 +227,15 @@ class _Reporter:
             decisions.append(
                 Decision(raw["name"], raw["priority"], rule, candidates,
                          self.selection(raw["selection"], candidates, ("decisions", i, "selection")),
-                         raw.get("description", ""), _cache_config(raw["cache"]))
+                         raw.get("description", ""), _cache_config(raw["cache"]),
+                         self.objective(raw, spec, ("decisions", i)))
             )
         candidates = self.candidates(spec["default"]["pools"], ("default", "pools"), pools)
         default = Decision(
             DEFAULT_DECISION, -1, None, candidates,
             self.selection(spec["default"]["selection"], candidates, ("default", "selection")),
             cache=_cache_config(spec["default"]["cache"]),
+            objective=self.objective(spec["default"], spec, ("default",)),
         )
         if not self.ok:
             return None
@@ -282,6 +286,24 @@ class _Reporter:
             target_quality_share=raw.get("targetQualityShare"), dataset=raw.get("dataset"), k=raw["k"],
             encoder=raw["encoder"], exploration=float(raw["exploration"]),
         )
+
+    def objective(self, decision: dict[str, Any], spec: dict[str, Any],
+                  path: tuple[str | int, ...]) -> Objective | None:
+        """The decision's objective, else the policy's (spec.objective); None when neither states one.
+
+        maxQualityLoss bounds a trade of predicted quality: a decision whose own objective sets it must select
+        with an algorithm that predicts quality (a policy-wide one is simply unused by static decisions)."""
+        raw = decision.get("objective")
+        if raw is None:
+            raw = spec.get("objective")
+        elif "maxQualityLoss" in raw and decision["selection"]["algorithm"] in NO_QUALITY_ALGORITHMS:
+            self.fail((*path, "objective", "maxQualityLoss"),
+                      f"{decision['selection']['algorithm']} selection predicts no quality to trade: maxQualityLoss "
+                      "needs cost-quality, knn or bandit (a static decision spills in declared order)")
+        if raw is None:
+            return None
+        return Objective(raw.get("ttftMs"), raw.get("tpotMs"),
+                         None if raw.get("maxQualityLoss") is None else float(raw["maxQualityLoss"]))
 
     def signal(self, raw: dict[str, Any], index: int, scan_chars: int) -> Signal | None:
         name = raw["name"]

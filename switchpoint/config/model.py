@@ -254,6 +254,19 @@ class CacheConfig:
 
 
 @dataclass(frozen=True)
+class Objective:
+    """Latency objectives of a decision's requests (spec.objective, spec.decisions[].objective).
+
+    The placement predicts each candidate pool's TTFT on its best replica and passes over a candidate that
+    would miss `ttft_ms` (router/selection.py); `max_quality_loss` bounds how much predicted quality a
+    learned selector's pick may give up for it (None: any). `tpot_ms` is carried for SLO accounting."""
+
+    ttft_ms: int | None = None
+    tpot_ms: int | None = None
+    max_quality_loss: float | None = None
+
+
+@dataclass(frozen=True)
 class Decision:
     name: str
     priority: int
@@ -262,6 +275,7 @@ class Decision:
     selection: SelectionConfig = SelectionConfig()
     description: str = ""
     cache: CacheConfig = CacheConfig()
+    objective: Objective | None = None  # the decision's, else the policy's; None: first ready candidate
 
 
 DEFAULT_DECISION = "default"
