@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +45,7 @@ class InflightLedger:
         self._entries: OrderedDict[str, InflightEntry] = OrderedDict()
         self._load: dict[str, int] = {}
         self.expired_total = 0
+        self.on_drop: Callable[[InflightEntry], None] | None = None  # told of every entry settled or expired
 
     def __contains__(self, request_id: str) -> bool:
         return request_id in self._entries
@@ -90,4 +92,6 @@ class InflightLedger:
                 self._load[replica] = left
             else:
                 self._load.pop(replica, None)
+        if self.on_drop is not None:
+            self.on_drop(entry)
         return entry
