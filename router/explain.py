@@ -36,6 +36,32 @@ def explanation(result: RouteResult) -> dict[str, Any]:
         "fallbacks": [f"{f.candidate.pool.name} {f.replica.address}" for f in sel.fallbacks],
         "skipped": list(sel.skipped),
         "selection": _selection(result),
+        "objective": _objective(result),
+    }
+
+
+def _objective(result: RouteResult) -> dict[str, Any] | None:
+    """The joint decision's evidence: the objective, and each candidate's predicted TTFT and verdict."""
+    sel = result.selection
+    objective = sel.objective
+    if objective is None:
+        return None
+    target = objective.ttft_ms
+    chosen = sel.candidate.pool.name
+    return {
+        "ttft_ms": target, "tpot_ms": objective.tpot_ms, "max_quality_loss": objective.max_quality_loss,
+        "spilled": sel.spilled,
+        "candidates": [
+            {"pool": p.pool, "replica": p.replica, "predicted_ttft_ms": round(p.prediction.ttft_ms, 1),
+             "queue_ms": round(p.prediction.queue_s * 1e3, 1), "prefill_ms": round(p.prediction.prefill_s * 1e3, 1),
+             "steps_ms": round(p.prediction.steps_s * 1e3, 1),
+             "transfer_ms": round(p.prediction.transfer_s * 1e3, 1), "saturated": p.prediction.saturated,
+             "quality": p.quality,
+             "verdict": "chosen" if p.pool == chosen else
+             ("passed over: would miss" if target is not None and p.prediction.misses(target / 1000)
+              else "not needed")}
+            for p in sel.predicted
+        ],
     }
 
 
@@ -80,6 +106,15 @@ def render(info: dict[str, Any]) -> str:
         lines.append(f"fallbacks  {', '.join(info['fallbacks'])}")
     for skipped in info["skipped"]:
         lines.append(f"skipped    {skipped}")
+    objective = info["objective"]
+    if objective:
+        stated = [f"{k} {objective[k]:g}" for k in ("ttft_ms", "tpot_ms", "max_quality_loss")
+                  if objective[k] is not None]
+        lines.append("objective  " + ", ".join(stated) + ("   (spilled)" if objective["spilled"] else ""))
+        for c in objective["candidates"]:
+            lines.append(f"    {c['pool']:<20} predicted TTFT {c['predicted_ttft_ms']:>8.0f} ms  (queue "
+                         f"{c['queue_ms']:.0f}, prefill {c['prefill_ms']:.0f}, steps {c['steps_ms']:.0f}, transfer "
+                         f"{c['transfer_ms']:.0f}{', KV saturated' if c['saturated'] else ''})  {c['verdict']}")
     sel = info["selection"]
     if sel:
         lam = f", lambda {sel['lambda']:g}" if sel["lambda"] is not None else ""

@@ -95,17 +95,22 @@ class RoutePipeline:
             span.set_attribute("switchpoint.decision", outcome.decision.name)
             span.set_attribute("switchpoint.decision.reason", outcome.reason)
         with stage("switchpoint.placement") as span:
-            decision, ranking, selector = outcome.decision, None, None
+            decision, ranking, selector, qualities = outcome.decision, None, None, None
             span.set_attribute("switchpoint.selection.algorithm", decision.selection.algorithm)
             if policy is not None and decision.selection.algorithm != "static":
                 selector, ranking = await self._rank(snapshot.selectors, policy, decision, req, state)
                 candidates = tuple(decision.candidates[i] for i in ranking.order)
                 decision = replace(decision, candidates=candidates)
+                qualities = tuple(c.quality for c in ranking.evidence.candidates)
                 if span.is_recording():
                     span.set_attributes(ranking.evidence.attributes())
-            selection = select_static(decision, req, self.scheduler)
+            selection = select_static(decision, req, self.scheduler, qualities)
             span.set_attribute("switchpoint.pool", selection.candidate.pool.name)
             span.set_attribute("switchpoint.replica", selection.placement.replica.address)
+            if selection.predicted:
+                if span.is_recording():
+                    span.set_attributes(placement_attributes(selection))
+                outcome = replace(outcome, reason=f"{outcome.reason}; {selection.note()}")
             workload = with_cache_state(workload, rules, req.input_tokens, selection.placement.uncached_tokens)
         return RouteResult(req, policy, workload, board, outcome, selection, state, ranking,
                            feedback(ranking, selector, selection.candidate.model))
@@ -156,6 +161,20 @@ def downgraded(result: RouteResult, pool: Pool, why: str, scheduler: Scheduler) 
     reason = f"{result.outcome.reason}; downgraded to pool '{pool.name}': {why}"
     outcome = replace(result.outcome, decision=decision, reason=reason)
     return replace(result, outcome=outcome, selection=selection)
+
+
+def placement_attributes(selection: Selection) -> dict[str, str | float | bool]:
+    """The joint decision's evidence as span attributes: the objective, each candidate's predicted TTFT."""
+    out: dict[str, str | float | bool] = {"switchpoint.placement.spilled": selection.spilled}
+    if selection.objective is not None and selection.objective.ttft_ms is not None:
+        out["switchpoint.objective.ttft_ms"] = selection.objective.ttft_ms
+    for p in selection.predicted:
+        out[f"switchpoint.placement.predicted_ttft_ms.{p.pool}"] = round(p.prediction.ttft_ms, 1)
+        if p.prediction.saturated:
+            out[f"switchpoint.placement.saturated.{p.pool}"] = True
+    if selection.skipped:
+        out["switchpoint.placement.passed_over"] = "; ".join(selection.skipped)
+    return out
 
 
 def _untraced(_: str) -> contextlib.AbstractContextManager[trace.Span]:

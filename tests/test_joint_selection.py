@@ -1,0 +1,127 @@
+"""The joint decision: predicted TTFT per candidate pool from live state, and the spill it drives."""
+
+from __future__ import annotations
+
+import pytest
+
+from switchpoint.config.model import Decision, Objective, Replica, Role
+from switchpoint.router.inflight import InflightLedger
+from switchpoint.router.scheduling import predict
+from switchpoint.router.scheduling.fleet import FleetState
+from switchpoint.router.scheduling.scheduler import Scheduler
+from switchpoint.router.selection import select_static
+
+from .test_scheduling import Clock, cand, pool, req
+
+PREDICTIONS = [
+    # (backlog, uncached, rate, running, kv, transfer tokens) -> TTFT ms
+    ("idle, short prompt", (0, 256, 5000, 0, 0.0, None), 10 + 256 / 5),
+    ("backlog ahead", (10_000, 256, 5000, 0, 0.0, None), 6 * 10 + 10_256 / 5),
+    ("a decoding batch stretches each step", (0, 256, 5000, 64, 0.0, None), 10 + 64 * 0.08 + 256 / 5),
+    ("slower prefill rate", (0, 1000, 2000, 0, 0.0, None), 10 + 500),
+    ("disaggregated: KV transfer", (0, 1000, 5000, 0, 0.0, 1000), 10 + 200 + 5 + 2),
+]
+
+
+@pytest.mark.parametrize(("what", "given", "expected_ms"), PREDICTIONS, ids=[p[0] for p in PREDICTIONS])
+def test_the_prediction_follows_the_engine_model(what, given, expected_ms):
+    assert predict.ttft(*given).ttft_ms == pytest.approx(expected_ms)
+
+
+def test_a_saturated_kv_cache_misses_any_objective():
+    p = predict.ttft(0, 10, 5000, kv_usage=0.97)
+    assert p.saturated and p.misses(60.0)
+    assert not predict.ttft(0, 10, 5000, kv_usage=0.5).misses(1.0)
+
+
+def two_pools(clock: Clock, metrics: bool = False):
+    strong = pool("strong", Replica("s:1"), metrics=metrics)
+    weak = pool("weak", Replica("w:1"), Replica("w:2"), metrics=metrics)
+    fleet = FleetState()
+    sched = Scheduler(InflightLedger(), fleet, clock=clock)
+    return strong, weak, fleet, sched
+
+
+def commit_load(sched: Scheduler, c, tokens_each: int, count: int) -> None:
+    for i in range(count):
+        placement = sched.place(c, req(f"load {i} " + "x " * tokens_each))
+        sched.commit(c, placement)
+
+
+def test_an_idle_first_choice_is_kept_and_its_prediction_shown():
+    clock = Clock()
+    strong, weak, _, sched = two_pools(clock)
+    decision = Decision("d", 1, None, (cand(strong), cand(weak)), objective=Objective(ttft_ms=500))
+    sel = select_static(decision, req("hello there"), sched)
+    assert sel.candidate.pool.name == "strong" and not sel.spilled
+    assert [p.pool for p in sel.predicted] == ["strong"]  # the others are not predicted when not needed
+    assert sel.prediction is not None and sel.prediction.ttft_ms < 50
+    assert "TTFT objective 500 ms: pool 'strong' predicted" in sel.note()
+
+
+def test_a_backlogged_first_choice_spills_to_the_next_candidate():
+    clock = Clock()
+    strong, weak, _, sched = two_pools(clock)
+    commit_load(sched, cand(strong), 2000, 8)  # ~16k tokens ahead at 5000 tok/s: > 3 s
+    decision = Decision("d", 1, None, (cand(strong), cand(weak)), objective=Objective(ttft_ms=500))
+    sel = select_static(decision, req("hello there"), sched)
+    assert sel.candidate.pool.name == "weak" and sel.spilled
+    strong_p, weak_p = sel.predicted
+    assert strong_p.pool == "strong" and strong_p.prediction.ttft_ms > 3000
+    assert weak_p.prediction.ttft_ms < 500
+    assert any("pool 'strong': predicted TTFT" in s and "would miss the 500 ms objective" in s for s in sel.skipped)
+    assert "passed over 'strong'" in sel.note()
+    assert [f.candidate.pool.name for f in sel.fallbacks] == ["weak", "strong"]  # the other weak replica first
+    # once the backlog drains, the first choice is back
+    clock.now += 10
+    assert select_static(decision, req("hello there"), sched).candidate.pool.name == "strong"
+
+
+def test_without_an_objective_the_first_ready_candidate_wins_whatever_its_load():
+    clock = Clock()
+    strong, weak, _, sched = two_pools(clock)
+    commit_load(sched, cand(strong), 2000, 8)
+    sel = select_static(Decision("d", 1, None, (cand(strong), cand(weak))), req("hello there"), sched)
+    assert sel.candidate.pool.name == "strong" and sel.predicted == () and sel.note() == ""
+
+
+def test_when_every_candidate_would_miss_the_fastest_wins():
+    clock = Clock()
+    strong, weak, _, sched = two_pools(clock)
+    commit_load(sched, cand(strong), 2000, 8)
+    commit_load(sched, cand(weak), 2000, 6)  # two replicas: about half of it each
+    decision = Decision("d", 1, None, (cand(strong), cand(weak)), objective=Objective(ttft_ms=100))
+    sel = select_static(decision, req("hello there"), sched)
+    assert sel.candidate.pool.name == "weak" and sel.spilled
+    assert "the fastest; every candidate would miss it" in sel.note()
+
+
+def test_a_quality_floor_keeps_a_much_worse_candidate_out():
+    clock = Clock()
+    strong, weak, _, sched = two_pools(clock)
+    commit_load(sched, cand(strong), 2000, 8)
+    tight = Decision("d", 1, None, (cand(strong), cand(weak)), objective=Objective(500, None, 0.05))
+    sel = select_static(tight, req("hello there"), sched, qualities=(0.9, 0.7))
+    assert sel.candidate.pool.name == "strong"
+    assert any("more than maxQualityLoss 0.05 below" in s for s in sel.skipped)
+    loose = Decision("d", 1, None, (cand(strong), cand(weak)), objective=Objective(500, None, 0.25))
+    assert select_static(loose, req("hello there"), sched, qualities=(0.9, 0.7)).candidate.pool.name == "weak"
+
+
+def test_a_scraped_saturated_kv_cache_spills_even_without_a_backlog():
+    clock = Clock()
+    strong, weak, fleet, sched = two_pools(clock, metrics=True)
+    fleet.observe("s:1", clock.now, 0, 200, 0.99)
+    decision = Decision("d", 1, None, (cand(strong), cand(weak)), objective=Objective(ttft_ms=2000))
+    sel = select_static(decision, req("hello there"), sched)
+    assert sel.candidate.pool.name == "weak" and sel.predicted[0].prediction.saturated
+
+
+def test_a_disaggregated_pool_predicts_on_its_prefill_replica_with_the_transfer():
+    clock = Clock()
+    pd = pool("pd", Replica("p:1", Role.PREFILL), Replica("d:1", Role.DECODE), Replica("d:2", Role.DECODE))
+    sched = Scheduler(InflightLedger(), FleetState(), clock=clock)
+    decision = Decision("d", 1, None, (cand(pd, min_uncached_tokens=16),), objective=Objective(ttft_ms=5000))
+    sel = select_static(decision, req("word " * 400), sched)
+    assert sel.placement.prefill is not None
+    assert sel.prediction is not None and sel.prediction.transfer_s > 0
