@@ -453,9 +453,11 @@ def test_knn_rank_is_the_same_code_the_harness_batches(labelled, tmp_path):
     assert isinstance(sel, CostQualitySelector)
     embs = np.stack([e(1, 0.2, 0), e(0.2, 1, 0), e(0.6, 0.6, 0.1)])
     est, cost = sel.estimate_batch([DEAR, CHEAP], embs, np.full(3, 100), np.full(3, 50))
-    batched = first_choice(est.quality, cost, 50.0)
-    single = [sel.rank([DEAR, CHEAP], req(v)).first for v in embs]
-    assert batched.tolist() == single
+    ids = ["a", "b", "c"]
+    batched, fell_back = sel.choose_batch(est.quality, cost, 50.0, est.similarity, ids, sel.shares_for([DEAR, CHEAP]))
+    ranked = [sel.rank([DEAR, CHEAP], req(v, rid)) for v, rid in zip(embs, ids, strict=True)]
+    assert batched.tolist() == [r.first for r in ranked]
+    assert fell_back.tolist() == [r.evidence.fallback for r in ranked] == [False, False, True]  # (0.6, 0.6): far
 
 
 def test_make_selector_builds_each_algorithm_and_names_bad_settings(labelled, tmp_path):

@@ -83,10 +83,13 @@ class Evidence:
     explored: bool = False  # the bandit's pick differs from the greedy (posterior-mean) pick
     context: str | None = None  # the bandit's context bucket, to hand back with the feedback
     notes: tuple[str, ...] = ()
+    fallback: bool = False  # the selector did not trust its estimate: declared order at the static shares
 
     def attributes(self, prefix: str = "switchpoint.selection.") -> dict[str, str | float | bool]:
         """Flat span attributes for the trace (OpenTelemetry attribute values are scalars)."""
         out: dict[str, str | float | bool] = {prefix + "algorithm": self.algorithm, prefix + "explored": self.explored}
+        if self.fallback:
+            out[prefix + "fallback"] = True
         if self.lam is not None:
             out[prefix + "lambda"] = self.lam
         if self.context is not None:
@@ -195,8 +198,8 @@ def first_choice(quality: np.ndarray, cost: np.ndarray, lam: float) -> np.ndarra
 def ranking(algorithm: str, candidates: Sequence[CandidateModel], order: Sequence[int],
             scores: Mapping[int, CandidateScore], *, lam: float | None = None,
             neighbours: tuple[Neighbour, ...] = (), explored: bool = False, context: str | None = None,
-            notes: tuple[str, ...] = ()) -> Ranking:
+            notes: tuple[str, ...] = (), fallback: bool = False) -> Ranking:
     """A Ranking whose evidence lists the candidates' scores in the order given."""
     order_t = tuple(int(i) for i in order)
-    ev = Evidence(algorithm, tuple(scores[i] for i in order_t), lam, neighbours, explored, context, notes)
+    ev = Evidence(algorithm, tuple(scores[i] for i in order_t), lam, neighbours, explored, context, notes, fallback)
     return Ranking(order_t, ev, tuple(candidates[i].key for i in order_t))

@@ -51,6 +51,16 @@ from switchpoint.router.selectors.estimators import (
     MeanEstimator,
     UnknownModel,
 )
+from switchpoint.router.selectors.guard import (
+    OFF,
+    GuardParams,
+    blind_draw,
+    default_guard,
+    fallback_order,
+    margins,
+    pick_shares,
+    unsure,
+)
 from switchpoint.router.selectors.index import KnnIndex, TextEncoder, embed_dataset
 from switchpoint.router.selectors.registry import SelectionAlgorithm, SelectorSettings, register
 
@@ -72,6 +82,7 @@ class CostQualityParams:
     unknown_model: UnknownModel = "error"
     prior_quality: float | None = None
     on_missing: OnMissing = "error"
+    guard: GuardParams | None = None  # None: default_guard on the labelled data; GuardParams(): no fallback
 
     def __post_init__(self) -> None:
         _check_tradeoff(self.lam, self.target_quality_share)
@@ -97,6 +108,7 @@ class KnnParams:
     unknown_model: UnknownModel = "error"
     prior_quality: float | None = None
     on_missing: OnMissing = "error"
+    guard: GuardParams | None = None  # None: default_guard on the labelled data; GuardParams(): no fallback
 
     def __post_init__(self) -> None:
         _check_basis(self.cost_basis)
@@ -154,12 +166,27 @@ def lambda_for_share(quality: np.ndarray, cost: np.ndarray, true_quality: np.nda
     return best
 
 
+CALIBRATION_ROWS = 2000  # labelled rows (a fixed stride sample) for the share translation and the fallback
+
+
+@dataclass
+class Calibration:
+    """Out-of-sample predictions on (a sample of) the labelled data for one candidate set."""
+
+    quality: np.ndarray  # (n, m)
+    cost: np.ndarray  # (n, m) the decision's cost (its basis)
+    truth: np.ndarray  # (n, m) the labels
+    similarity: np.ndarray | None  # (n,) each row's similarity to its nearest other labelled prompt
+
+
 class CostQualitySelector:
-    """Argmax of predicted quality - lambda x predicted cost, over any Estimator (knn and cost-quality)."""
+    """Argmax of predicted quality - lambda x predicted cost, over any Estimator (knn and cost-quality), with the
+    do-no-harm fallback of guard.py when `guard` is active."""
 
     def __init__(self, estimator: Estimator, lam: float | None = None, target_quality_share: float | None = None,
                  algorithm: str = "cost-quality", calibration: tuple[RoutingDataset, np.ndarray | None] | None = None,
-                 calibration_estimate: Estimate | None = None, cost_basis: CostBasis = "absolute"):
+                 calibration_estimate: Estimate | None = None, cost_basis: CostBasis = "absolute",
+                 guard: GuardParams = OFF, coverage: KnnIndex | None = None):
         _check_tradeoff(lam, target_quality_share)
         _check_basis(cost_basis)
         self.cost_basis = cost_basis
@@ -167,13 +194,19 @@ class CostQualitySelector:
             lam = 0.0
         if target_quality_share is not None and calibration is None:
             raise SelectorError("a target quality share needs the training dataset to translate it into lambda")
+        if guard.active and calibration is None:
+            raise SelectorError("the fallback needs the training dataset to find its static shares")
         self.algorithm = algorithm
         self.estimator = estimator
         self.lam = lam
         self.share = target_quality_share
         self.calibration = calibration
         self._calib_estimate = calibration_estimate
+        self.guard = guard
+        self.coverage = coverage  # labelled prompts to measure a request's distance from (knn: its own index)
         self._lams: dict[tuple[CandidateModel, ...], float] = {}
+        self._shares: dict[tuple[CandidateModel, ...], np.ndarray] = {}
+        self._calibrations: dict[tuple[CandidateModel, ...], Calibration] = {}
 
     # -- the decision, shared by rank() and the benchmark harness --------------------------------------
     def estimate_batch(self, candidates: Sequence[CandidateModel], embeddings: np.ndarray | None,
@@ -182,45 +215,86 @@ class CostQualitySelector:
         """(estimate, predicted cost (n, m)) for a batch of requests; output_tokens (n,) is the requests' own
         expectation, used where the estimator has no figure for a model."""
         est = self.estimator.estimate(embeddings, [c.model for c in candidates], exclude)
+        if est.similarity is None and self.coverage is not None and embeddings is not None:
+            emb = embeddings[None, :] if embeddings.ndim == 1 else embeddings
+            est.similarity = self.coverage.similarities(emb).max(axis=1).astype(np.float64)
         n = est.quality.shape[0]
         req_out = np.broadcast_to(np.asarray(output_tokens, dtype=np.float64).reshape(-1, 1), (n, len(candidates)))
         out = np.where(np.isnan(est.output_tokens), req_out, est.output_tokens)
         return est, candidate_costs(candidates, np.broadcast_to(np.asarray(input_tokens), (n,)), out)
+
+    def choose_batch(self, quality: np.ndarray, weighed: np.ndarray, lam: float, similarity: np.ndarray | None,
+                     request_ids: Sequence[str], shares: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """(first choice (n,), fell back (n,) bool): quality - lam x weighed cost, or, where the guard does not
+        trust the estimate, a draw at the static shares (the fallback of guard.py)."""
+        pick = first_choice(quality, weighed, lam)
+        if not self.guard.active or shares is None:
+            return pick, np.zeros(len(pick), dtype=bool)
+        doubt = unsure(self.guard, similarity, quality - lam * weighed)
+        if doubt.any():
+            rows = np.nonzero(doubt)[0]
+            pick = pick.copy()
+            pick[rows] = blind_draw([request_ids[i] for i in rows], shares)
+        return pick, doubt
 
     def lambda_for(self, candidates: Sequence[CandidateModel]) -> float:
         if self.lam is not None:
             return self.lam
         key = tuple(candidates)
         if key not in self._lams:
-            self._lams[key] = self._calibrate(candidates)
+            c = self._calibration(candidates)
+            self._lams[key] = lambda_for_share(c.quality, c.cost, c.truth, self.share)  # type: ignore[arg-type]
         return self._lams[key]
+
+    def shares_for(self, candidates: Sequence[CandidateModel]) -> np.ndarray:
+        """The fallback's static shares: the candidates' shares of this selector's own (out-of-sample) picks on
+        its labelled data at the lambda in force."""
+        key = tuple(candidates)
+        if key not in self._shares:
+            c = self._calibration(candidates)
+            self._shares[key] = pick_shares(first_choice(c.quality, c.cost, self.lambda_for(candidates)),
+                                            len(candidates))
+        return self._shares[key]
 
     def prepare(self, candidates: Sequence[CandidateModel]) -> float:
         """Call when a policy is loaded: checks the candidates (a model the dataset does not know raises
-        SelectorError unless unknown_model is "prior") and makes the target-share calibration now, not on the
-        first request. Returns the lambda in force for these candidates."""
+        SelectorError unless unknown_model is "prior") and makes the target-share calibration and the fallback's
+        shares now, not on the first request. Returns the lambda in force for these candidates."""
         check_candidates(candidates)
         self.estimator.estimate(None, [c.model for c in candidates])
-        return self.lambda_for(candidates)
+        lam = self.lambda_for(candidates)
+        if self.guard.active:
+            self.shares_for(candidates)
+        return lam
 
-    def _calibrate(self, candidates: Sequence[CandidateModel]) -> float:
-        assert self.calibration is not None and self.share is not None
+    def _calibration(self, candidates: Sequence[CandidateModel]) -> Calibration:
+        key = tuple(candidates)
+        if key not in self._calibrations:
+            self._calibrations[key] = self._calibrate(candidates)
+        return self._calibrations[key]
+
+    def _calibrate(self, candidates: Sequence[CandidateModel]) -> Calibration:
+        assert self.calibration is not None
         data, emb = self.calibration
+        rows = calibration_rows(len(data))
         cols = [data.model_index(c.model) for c in candidates]
         prior = getattr(self.estimator, "prior", float(data.scores.mean()))
+        similarity = None
         if self._calib_estimate is not None:  # cross-fitted head predictions, one column per dataset model
             ce = self._calib_estimate
-            quality = np.stack([ce.quality[:, c] if c is not None else np.full(len(data), prior) for c in cols], 1)
-            out = np.stack([ce.output_tokens[:, c] if c is not None else np.full(len(data), np.nan) for c in cols], 1)
+            quality = np.stack([ce.quality[rows, c] if c is not None else np.full(len(rows), prior) for c in cols], 1)
+            out = np.stack([ce.output_tokens[rows, c] if c is not None else np.full(len(rows), np.nan)
+                            for c in cols], 1)
         else:
-            loo = np.arange(len(data)) if isinstance(self.estimator, KnnEstimator) else None
-            est = self.estimator.estimate(emb, [c.model for c in candidates], loo)
-            shape = (len(data), len(candidates))  # the mean estimator answers one row for all
+            loo = rows if isinstance(self.estimator, KnnEstimator) else None
+            est = self.estimator.estimate(None if emb is None else emb[rows], [c.model for c in candidates], loo)
+            shape = (len(rows), len(candidates))  # the mean estimator answers one row for all
             quality, out = np.broadcast_to(est.quality, shape), np.broadcast_to(est.output_tokens, shape)
+            similarity = est.similarity
         out = np.where(np.isnan(out), data.output_tokens.mean(), out)
-        cost = decision_costs(candidate_costs(candidates, data.input_tokens, out), self.cost_basis)
-        truth = np.stack([data.scores[:, c] if c is not None else np.full(len(data), prior) for c in cols], axis=1)
-        return lambda_for_share(quality, cost, truth, self.share)
+        cost = decision_costs(candidate_costs(candidates, data.input_tokens[rows], out), self.cost_basis)
+        truth = np.stack([data.scores[rows, c] if c is not None else np.full(len(rows), prior) for c in cols], axis=1)
+        return Calibration(quality, cost, truth, similarity)
 
     def rank(self, candidates: Sequence[CandidateModel], request: SelectionRequest) -> Ranking:
         check_candidates(candidates)
@@ -229,11 +303,17 @@ class CostQualitySelector:
                                         np.array([request.output_tokens]))
         lam = self.lambda_for(candidates)
         weighed = decision_costs(cost[:1], self.cost_basis)
-        order = cost_quality_order(est.quality[:1], weighed, lam)[0]
+        shares = self.shares_for(candidates) if self.guard.active else None
+        first, doubt = self.choose_batch(est.quality[:1], weighed, lam, est.similarity, [request.request_id], shares)
+        fell_back = bool(doubt[0])
+        order = fallback_order(int(first[0]), len(candidates)) if fell_back else \
+            cost_quality_order(est.quality[:1], weighed, lam)[0]
         scores = {i: CandidateScore(c.key, c.model, float(est.quality[0, i]), float(cost[0, i]),
                                     float(est.quality[0, i] - lam * weighed[0, i]), bool(est.known[i]))
                   for i, c in enumerate(candidates)}
         notes = []
+        if fell_back:
+            notes.append(self._fallback_note(candidates, est.similarity, est.quality[:1] - lam * weighed, shares))
         if emb is None and self.estimator.name != "mean":
             notes.append("no request embedding: the dataset's mean quality per model")
         if not est.known.all():
@@ -244,7 +324,24 @@ class CostQualitySelector:
         if self.cost_basis != "absolute":
             notes.append(f"cost basis {self.cost_basis}")
         return ranking(self.algorithm, candidates, order, scores, lam=lam,
-                       neighbours=est.neighbours[0] if est.neighbours else (), notes=tuple(notes))
+                       neighbours=est.neighbours[0] if est.neighbours else (), notes=tuple(notes),
+                       fallback=fell_back)
+
+    def _fallback_note(self, candidates: Sequence[CandidateModel], similarity: np.ndarray | None,
+                       score: np.ndarray, shares: np.ndarray | None) -> str:
+        why = []
+        if similarity is not None and similarity[0] < self.guard.min_similarity:
+            why.append(f"nearest labelled prompt at cosine {similarity[0]:.3f} < {self.guard.min_similarity:.3f}")
+        lead = float(margins(score)[0])
+        if lead < self.guard.min_margin:
+            why.append(f"lead {lead:.3f} < {self.guard.min_margin:.3f}")
+        mix = ", ".join(f"{c.key} {s:.0%}" for c, s in zip(candidates, [] if shares is None else shares, strict=False))
+        return f"fallback ({'; '.join(why)}): declared order, first drawn at the static shares ({mix})"
+
+
+def calibration_rows(n: int, limit: int = CALIBRATION_ROWS) -> np.ndarray:
+    """A fixed stride sample of at most `limit` of n rows."""
+    return np.arange(n) if n <= limit else np.linspace(0, n - 1, limit).round().astype(np.int64)
 
 
 def load_labelled(dataset: str | Path, encoder: TextEncoder | None, cache_dir: Path | None,
@@ -261,8 +358,24 @@ def knn_selector(params: KnnParams, encoder: TextEncoder, cache_dir: Path | None
     index = KnnIndex.from_dataset(data, emb, encoder.name)
     est = KnnEstimator(index, params.k, params.temperature, params.prior_strength, params.unknown_model,
                        params.prior_quality)
+    guard = own_guard(index) if params.guard is None else params.guard
     return CostQualitySelector(est, params.lam, params.target_quality_share, "knn", (data, emb),
-                               cost_basis=params.cost_basis)
+                               cost_basis=params.cost_basis, guard=guard)
+
+
+def own_guard(index: KnnIndex) -> GuardParams:
+    """default_guard from the indexed prompts' similarity to their nearest other (a fixed sample of them)."""
+    if len(index.ids) < 2:
+        return OFF
+    rows = calibration_rows(len(index.ids))
+    _, sims = index.neighbours(index.embeddings[rows], 1, rows)
+    return default_guard(sims[:, 0])
+
+
+def coverage_index(data: RoutingDataset, emb: np.ndarray, encoder: str) -> KnnIndex:
+    """A fixed sample of the labelled prompts to measure a request's distance from (the heads have no index)."""
+    rows = calibration_rows(len(data))
+    return KnnIndex.from_dataset(data.take(rows), emb[rows], encoder)
 
 
 def cost_quality_selector(params: CostQualityParams, encoder: TextEncoder | None,
@@ -282,8 +395,10 @@ def cost_quality_selector(params: CostQualityParams, encoder: TextEncoder | None
     calib = None
     if params.target_quality_share is not None:  # 2-fold cross-fitted predictions for the translation
         calib = cross_fitted_linear(data, emb, params.l2)
+    coverage = coverage_index(data, emb, encoder.name)
+    guard = own_guard(coverage) if params.guard is None else params.guard
     return CostQualitySelector(est, params.lam, params.target_quality_share, "cost-quality", (data, emb), calib,
-                               params.cost_basis)
+                               params.cost_basis, guard, coverage)
 
 
 def cross_fitted_linear(data: RoutingDataset, emb: np.ndarray, l2: float, folds: int = 2) -> Estimate:

@@ -33,6 +33,7 @@ class Estimate:
     output_tokens: np.ndarray  # (n, m) predicted output tokens; NaN where the estimator has no idea
     known: np.ndarray  # (m,) bool: the model is in the estimator's data
     neighbours: list[tuple[Neighbour, ...]] = field(default_factory=list)  # per row (kNN only)
+    similarity: np.ndarray | None = None  # (n,) cosine to the nearest labelled prompt; None when not measured
 
 
 class Estimator(Protocol):
@@ -112,36 +113,51 @@ class KnnEstimator:
 
     def estimate(self, embeddings: np.ndarray | None, models: Sequence[str],
                  exclude: np.ndarray | None = None) -> Estimate:
-        cols, known = _columns(self.models, models, self.unknown, f"the kNN dataset {self.index.digest[:12]}")
+        cols, known = self.columns(models)
         if embeddings is None:  # no encoder output: the dataset means, said in the evidence by the selector
             q = np.array([self.mean[c] if c is not None else self.prior for c in cols])[None, :]
             o = np.array([self.index.output_tokens[:, c].mean() if c is not None else np.nan for c in cols])[None, :]
             return Estimate(q, o, known)
         emb = embeddings[None, :] if embeddings.ndim == 1 else embeddings
-        n, m = emb.shape[0], len(models)
+        parts = [self.estimate_neighbours(*self.index.neighbours(emb[s:s + CHUNK], self.k,
+                                                                  None if exclude is None else exclude[s:s + CHUNK]),
+                                          cols, known)
+                 for s in range(0, emb.shape[0], CHUNK)]
+        if len(parts) == 1:
+            return parts[0]
+        return Estimate(np.concatenate([p.quality for p in parts]), np.concatenate([p.output_tokens for p in parts]),
+                        known, [], np.concatenate([p.similarity for p in parts if p.similarity is not None]))
+
+    def estimate_neighbours(self, idx: np.ndarray, sims: np.ndarray, cols: list[int | None],
+                            known: np.ndarray) -> Estimate:
+        """The estimate from given neighbours (idx, sims: (n, >= 1) most similar first; only the first k used).
+
+        estimate() calls it on the index's answer; the benchmark's tuning calls it on neighbours found once at
+        the largest k of its grid, so every k it scores is this same code."""
+        idx, sims = idx[:, :self.k], sims[:, :self.k]
+        n, m = idx.shape[0], len(cols)
         quality = np.empty((n, m))
         out = np.empty((n, m))
-        neighbours: list[tuple[Neighbour, ...]] = []
         kc = [c for c in cols if c is not None]
         known_idx = np.nonzero(known)[0]
+        w = self.weights(sims)
+        kk = idx.shape[1]
         a = self.prior_strength
-        for start in range(0, n, CHUNK):
-            sl = slice(start, start + CHUNK)
-            idx, sims = self.index.neighbours(emb[sl], self.k, None if exclude is None else exclude[sl])
-            w = self.weights(sims)
-            kk = idx.shape[1]
-            s = np.einsum("nk,nkm->nm", w, self.index.scores[idx][:, :, kc])
-            quality[sl][:, known_idx] = (kk * s + a * self.mean[kc]) / (kk + a)
-            out[sl][:, known_idx] = np.einsum("nk,nkm->nm", w, self.index.output_tokens[idx][:, :, kc])
-            if n <= 8:  # evidence only for the router's single requests, not the benchmark's batches
-                for r in range(idx.shape[0]):
-                    top = min(self.evidence_neighbours, kk)
-                    neighbours.append(tuple(Neighbour(self.index.ids[idx[r, j]], round(float(sims[r, j]), 4),
-                                                      round(float(w[r, j]), 4)) for j in range(top)))
+        s = np.einsum("nk,nkm->nm", w, self.index.scores[idx][:, :, kc])
+        quality[:, known_idx] = (kk * s + a * self.mean[kc]) / (kk + a)
+        out[:, known_idx] = np.einsum("nk,nkm->nm", w, self.index.output_tokens[idx][:, :, kc])
+        neighbours: list[tuple[Neighbour, ...]] = []
+        if n <= 8:  # evidence only for the router's single requests, not the benchmark's batches
+            top = min(self.evidence_neighbours, kk)
+            neighbours = [tuple(Neighbour(self.index.ids[idx[r, j]], round(float(sims[r, j]), 4),
+                                          round(float(w[r, j]), 4)) for j in range(top)) for r in range(n)]
         unknown_idx = np.nonzero(~known)[0]
         quality[:, unknown_idx] = self.prior
         out[:, unknown_idx] = np.nan
-        return Estimate(quality, out, known, neighbours)
+        return Estimate(quality, out, known, neighbours, sims[:, 0].astype(np.float64))
+
+    def columns(self, models: Sequence[str]) -> tuple[list[int | None], np.ndarray]:
+        return _columns(self.models, models, self.unknown, f"the kNN dataset {self.index.digest[:12]}")
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
