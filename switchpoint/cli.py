@@ -165,6 +165,11 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--workloads", nargs="+", choices=["chat", "mixed", "bursty"], help="default: all")
     b.add_argument("--plot", default="bench-results/scheduling-ttft-p99.png", help="where to write the PNG")
     b.add_argument("--no-plot", action="store_true")
+    b.add_argument("--routers", type=int, default=1, choices=range(1, 17), metavar="N",
+                   help="active routers on the same fleet and arrivals (with more than one, one router's run is "
+                        "the baseline)")
+    b.add_argument("--no-share", action="store_true", help="the routers do not tell each other what they place")
+    b.add_argument("--peer-delay-ms", type=float, default=1.0, help="how late a router hears its peers' placements")
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b = bench.add_parser("budgets", help="Route with two budgets in Redis against Route without; overspend")
     b.set_defaults(run=_bench_budgets)

@@ -14,11 +14,16 @@ in the per-replica tables are prepared once per config (PoolView), scorers run o
 columns, the prefix index is looked up per block rather than per replica, and the picker
 orders only the chosen replica and its MAX_ALTERNATIVES fallbacks. `retain` prunes every
 per-replica and per-pool state to what a new config names.
+
+With several active routers, each announces what it commits (`announce`) and applies what its peers
+announce (`apply`): their backlog and prefix blocks join its own, their in-flight counts are added to its
+own ledger's (router/scheduling/peers.py).
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import random
 import time
 from collections import defaultdict
@@ -28,11 +33,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from switchpoint.config.model import Candidate, Pool, Replica, RouterConfig, SchedulingConfig
-from switchpoint.router.inflight import InflightLedger
+from switchpoint.router.inflight import InflightEntry, InflightLedger
 from switchpoint.router.request import RouteInput
 from switchpoint.router.scheduling.backlog import PrefillBacklog
 from switchpoint.router.scheduling.filters import FILTERS
 from switchpoint.router.scheduling.fleet import FleetState
+from switchpoint.router.scheduling.peers import BLOCK_KEY, PeerCommit, PeerLoads, PeerMessage, PeerRelease, PeerView
 from switchpoint.router.scheduling.pickers import PICKERS, PickContext
 from switchpoint.router.scheduling.pools import PoolView, ReplicaSource, StaticReplicas, build_view, named_replicas
 from switchpoint.router.scheduling.prefix import TOKENS_PER_BLOCK, PrefixIndex, request_blocks
@@ -41,6 +47,8 @@ from switchpoint.router.scheduling.scorers import SCORERS, ScoringInput
 
 MAX_ALTERNATIVES = 4  # ranked fallbacks inside the chosen pool (the selection keeps at most 4 fallbacks in all)
 DESTINATION_FILTER, PREFILL_FILTER = "decode", "prefill"  # the role filter of each stage of a placement
+
+log = logging.getLogger("switchpoint.scheduler")
 
 
 @dataclass(frozen=True)
@@ -69,8 +77,14 @@ def _copy(rng: random.Random) -> random.Random:
 class Scheduler:
     def __init__(self, ledger: InflightLedger, fleet: FleetState | None = None,
                  clock: Callable[[], float] = time.monotonic, rng: random.Random | None = None,
-                 replicas: ReplicaSource | None = None):
+                 replicas: ReplicaSource | None = None, name: str = "",
+                 announce: Callable[[PeerMessage], None] | None = None):
         self.ledger = ledger
+        self.name = name  # this router, as its peers know it
+        self.announce = announce  # tells the peers of each committed and released placement (None: no peers)
+        ledger.on_drop = self._released
+        self.peers = PeerView()
+        self._foreign_blocks = False  # a peer's blocks were hashed with another seed (warned once)
         self.fleet = fleet or FleetState()
         self.source = replicas or StaticReplicas()
         self.clock = clock
@@ -112,8 +126,10 @@ class Scheduler:
                                                self.fleet)
         best: Replica | None = None
         fewest = 0
+        peers = self.peers.loads(self.clock()) if self.peers else {}
         for i in decoders:  # the first idle one ends the search
-            load = self.ledger.load(view.addresses[i])
+            address = view.addresses[i]
+            load = self.ledger.load(address) + peers.get(address, 0)
             if best is None or load < fewest:
                 best, fewest = view.replicas[i], load
                 if not load:
@@ -133,6 +149,40 @@ class Scheduler:
         for replica in (placement.replica, placement.prefill):
             if replica is not None and self._remembers(replica.address):
                 self.prefix.record(replica.address, placement.blocks)
+        if self.announce is not None:
+            self.announce(PeerCommit(self.name, placement.replica.address,
+                                     placement.prefill.address if placement.prefill else "",
+                                     placement.uncached_tokens, candidate.scheduling.prefill_tokens_per_second,
+                                     placement.blocks))
+
+    def apply(self, message: PeerMessage) -> None:
+        """What a peer router announced: a placement it committed or released, or its in-flight counts."""
+        if message.origin == self.name:
+            return
+        now = self.clock()
+        if isinstance(message, PeerLoads):
+            self.peers.replace(message, now)
+            return
+        if isinstance(message, PeerRelease):
+            self.peers.released(message.origin, message.replicas, now)
+            return
+        replicas = (message.replica, message.prefill) if message.prefill else (message.replica,)
+        self.peers.committed(message.origin, replicas, now)
+        if self._remembers(replicas[-1]):
+            self.backlog.add(replicas[-1], message.uncached_tokens, now, message.rate)
+        if message.block_key != BLOCK_KEY:
+            if not self._foreign_blocks:
+                self._foreign_blocks = True
+                log.warning("router '%s' hashes prefix blocks with another seed: its blocks are ignored (start "
+                            "every router replica with the same PYTHONHASHSEED)", message.origin)
+            return
+        for address in replicas:
+            if self._remembers(address):
+                self.prefix.record(address, message.blocks)
+
+    def _released(self, entry: InflightEntry) -> None:
+        if self.announce is not None:
+            self.announce(PeerRelease(self.name, entry.replicas))
 
     def retain(self, config: RouterConfig) -> None:
         """Drop the state of every replica and pool `config` does not name: call on each config swap, and when a
@@ -211,8 +261,12 @@ class Scheduler:
         return _Ranked(replicas, int(uncached[ranked[0]]), traced)
 
     def _loads(self, view: PoolView, positions: np.ndarray) -> np.ndarray:
-        """The ledger's in-flight count per candidate, walking whichever is shorter: the candidates or the loads."""
+        """The in-flight count per candidate (the ledger's, plus the peers'), walking whichever is shorter: the
+        candidates or the loads."""
         loads = self.ledger.loads()
+        if self.peers:
+            for address, count in self.peers.loads(self.clock()).items():
+                loads[address] = loads.get(address, 0) + count
         if len(loads) >= len(positions):
             return np.fromiter((loads.get(view.addresses[i], 0) for i in positions), dtype=np.float64,
                                count=len(positions))

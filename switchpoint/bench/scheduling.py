@@ -16,7 +16,9 @@ import asyncio
 import json
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from switchpoint.bench.router import percentile
@@ -30,6 +32,7 @@ from switchpoint.router.core.offline import assemble
 from switchpoint.router.inflight import InflightLedger
 from switchpoint.router.request import RouteInput
 from switchpoint.router.scheduling.fleet import FleetState
+from switchpoint.router.scheduling.peers import LOADS_INTERVAL_S, PeerLoads, PeerMessage
 from switchpoint.router.scheduling.scheduler import Scheduler
 from switchpoint.router.selecting import Selectors
 from switchpoint.sim.engine import Engine, EngineRequest, prompt_blocks, token_count
@@ -83,23 +86,50 @@ def bench_config(profile: str) -> RouterConfig:
     return compile_manifests([Manifest("bench", pool), Manifest("bench", policy)])
 
 
-def run_once(profile: str, requests: list[WorkloadRequest], duration: float, seed: int) -> RunResult:
+@dataclass(frozen=True)
+class Routers:
+    """How many active routers share the fleet, and whether they tell each other what they place.
+
+    Arrivals are spread over the routers at random (a load balancer in front of them); each router scrapes
+    every replica itself and hears its own Reports. With `share`, a router's commits reach the others after
+    `delay_s` (the peer channel, router/peering.py: a Redis pub/sub hop), and its in-flight counts every
+    LOADS_INTERVAL_S."""
+
+    count: int = 1
+    share: bool = True
+    delay_s: float = 0.001
+
+
+ONE_ROUTER = Routers()
+
+
+def run_once(profile: str, requests: list[WorkloadRequest], duration: float, seed: int,
+             routers: Routers = ONE_ROUTER) -> RunResult:
     config = bench_config(profile)
     fleet = VirtualFleet([r.address for r in config.pools["default/bench"].static_replicas])
-    state = FleetState()
-    ledger = InflightLedger()
-    scheduler = Scheduler(ledger, state, clock=lambda: fleet.now, rng=random.Random(seed))
-    core = assemble(Snapshot(config, Models(), Selectors()), scheduler)
+    cores, schedulers = [], []
+    for n in range(routers.count):
+        scheduler = Scheduler(InflightLedger(), FleetState(), clock=lambda: fleet.now, rng=random.Random(seed + n),
+                              name=f"router-{n}")
+        schedulers.append(scheduler)
+        cores.append(assemble(Snapshot(config, Models(), Selectors()), scheduler))
+    if routers.count > 1 and routers.share:
+        _connect(schedulers, fleet, routers.delay_s)
+    balancer = random.Random(seed + 10_000)
+    served_by: dict[str, int] = {}
     loop = asyncio.new_event_loop()  # the core is async; in virtual time each call finishes without waiting
     ttft: list[float] = []
     tpot: list[float] = []
     out_tokens = 0
     met = 0
+    announced = -LOADS_INTERVAL_S
 
     def arrive(item: tuple[int, WorkloadRequest]) -> None:
         index, w = item
         req = RouteInput(request_id=str(index), model="bench", messages=w.messages, max_tokens=w.output_tokens)
-        routed = loop.run_until_complete(core.route(req))
+        n = balancer.randrange(routers.count)
+        routed = loop.run_until_complete(cores[n].route(req))
+        served_by[req.request_id] = n
         text = "".join(f"<|{m.role}|>{m.content}" for m in w.messages)
         fleet.submit(routed.replica, EngineRequest(req.request_id, token_count(text), w.output_tokens,
                                                    prompt_blocks(text)))
@@ -112,7 +142,7 @@ def run_once(profile: str, requests: list[WorkloadRequest], duration: float, see
             assert r.first_token_at is not None and r.finished_at is not None
             first = r.first_token_at - r.arrival
             per_token = (r.finished_at - r.first_token_at) / (r.generated - 1) if r.generated > 1 else 0.0
-            loop.run_until_complete(core.settle(Settlement(  # the frontend's Report
+            loop.run_until_complete(cores[served_by.pop(r.id)].settle(Settlement(  # the frontend's Report
                 r.id, "success", r.prompt_tokens, r.generated, ttft_ms=first * 1000,
                 latency_ms=(r.finished_at - r.arrival) * 1000)))
             ttft.append(first)
@@ -121,7 +151,13 @@ def run_once(profile: str, requests: list[WorkloadRequest], duration: float, see
             met += first <= TTFT_SLO_S and per_token <= TPOT_SLO_S
 
     def scrape(address: str, engine: Engine) -> None:
-        state.observe(address, fleet.now, engine.num_waiting, engine.num_running, engine.kv_usage)
+        nonlocal announced
+        for scheduler in schedulers:
+            scheduler.fleet.observe(address, fleet.now, engine.num_waiting, engine.num_running, engine.kv_usage)
+        if routers.count > 1 and routers.share and fleet.now - announced >= LOADS_INTERVAL_S:
+            announced = fleet.now
+            for scheduler in schedulers:
+                _deliver(schedulers, fleet, routers.delay_s, PeerLoads(scheduler.name, scheduler.ledger.loads()))
 
     for index, w in enumerate(requests):
         fleet.at(w.at, "arrival", (index, w))
@@ -133,12 +169,56 @@ def run_once(profile: str, requests: list[WorkloadRequest], duration: float, see
     return RunResult(ttft, tpot, out_tokens, met, len(requests), duration)
 
 
+def _connect(schedulers: list[Scheduler], fleet: VirtualFleet, delay_s: float) -> None:
+    for scheduler in schedulers:
+        scheduler.announce = lambda message: _deliver(schedulers, fleet, delay_s, message)
+
+
+def _deliver(schedulers: list[Scheduler], fleet: VirtualFleet, delay_s: float,
+             message: PeerMessage) -> None:
+    """The peer channel in virtual time: every other router applies the message `delay_s` later."""
+    for scheduler in schedulers:
+        if scheduler.name != message.origin:
+            fleet.at(fleet.now + delay_s, "call", partial(scheduler.apply, message))
+
+
 def run(args: argparse.Namespace) -> int:
     rates = QUICK_RATES if args.quick else RATES
     seeds, duration = (QUICK_SEEDS, QUICK_SECONDS) if args.quick else (SEEDS, SECONDS)
     workloads = args.workloads or list(WORKLOADS)
+    routers = Routers(args.routers, not args.no_share, args.peer_delay_ms / 1000)
     started = time.monotonic()
-    results: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
+    show = None if args.json else _print_rate
+    results = sweep(workloads, rates, seeds, duration, routers, show)
+    verdict = targets(results)
+    shared = None
+    if routers.count > 1:  # the baseline: one router on the same fleet and arrivals
+        one = sweep(workloads, rates, seeds, duration, ONE_ROUTER, None)
+        shared = {"count": routers.count, "share": routers.share, "peer_delay_ms": args.peer_delay_ms,
+                  "one_router": one, **router_targets(results, one)}
+    elapsed = time.monotonic() - started
+    plot = None if args.no_plot else _plot(results, Path(args.plot))
+    if args.json:
+        print(json.dumps({"workloads": results, "slo": {"ttft_s": TTFT_SLO_S, "tpot_s": TPOT_SLO_S},
+                          "targets": verdict, "routers": shared, "plot": plot, "seconds": round(elapsed, 1)}))
+        return 0
+    print(f"\nSLO: TTFT <= {TTFT_SLO_S:g} s and TPOT <= {TPOT_SLO_S * 1e3:g} ms; {REPLICAS} simulated replicas; "
+          f"{len(seeds)} seed(s) x {duration:g} s of arrivals per cell, pooled (+ drain), virtual time; "
+          f"{elapsed:.0f} s wall clock")
+    for line in verdict["lines"] + (shared["lines"] if shared else []):
+        print(line)
+    if plot:
+        print(f"plot: {plot}")
+    return 0
+
+
+Results = dict[str, dict[str, dict[str, dict[str, float]]]]  # workload -> rate -> policy -> summary
+
+
+def sweep(workloads: list[str], rates: dict[str, list[int]], seeds: tuple[int, ...], duration: float,
+          routers: Routers, show: Callable[[str, float, dict[str, dict[str, float]]], None] | None) -> Results:
+    """Every policy at every rate of every workload, its seeds pooled."""
+    results: Results = {}
     for workload in workloads:
         results[workload] = {}
         for rate in rates[workload]:
@@ -146,26 +226,27 @@ def run(args: argparse.Namespace) -> int:
             for seed in seeds:
                 requests = WORKLOADS[workload](rate, duration, random.Random(seed))
                 for name, profile in POLICIES.items():
-                    run = run_once(profile, requests, duration, seed)
+                    run = run_once(profile, requests, duration, seed, routers)
                     pooled[name] = pooled[name].merge(run) if name in pooled else run
             results[workload][str(rate)] = {name: r.summary() for name, r in pooled.items()}
-            if not args.json:
-                _print_rate(workload, rate, results[workload][str(rate)])
-    elapsed = time.monotonic() - started
-    verdict = targets(results)
-    plot = None if args.no_plot else _plot(results, Path(args.plot))
-    if args.json:
-        print(json.dumps({"workloads": results, "slo": {"ttft_s": TTFT_SLO_S, "tpot_s": TPOT_SLO_S},
-                          "targets": verdict, "plot": plot, "seconds": round(elapsed, 1)}))
-        return 0
-    print(f"\nSLO: TTFT <= {TTFT_SLO_S:g} s and TPOT <= {TPOT_SLO_S * 1e3:g} ms; {REPLICAS} simulated replicas; "
-          f"{len(seeds)} seed(s) x {duration:g} s of arrivals per cell, pooled (+ drain), virtual time; "
-          f"{elapsed:.0f} s wall clock")
-    for line in verdict["lines"]:
-        print(line)
-    if plot:
-        print(f"plot: {plot}")
-    return 0
+            if show is not None:
+                show(workload, rate, results[workload][str(rate)])
+    return results
+
+
+def router_targets(many: Results, one: Results, policy: str = "switchpoint") -> dict:
+    """Issue target: with N active routers, p99 TTFT on `mixed` and `chat` within 10% of one router's, at
+    every rate."""
+    lines, ok = [], True
+    for workload in ("mixed", "chat"):
+        for rate, by_policy in many.get(workload, {}).items():
+            n, single = by_policy[policy]["ttft_p99_ms"], one[workload][rate][policy]["ttft_p99_ms"]
+            ratio = n / single if single else 1.0
+            ok &= ratio <= 1.10
+            lines.append(f"{workload} @ {rate}: {policy} p99 TTFT {n:.0f} ms with the routers vs {single:.0f} ms "
+                         f"with one ({ratio:.2f}x; target <= 1.10x)")
+    lines.append(f"N-router targets {'met' if ok else 'NOT met'}")
+    return {"met": ok, "lines": lines}
 
 
 def _print_rate(workload: str, rate: float, by_policy: dict[str, dict[str, float]]) -> None:
@@ -176,7 +257,7 @@ def _print_rate(workload: str, rate: float, by_policy: dict[str, dict[str, float
               f"{s['tpot_p99_ms']:>10.1f}{s['throughput_tok_s']:>9.0f}{s['slo_attainment']:>7.1%}")
 
 
-def targets(results: dict[str, dict[str, dict[str, dict[str, float]]]]) -> dict:
+def targets(results: Results) -> dict:
     """Issue targets: on `mixed`, from the highest rate round robin still serves within SLO (>= 95%
     of requests within it) upwards, switchpoint's p99 TTFT is >= 25% below gie_default's; and on every
     workload and rate, its SLO attainment is within 5 points of the best baseline's."""

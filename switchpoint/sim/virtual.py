@@ -69,6 +69,8 @@ class VirtualFleet:
                 self._kick(event.payload)
             elif event.kind == "wake":
                 self._kick(event.payload)
+            elif event.kind == "call":  # anything else that happens at a moment: payload() runs then
+                event.payload()
             elif event.kind == "scrape":
                 for addr, engine in self.engines.items():
                     on_scrape(addr, engine)
