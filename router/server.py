@@ -31,6 +31,7 @@ from switchpoint.router.inflight import InflightLedger
 from switchpoint.router.metrics import RouterMetrics
 from switchpoint.router.passive_health import PassiveHealth
 from switchpoint.router.pipeline import RoutePipeline
+from switchpoint.router.peering import CHANNEL, PeerChannel
 from switchpoint.router.reload import ConfigWatcher
 from switchpoint.router.request import RequestLimits
 from switchpoint.router.scheduling.fleet import FleetState
@@ -70,6 +71,7 @@ class RouterServer:
         kubeconfig: str | None = None,
     ):
         self.config_paths = list(config_paths)
+        peer_channel: str | None = CHANNEL,
         self.host = host
         self.port = port
         self.metrics_port = metrics_port
@@ -86,6 +88,8 @@ class RouterServer:
         self.budget_ledger: RedisLedger | None = None
         self.core: RouterCore | None = None
         self.server: grpc.aio.Server | None = None
+        self.peer_channel = peer_channel  # where the routers on this Redis tell each other what they place
+        self.peering: PeerChannel | None = None
         self.health = HealthServicer()
         self._tasks: list[asyncio.Task] = []
         self._metrics_http = None
@@ -126,6 +130,9 @@ class RouterServer:
         self.scheduler = Scheduler(self.ledger, self.fleet, replicas=self.discovery)
         self.inference = SignalInference(self.classifier_threads, tracer)
         # The cache shares the budget ledger's Redis when there is one (vector sets are built into Redis 8);
+        if self.redis_url and self.peer_channel:
+            self.peering = PeerChannel(self.redis_url, self.scheduler, self.peer_channel, self.redis_timeout_s)
+            await self.peering.start()
         # otherwise it lives in this process.
         self.cache = SemanticCache(open_store(self.redis_url))
         self.core = RouterCore(snapshot, RoutePipeline(self.scheduler, tracer, self.inference), self.ledger,
@@ -240,6 +247,8 @@ def _bind(server: grpc.aio.Server, host: str, port: int, what: str) -> int:
     try:
         bound = server.add_insecure_port(f"{host}:{port}")
     except RuntimeError as exc:  # grpcio raises where older versions returned 0
+        if self.peering is not None:
+            await self.peering.close()
         raise StartError(f"cannot bind the {what} port {port} on {host}: {exc}") from exc
     if bound == 0:
         raise StartError(f"cannot bind the {what} port {port} on {host}")

@@ -75,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--redis", default=os.environ.get("SWITCHPOINT_REDIS_URL"), metavar="URL",
                    help="Redis shared by all router replicas, for budgets (default: $SWITCHPOINT_REDIS_URL)")
     p.add_argument("--redis-timeout-ms", type=float, default=250, help="Redis call timeout")
+    p.add_argument("--peer-channel", default="switchpoint:peers", metavar="NAME",
+                   help="Redis pub/sub channel on which the routers on --redis tell each other what they place "
+                        "(their schedulers then act as one); empty: off")
     models_arg(p)
     p.add_argument("--classifier-threads", type=int, default=2,
                    help="threads that run classifiers and encoders, off the event loop")
@@ -254,7 +257,8 @@ def _router(args: argparse.Namespace) -> int:
                           otlp_endpoint=args.otlp_endpoint, reload_interval=args.reload_interval,
                           redis_url=args.redis, redis_timeout_s=args.redis_timeout_ms / 1000,
                           models_dir=args.models, classifier_threads=args.classifier_threads,
-                          extproc_port=args.extproc_port, kubeconfig=args.kubeconfig)
+                          extproc_port=args.extproc_port, kubeconfig=args.kubeconfig,
+                          peer_channel=args.peer_channel)
 
     async def serve() -> None:
         await server.start()

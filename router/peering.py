@@ -1,0 +1,138 @@
+"""The peer channel: active router replicas tell each other what they place, over Redis pub/sub.
+
+Every router on one Redis publishes its scheduler's announcements (router/scheduling/peers.py: commits,
+releases, and its in-flight counts every LOADS_INTERVAL_S) on one channel and applies what the others
+publish. Pub/sub fits what the messages are: a hint that is stale in a second, to whoever listens now;
+a lost message only makes scheduling as good as one router's own view, and the next PeerLoads repairs
+the counts. Nothing on the Route path waits for Redis: `publish` queues the bytes and a background task
+sends what has queued in one pipeline.
+
+A dead Redis costs no request: publishing drops what is queued (counted in `dropped`), the reader
+reconnects with a backoff and subscribes again, and each router schedules on its own state meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from switchpoint.router.scheduling.peers import (
+    LOADS_INTERVAL_S,
+    BadPeerMessage,
+    PeerLoads,
+    PeerMessage,
+    decode,
+    encode,
+)
+from switchpoint.router.scheduling.scheduler import Scheduler
+
+log = logging.getLogger("switchpoint.peering")
+
+CHANNEL = "switchpoint:peers"
+MAX_QUEUED = 10_000  # announcements waiting to be sent; beyond it new ones are dropped
+RECONNECT_S = (0.1, 2.0)  # first and longest wait before subscribing again
+
+
+def router_name() -> str:
+    """This router process, as its peers know it: unique even for two processes on one host."""
+    return f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
+
+
+class PeerChannel:
+    def __init__(self, url: str, scheduler: Scheduler, channel: str = CHANNEL, timeout_s: float = 0.25):
+        self.url = url
+        self.channel = channel
+        self.scheduler = scheduler
+        self.client = aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+        self._queue: asyncio.Queue[bytes] = asyncio.Queue(MAX_QUEUED)
+        self._tasks: list[asyncio.Task] = []
+        self.subscribed = asyncio.Event()
+        self.sent = self.received = self.dropped = self.rejected = 0
+
+    async def start(self) -> None:
+        if not self.scheduler.name:
+            self.scheduler.name = router_name()
+        self.scheduler.announce = self.publish
+        self._tasks = [asyncio.create_task(self._send()), asyncio.create_task(self._receive()),
+                       asyncio.create_task(self._announce_loads())]
+
+    def publish(self, message: PeerMessage) -> None:
+        """Queue an announcement (never blocks; dropped when the queue is full)."""
+        try:
+            self._queue.put_nowait(encode(message))
+        except asyncio.QueueFull:
+            self.dropped += 1
+
+    async def close(self) -> None:
+        self.scheduler.announce = None
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.client.aclose()
+
+    async def _send(self) -> None:
+        failing = False
+        while True:
+            batch = [await self._queue.get()]
+            while not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for data in batch:
+                        pipe.publish(self.channel, data)
+                    await pipe.execute()
+                self.sent += len(batch)
+                if failing:
+                    log.info("peer channel: publishing to %s again", self.channel)
+                failing = False
+            except (RedisError, OSError) as exc:
+                self.dropped += len(batch)
+                if not failing:
+                    log.warning("peer channel: cannot publish (%s); routing on this router's own view until Redis "
+                                "answers", exc)
+                failing = True
+
+    async def _receive(self) -> None:
+        wait = RECONNECT_S[0]
+        while True:
+            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.channel)
+                self.subscribed.set()
+                wait = RECONNECT_S[0]
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is not None:
+                        self._apply(message["data"])
+            except (RedisError, OSError) as exc:
+                self.subscribed.clear()
+                log.warning("peer channel: subscription to %s lost (%s); again in %.1f s", self.channel, exc, wait)
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()
+            await asyncio.sleep(wait)
+            wait = min(RECONNECT_S[1], 2 * wait)
+
+    def _apply(self, data: bytes) -> None:
+        try:
+            message = decode(data)
+        except BadPeerMessage as exc:
+            self.rejected += 1
+            log.warning("peer channel: ignored a message on %s: %s", self.channel, exc)
+            return
+        self.received += message.origin != self.scheduler.name
+        self.scheduler.apply(message)
+
+    async def _announce_loads(self) -> None:
+        while True:
+            await asyncio.sleep(LOADS_INTERVAL_S)
+            self.publish(PeerLoads(self.scheduler.name, self.scheduler.ledger.loads()))

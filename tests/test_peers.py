@@ -1,0 +1,220 @@
+"""Active routers that schedule as one: the peer messages, what a scheduler makes of them, the Redis channel
+between real router processes, and the N-router bench in virtual time."""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from switchpoint.bench.scheduling import ONE_ROUTER, Routers, run_once
+from switchpoint.bench.workloads import WORKLOADS
+from switchpoint.config.model import Candidate, Pool, Pricing, Replica, SchedulingConfig
+from switchpoint.localproc import RouterProcess
+from switchpoint.localredis import RedisServer
+from switchpoint.router.inflight import InflightEntry, InflightLedger
+from switchpoint.router.request import ChatTurn, RouteInput
+from switchpoint.router.scheduling.peers import (
+    BLOCK_KEY,
+    LOADS_STALE_S,
+    BadPeerMessage,
+    PeerCommit,
+    PeerLoads,
+    PeerRelease,
+    decode,
+    encode,
+)
+from switchpoint.router.scheduling.scheduler import Scheduler
+from switchpoint.v1 import router_pb2, router_pb2_grpc
+from tests.conftest import chat
+
+names = st.text(min_size=0, max_size=30)
+int64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
+
+
+@given(st.one_of(
+    st.builds(PeerCommit, names, names, names, st.integers(0, 10**9), st.floats(1, 1e7), st.tuples(*[int64] * 3),
+              int64),
+    st.builds(PeerRelease, names, st.lists(names, max_size=2).map(tuple)),
+    st.builds(PeerLoads, names, st.dictionaries(names, st.integers(0, 10**6), max_size=5)),
+))
+def test_messages_survive_the_wire(message):
+    assert decode(encode(message)) == message
+
+
+@pytest.mark.parametrize("data", [b"", b"\x05\x00\x00\x00{}", b"\x02\x00\x00\x00{}", b"garbage that is not ours",
+                                  encode(PeerLoads("a", {}))[:-3], b"\x0c\x00\x00\x00{\"k\":\"other\"}"])
+def test_a_message_that_is_not_ours_is_refused_by_name(data):
+    with pytest.raises(BadPeerMessage, match="peer message"):
+        decode(data)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+REPLICAS = tuple(Replica(f"10.0.0.{i}:8000") for i in range(4))
+POOL = Pool("default", "p", ("m",), "gpu", 65536, Pricing(), REPLICAS)
+
+
+def candidate(profile: str) -> Candidate:
+    return Candidate(POOL, "m", SchedulingConfig(profile=profile))
+
+
+def request(text: str) -> RouteInput:
+    return RouteInput(request_id=str(random.random()), model="auto", messages=(ChatTurn("user", text),))
+
+
+def pair(clock: Clock) -> tuple[Scheduler, Scheduler]:
+    """Two routers' schedulers wired to each other directly (what the Redis channel does between processes)."""
+    a = Scheduler(InflightLedger(), clock=clock, rng=random.Random(1), name="a")
+    b = Scheduler(InflightLedger(), clock=clock, rng=random.Random(2), name="b")
+    a.announce, b.announce = b.apply, a.apply
+    return a, b
+
+
+def test_a_peer_placement_gives_its_prefix_affinity_and_its_backlog():
+    clock = Clock()
+    a, b = pair(clock)
+    prompt = "a long shared system prompt " * 40
+    first = a.place(candidate("switchpoint"), request(prompt))
+    assert first is not None
+    a.commit(candidate("switchpoint"), first)
+    # just after: b sees the backlog a sent there and prefers an idle replica for a different prompt
+    other = b.place(candidate("switchpoint"), request("unrelated " * 80))
+    assert other is not None and other.replica != first.replica
+    clock.now += 5.0  # the backlog has drained; the prefix stays: the same prompt at b goes where a sent it
+    again = b.place(candidate("switchpoint"), request(prompt))
+    assert again is not None and again.replica == first.replica and again.uncached_tokens < first.uncached_tokens
+
+
+def test_blocks_hashed_with_another_seed_are_ignored_but_the_backlog_counts(caplog):
+    clock = Clock()
+    a, b = pair(clock)
+    a.announce = lambda m: b.apply(PeerCommit(m.origin, m.replica, m.prefill, m.uncached_tokens, m.rate,
+                                              m.blocks, BLOCK_KEY + 1)) if isinstance(m, PeerCommit) else b.apply(m)
+    prompt = "a long shared system prompt " * 40
+    placed = a.place(candidate("switchpoint"), request(prompt))
+    a.commit(candidate("switchpoint"), placed)
+    assert b.backlog.tokens(placed.replica.address, clock.now, 5000.0) > 0
+    assert len(b.prefix) == 0
+    assert "PYTHONHASHSEED" in caplog.text
+
+
+def test_peer_in_flight_counts_join_the_ledgers_until_released():
+    clock = Clock()
+    a, b = pair(clock)
+    lr = candidate("least-request")
+    held = []
+    for n in range(4):  # alternate routers: least-request spreads over all four replicas as one router would
+        s = (a, b)[n % 2]
+        placed = s.place(lr, request(f"q{n}"))
+        s.ledger.admit(InflightEntry(f"r{n}", "p", "d", "p", "m", placed.replica.address))
+        s.commit(lr, placed)
+        held.append((s, placed.replica.address))
+    assert len({address for _, address in held}) == 4
+    assert b.peers.loads(clock.now) == {held[0][1]: 1, held[2][1]: 1}
+    a.ledger.settle("r0")  # a's release reaches b
+    assert b.peers.loads(clock.now) == {held[2][1]: 1}
+    assert b.place(lr, request("next")).replica.address == held[0][1]
+
+
+def test_a_peer_that_falls_silent_is_forgotten():
+    clock = Clock()
+    a, b = pair(clock)
+    b.apply(PeerLoads("c", {REPLICAS[0].address: 7}))
+    assert b.peers.loads(clock.now) == {REPLICAS[0].address: 7}
+    clock.now += LOADS_STALE_S + 0.1
+    assert b.peers.loads(clock.now) == {}
+    a.apply(PeerLoads("a", {REPLICAS[0].address: 3}))  # its own announcements echo back on the channel
+    assert not a.peers
+
+
+def test_three_sharing_routers_schedule_like_one_in_virtual_time():
+    """The bench's claim at small scale: mixed workload, 4 req/s for 30 s (virtual time); routers that do not
+    share herd onto the replicas that looked idle (p99 TTFT 1.4x here)."""
+    requests = WORKLOADS["mixed"](4, 30.0, random.Random(7))
+    one = run_once("switchpoint", requests, 30.0, 7, ONE_ROUTER).summary()
+    shared = run_once("switchpoint", requests, 30.0, 7, Routers(3)).summary()
+    apart = run_once("switchpoint", requests, 30.0, 7, Routers(3, share=False)).summary()
+    assert shared["ttft_p99_ms"] <= 1.10 * one["ttft_p99_ms"]
+    assert apart["ttft_p99_ms"] > 1.2 * shared["ttft_p99_ms"]
+
+
+POLICY = """
+apiVersion: switchpoint.dev/v1alpha1
+kind: ModelPool
+metadata: {name: four}
+spec:
+  models: [{name: m}]
+  contextTokens: 65536
+  replicas:
+    static: [{address: "127.0.0.1:9101"}, {address: "127.0.0.1:9102"}, {address: "127.0.0.1:9103"},
+             {address: "127.0.0.1:9104"}]
+---
+apiVersion: switchpoint.dev/v1alpha1
+kind: RoutingPolicy
+metadata: {name: peers}
+spec:
+  aliases: [auto]
+  default: {pools: [{pool: four}]}
+  scheduling: [{pool: four, profile: least-request}]
+"""
+
+
+@pytest.fixture
+def two_routers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    (tmp_path / "policy.yaml").write_text(POLICY)
+    monkeypatch.setenv("PYTHONHASHSEED", "4242")  # peers compare prefix blocks only under one seed
+    (tmp_path / "redis").mkdir()
+    with RedisServer(tmp_path / "redis", persist=False) as redis_server:
+        extra = ["--redis", redis_server.url]
+        with RouterProcess([tmp_path / "policy.yaml"], extra=extra) as a, \
+                RouterProcess([tmp_path / "policy.yaml"], extra=extra) as b:
+            yield redis_server, a, b
+
+
+def route(address: str, rid: str, text: str) -> router_pb2.Decision:
+    with grpc.insecure_channel(address) as channel:
+        return router_pb2_grpc.RouterStub(channel).Route(chat(text, request_id=rid), timeout=10)
+
+
+def subscribed(redis_server: RedisServer, routers: int) -> bool:
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if client.pubsub_numsub("switchpoint:peers")[0][1] >= routers:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_two_router_processes_place_as_one_over_redis(two_routers):
+    redis_server, a, b = two_routers
+    assert subscribed(redis_server, 2)
+    replicas = []
+    for n in range(4):  # in flight, alternating routers: four different replicas, as one router would pick
+        replicas.append(route((a, b)[n % 2].address, f"q{n}", f"question {n}").replica)
+        time.sleep(0.1)  # the peer hop (sub-millisecond here) and the scheduler's own step
+    assert len(set(replicas)) == 4, replicas
+
+
+def test_routing_goes_on_when_the_peer_channel_dies(two_routers):
+    redis_server, a, b = two_routers
+    assert subscribed(redis_server, 2)
+    redis_server.stop()
+    for n in range(6):
+        assert route((a, b)[n % 2].address, f"d{n}", "still routed").replica
+    redis_server.start()
+    assert subscribed(redis_server, 2), "the routers did not subscribe again after Redis came back"
