@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from switchpoint import __version__
+from switchpoint.bench.joint_args import add_joint_arguments
 from switchpoint.config.errors import ConfigError
 
 DEFAULT_CONFIG = "deploy/examples"
@@ -157,9 +158,11 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--duration", type=float, default=5.0, help="seconds of each throughput phase")
     b.add_argument("--latency-calls", type=int, default=2000, help="sequential calls for the latency phase")
     b.add_argument("--concurrency", type=int, default=32, help="calls in flight during the throughput phase")
-    b.add_argument("--sections", nargs="*", default=["fleet", "prompt-size"], choices=["fleet", "prompt-size"],
+    b.add_argument("--sections", nargs="*", default=["fleet", "prompt-size"],
+                   choices=["fleet", "prompt-size", "peers"],
                    help="sections after Route vs floor: fleet size (2 to 1,000 replicas), prompt size (1 KB vs 1 MB, "
-                        "bursts); default both, none with an empty list")
+                        "bursts), peers (what two routers sharing their placements over Redis cost per Route); "
+                        "default fleet and prompt-size, none with an empty list")
     b.add_argument("--quick", action="store_true", help="shorter sections")
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b = bench.add_parser("scheduling", help="endpoint-picking policies on a simulated fleet, in virtual time")
@@ -174,6 +177,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--no-share", action="store_true", help="the routers do not tell each other what they place")
     b.add_argument("--peer-delay-ms", type=float, default=1.0, help="how late a router hears its peers' placements")
     b.add_argument("--json", action="store_true", help="print one JSON object")
+    b = bench.add_parser("joint", help="model choice that sees the pools: semantic_only, load_only, joint")
+    b.set_defaults(run=_bench_joint)
+    add_joint_arguments(b)
     b = bench.add_parser("budgets", help="Route with two budgets in Redis against Route without; overspend")
     b.set_defaults(run=_bench_budgets)
     config_arg(b, [DEFAULT_CONFIG])
@@ -390,6 +396,12 @@ def _bench_router(args: argparse.Namespace) -> int:
 
 def _bench_scheduling(args: argparse.Namespace) -> int:
     from switchpoint.bench.scheduling import run
+
+    return run(args)
+
+
+def _bench_joint(args: argparse.Namespace) -> int:
+    from switchpoint.bench.joint import run
 
     return run(args)
 

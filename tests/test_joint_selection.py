@@ -16,7 +16,8 @@ from .test_scheduling import Clock, cand, pool, req
 PREDICTIONS = [
     # (backlog, uncached, rate, running, kv, transfer tokens) -> TTFT ms
     ("idle, short prompt", (0, 256, 5000, 0, 0.0, None), 10 + 256 / 5),
-    ("backlog ahead", (10_000, 256, 5000, 0, 0.0, None), 6 * 10 + 10_256 / 5),
+    ("backlog ahead", (10_000, 256, 5000, 0, 0.0, None), 6 * 10 + 10_256 / 5 + 2048 / 5),
+    ("a short backlog adds its own time twice", (500, 256, 5000, 0, 0.0, None), 10 + 756 / 5 + 500 / 5),
     ("a decoding batch stretches each step", (0, 256, 5000, 64, 0.0, None), 10 + 64 * 0.08 + 256 / 5),
     ("slower prefill rate", (0, 1000, 2000, 0, 0.0, None), 10 + 500),
     ("disaggregated: KV transfer", (0, 1000, 5000, 0, 0.0, 1000), 10 + 200 + 5 + 2),
