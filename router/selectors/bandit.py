@@ -8,7 +8,10 @@ cost is the candidate's price for this request (known, not learned), so the rewa
 quality - lambda x cost. `explored` in the evidence: the first candidate differs from the greedy one.
 
 Context buckets: the sign pattern of the request embedding on `context_bits` fixed random hyperplanes (seeded
-by plane_seed, so every replica buckets alike); 0 bits, or no embedding, is one global bucket "-".
+by plane_seed, so every replica buckets alike); 0 bits, or no embedding, is one global bucket "-". Every
+feedback also counts in the global bucket, and a context bucket's posterior starts from the global one's mean
+with the weight of `backoff` observations (shrinkage toward the global prior): a bucket that has seen little
+ranks as the whole traffic says, instead of exploring from scratch, and learns its own way as its counts grow.
 
 Shared state. BanditState keeps the sums in process. RedisBanditState mirrors them in one Redis hash: feedback
 is recorded locally at once (the next rank sees it) and `await sync()` flushes the pending sums with one Lua
@@ -55,9 +58,12 @@ class BanditParams:
     seed: int | None = None  # of the Thompson draws (None: OS entropy); tests and the benchmark fix it
     plane_seed: int = 20240917  # of the bucketing hyperplanes: the same on every replica
     cost_basis: str = "absolute"  # or "relative" (see costquality.py)
+    backoff: float = 20.0  # pseudo-observations of the global posterior's mean in each context bucket (0: none)
 
     def __post_init__(self) -> None:
         check_lambda(self.lam)
+        if not (isinstance(self.backoff, int | float) and math.isfinite(self.backoff) and self.backoff >= 0):
+            raise SelectorError(f"backoff must be a finite number >= 0, got {self.backoff!r}")
         if self.cost_basis not in COST_BASES:
             raise SelectorError(f"cost_basis must be one of {', '.join(COST_BASES)}, not {self.cost_basis!r}")
         if not (isinstance(self.exploration, int | float) and math.isfinite(self.exploration)
@@ -195,6 +201,8 @@ class BanditSelector:
         ctx = self.context(request.embedding)
         models = [c.model for c in candidates]
         counts = self.state.counts(ctx, models)
+        if ctx != GLOBAL and self.params.backoff > 0:
+            counts = counts + self.params.backoff * shrink_toward(self.state.counts(GLOBAL, models))
         a0, b0 = self.params.prior
         e = self.params.exploration
         mean = (a0 + counts[:, 0]) / (a0 + b0 + counts.sum(axis=1))
@@ -218,6 +226,14 @@ class BanditSelector:
         if not (isinstance(quality, int | float) and math.isfinite(quality) and 0 <= quality <= 1):
             raise SelectorError(f"bandit feedback quality must be in [0, 1], got {quality!r}")
         self.state.add(context, model, float(quality), 1.0 - float(quality))
+        if context != GLOBAL:
+            self.state.add(GLOBAL, model, float(quality), 1.0 - float(quality))
+
+
+def shrink_toward(global_counts: np.ndarray) -> np.ndarray:
+    """(m, 2): the global bucket's (success, failure) shares per model, (0, 0) where it has no feedback."""
+    n = global_counts.sum(axis=1, keepdims=True)
+    return np.divide(global_counts, n, out=np.zeros_like(global_counts), where=n > 0)
 
 
 def _build_bandit(s: SelectorSettings) -> BanditSelector:
