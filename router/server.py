@@ -27,11 +27,12 @@ from switchpoint.router.discovery import NoCredentials, ReplicaDiscovery, router
 from switchpoint.router.frontdoors.extproc.service import ExtProcFrontDoor
 from switchpoint.router.frontdoors.extproc.settings import ExtProcSettings
 from switchpoint.router.frontdoors.grpc_router import SERVICE_NAME, RouterService
+from switchpoint.router.handoff import Handoff
 from switchpoint.router.inflight import InflightLedger
 from switchpoint.router.metrics import RouterMetrics
 from switchpoint.router.passive_health import PassiveHealth
-from switchpoint.router.pipeline import RoutePipeline
 from switchpoint.router.peering import CHANNEL, PeerChannel
+from switchpoint.router.pipeline import RoutePipeline
 from switchpoint.router.reload import ConfigWatcher
 from switchpoint.router.request import RequestLimits
 from switchpoint.router.scheduling.fleet import FleetState
@@ -40,6 +41,7 @@ from switchpoint.router.scheduling.scraper import Scraper
 from switchpoint.router.selecting import SelectorBank, Selectors, close_retired, sync_forever
 from switchpoint.router.signals.neural import SignalInference
 from switchpoint.router.telemetry import otlp_tracer_provider, tracer_from
+from switchpoint.router.tickets import TicketSigner, settle_key_from_env
 
 log = logging.getLogger("switchpoint.router")
 
@@ -69,9 +71,9 @@ class RouterServer:
         extproc_port: int | None = None,
         extproc_settings: ExtProcSettings | None = None,
         kubeconfig: str | None = None,
+        peer_channel: str | None = CHANNEL,
     ):
         self.config_paths = list(config_paths)
-        peer_channel: str | None = CHANNEL,
         self.host = host
         self.port = port
         self.metrics_port = metrics_port
@@ -86,10 +88,10 @@ class RouterServer:
         self.redis_url = redis_url
         self.redis_timeout_s = redis_timeout_s
         self.budget_ledger: RedisLedger | None = None
-        self.core: RouterCore | None = None
-        self.server: grpc.aio.Server | None = None
         self.peer_channel = peer_channel  # where the routers on this Redis tell each other what they place
         self.peering: PeerChannel | None = None
+        self.core: RouterCore | None = None
+        self.server: grpc.aio.Server | None = None
         self.health = HealthServicer()
         self._tasks: list[asyncio.Task] = []
         self._metrics_http = None
@@ -128,17 +130,18 @@ class RouterServer:
         # A reservation outlives the in-flight entry a little, so a Report that arrives in time always settles it.
         enforcer = BudgetEnforcer(self.budget_ledger, reservation_ttl_s=self.ledger.ttl_s + 60)
         self.scheduler = Scheduler(self.ledger, self.fleet, replicas=self.discovery)
-        self.inference = SignalInference(self.classifier_threads, tracer)
-        # The cache shares the budget ledger's Redis when there is one (vector sets are built into Redis 8);
         if self.redis_url and self.peer_channel:
             self.peering = PeerChannel(self.redis_url, self.scheduler, self.peer_channel, self.redis_timeout_s)
             await self.peering.start()
+        self.inference = SignalInference(self.classifier_threads, tracer)
+        # The cache shares the budget ledger's Redis when there is one (vector sets are built into Redis 8);
         # otherwise it lives in this process.
         self.cache = SemanticCache(open_store(self.redis_url))
+        self.handoff = self._handoff()
         self.core = RouterCore(snapshot, RoutePipeline(self.scheduler, tracer, self.inference), self.ledger,
                                self.metrics, tracer, BudgetGate(enforcer, self.metrics),
                                CacheStage(self.cache, self.inference, self.metrics), bank=self.bank,
-                               health=self.fleet.health)
+                               health=self.fleet.health, handoff=self.handoff)
         self.discovery.update(config)  # NoCredentials if a pool selects pods and there are none
         if not await self.discovery.listed():
             unlisted = self.discovery.unlisted()
@@ -182,6 +185,20 @@ class RouterServer:
         log.info("router serving %d policies, %d pools on %s:%d (config %s)", len(config.policies),
                  len(config.pools), self.host, self.port, config.digest)
         return self.port
+
+    def _handoff(self) -> Handoff:
+        """Settle anywhere: the deployment's settle key (the chart's Secret) lets every replica settle every ticket;
+        without one, this process's own key (Reports settle only here)."""
+        try:
+            key = settle_key_from_env()
+        except ValueError as exc:
+            raise StartError(str(exc)) from None
+        if key is None and self.redis_url:
+            log.warning("no settle key ($SWITCHPOINT_SETTLE_KEY or $SWITCHPOINT_SETTLE_KEY_FILE): a Report settles "
+                        "only on the router replica that routed its request")
+        signer = TicketSigner(key) if key is not None else TicketSigner.ephemeral()
+        return Handoff(signer, self.redis_url, shared=key is not None, ttl_s=self.ledger.ttl_s,
+                       timeout_s=self.redis_timeout_s)
 
     async def _start_extproc(self) -> None:
         """The Envoy external processing front door on its own port (GIE's pickers use 9002), on the same core."""
@@ -230,8 +247,12 @@ class RouterServer:
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()
+        if self.peering is not None:
+            await self.peering.close()
         if self.budget_ledger is not None:
             await self.budget_ledger.close()
+        if self.core is not None:
+            await self.core.handoff.close()
         if self.inference is not None:
             self.inference.close()
         if self.cache is not None:
@@ -247,8 +268,6 @@ def _bind(server: grpc.aio.Server, host: str, port: int, what: str) -> int:
     try:
         bound = server.add_insecure_port(f"{host}:{port}")
     except RuntimeError as exc:  # grpcio raises where older versions returned 0
-        if self.peering is not None:
-            await self.peering.close()
         raise StartError(f"cannot bind the {what} port {port} on {host}: {exc}") from exc
     if bound == 0:
         raise StartError(f"cannot bind the {what} port {port} on {host}")

@@ -46,6 +46,7 @@ class Routed:
     fallbacks: tuple[Target, ...] = ()
     headers: dict[str, str] = field(default_factory=dict)  # to set on the upstream request
     budget: BudgetAdmission | None = None
+    ticket: str = ""  # lets any router replica settle the request (router/tickets.py); none on a cache hit
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class Settlement:
     response: str = ""  # the full response text, for the cache
     replica: str = ""  # the replica that actually served, when a fallback did
     quality: float | None = None  # feedback in [0, 1] for learning selectors
+    ticket: str = ""  # the Decision's ticket: settles on a replica other than the one that routed
 
     def check(self) -> None:
         """InvalidRequest naming the field when the settlement cannot be right."""
@@ -85,6 +87,7 @@ class Settled:
     decision: str
     pool: str
     cache_write: str | None  # stored, or why not (error, truncated, pii, ...); None when the cache was off
+    duplicate: bool = False  # the request was already settled (here or on another replica): nothing was done
 
 
 @dataclass(frozen=True)

@@ -38,12 +38,14 @@ from switchpoint.router.core.answers import (
 )
 from switchpoint.router.core.snapshot import Snapshot
 from switchpoint.router.frontdoors.headers import DESTINATION_HEADER, PREFILLER_HEADER
+from switchpoint.router.handoff import Handoff, entry_from
 from switchpoint.router.inflight import InflightEntry, InflightLedger
 from switchpoint.router.metrics import RouterMetrics
 from switchpoint.router.pipeline import RoutePipeline, RouteResult, downgraded
 from switchpoint.router.refusals import AlreadyExists, NotFound, Refusal
 from switchpoint.router.request import RouteInput
 from switchpoint.router.selecting import close_retired
+from switchpoint.router.tickets import TICKET_HEADER, Ticket, TicketBudget, TicketSigner
 
 log = logging.getLogger("switchpoint.router")
 
@@ -57,7 +59,8 @@ class ReplicaHealth(Protocol):
 class RouterCore:
     def __init__(self, snapshot: Snapshot, pipeline: RoutePipeline, ledger: InflightLedger, metrics: RouterMetrics,
                  tracer: trace.Tracer, budgets: BudgetGate, cache: CacheStage, bank: ModelBank | None = None,
-                 health: ReplicaHealth | None = None, clock: Callable[[], float] = time.monotonic):
+                 health: ReplicaHealth | None = None, clock: Callable[[], float] = time.monotonic,
+                 handoff: Handoff | None = None):
         self._snapshot = snapshot
         self.pipeline = pipeline
         self.scheduler = pipeline.scheduler
@@ -70,6 +73,8 @@ class RouterCore:
         self.bank = bank
         self.health = health
         self.clock = clock
+        # without a shared handoff (tests, benches, switchpoint route): tickets of this process, settled once here
+        self.handoff = handoff if handoff is not None else Handoff(TicketSigner.ephemeral(), ttl_s=ledger.ttl_s)
         self.scheduler.retain(snapshot.config)
         metrics.config_loaded(snapshot.digest)
 
@@ -128,7 +133,9 @@ class RouterCore:
         admission = None
         if snapshot.config.budgets:
             result, admission = await self._budget_stage(snapshot, req, result, span)
-        routed = _routed(result, step.outcome, admission)
+        held = step.write is not None and self.handoff.hold_cache(req.request_id, step.write)
+        routed = _routed(result, step.outcome, admission, self.handoff.signer.sign(
+            _ticket(result, admission, held, int((time.time() + self.ledger.ttl_s) * 1000))))
         self.ledger.admit(InflightEntry(
             request_id=req.request_id,
             policy=result.policy_name,
@@ -202,13 +209,25 @@ class RouterCore:
     # -- settle ------------------------------------------------------------------------------------------
 
     async def settle(self, s: Settlement, parent: otel_context.Context | None = None) -> Settled:
-        """Settle a routed request: cache write, bandit feedback, budget at actual usage, metrics, passive
-        health. NotFound when the id is not in flight (never routed here, already settled, or expired)."""
+        """Settle a routed request, on whichever replica routed it (its in-flight entry) or any other (the
+        Decision's ticket): cache write, bandit feedback, budget at actual usage, metrics, passive health.
+        Exactly once across replicas: a second settlement of the same id is a no-op (`duplicate`). InvalidRequest
+        for a forged, altered or another request's ticket; NotFound for an expired ticket, or without one when
+        the id is not in flight here."""
         s.check()
+        ticket = self.handoff.signer.open(s.ticket, s.request_id) if s.ticket else None
         entry = self.ledger.settle(s.request_id)
-        if entry is None:
+        if entry is None and ticket is None:
             raise NotFound(f"request_id '{s.request_id[:128]}' is not in flight here: never routed by this router, "
-                           f"already settled, or expired after {self.ledger.ttl_s:g}s")
+                           f"already settled, or expired after {self.ledger.ttl_s:g}s (to settle on any replica, "
+                           "send the Decision's ticket)")
+        first, handed = await self.handoff.first(s.request_id, entry is None and ticket is not None and ticket.cache)
+        if entry is None:
+            assert ticket is not None
+            entry = entry_from(ticket, self._snapshot, handed)
+        if not first:
+            self.metrics.reports.labels(entry.workload, entry.decision, entry.pool, "duplicate").inc()
+            return Settled(entry.decision, entry.pool, None, duplicate=True)
         replica = s.replica or entry.replica
         if self.health is not None and s.outcome != "cancelled":
             self.health.record(replica, s.outcome != "error", self.clock())
@@ -287,12 +306,30 @@ class RouterCore:
             await self.sweep()
 
 
-def _routed(result: RouteResult, cache_outcome: str, admission: BudgetAdmission | None) -> Routed:
+def _ticket(result: RouteResult, admission: BudgetAdmission | None, cache: bool, expires_ms: int) -> Ticket:
+    sel = result.selection
+    pool = sel.candidate.pool
+    budget = None if admission is None else TicketBudget(
+        admission.reservation_id, admission.outcome,
+        tuple((ln.instance.name, ln.instance.tenant, ln.units) for ln in admission.lines))
+    bandit = None if result.bandit is None else (result.bandit.context, result.bandit.model)
+    return Ticket(
+        request_id=result.request.request_id, expires_ms=expires_ms,
+        policy=result.policy.key if result.policy is not None else "", decision=result.outcome.decision.name,
+        pool=pool.name, model=sel.candidate.model, replica=sel.placement.replica.address,
+        prefill_replica=sel.placement.prefill.address if sel.placement.prefill else "",
+        workload=result.workload.label,
+        pricing=(pool.pricing.input_per_million, pool.pricing.output_per_million, pool.pricing.currency),
+        budget=budget, bandit=bandit, cache=cache)
+
+
+def _routed(result: RouteResult, cache_outcome: str, admission: BudgetAdmission | None, ticket: str) -> Routed:
     sel = result.selection
     replica = sel.placement.replica.address
     prefill = sel.placement.prefill.address if sel.placement.prefill else ""
     rid, name = result.request.request_id, result.outcome.decision.name
-    headers = {DESTINATION_HEADER: replica, "x-switchpoint-request-id": rid, "x-switchpoint-decision": name}
+    headers = {DESTINATION_HEADER: replica, "x-switchpoint-request-id": rid, "x-switchpoint-decision": name,
+               TICKET_HEADER: ticket}
     if prefill:
         headers[PREFILLER_HEADER] = prefill
     return Routed(
@@ -300,7 +337,7 @@ def _routed(result: RouteResult, cache_outcome: str, admission: BudgetAdmission 
         signals=result.fired, workload=result.workload.label, cache=cache_outcome,
         pool=sel.candidate.pool.name, model=sel.candidate.model, replica=replica, prefill_replica=prefill,
         fallbacks=tuple(Target(f.candidate.pool.name, f.candidate.model, f.replica.address) for f in sel.fallbacks),
-        headers=headers, budget=admission,
+        headers=headers, budget=admission, ticket=ticket,
     )
 
 

@@ -83,7 +83,7 @@ class RouterService:
             settled = await self.core.settle(settlement_from(request), parent)
         except Refusal as refusal:
             await context.abort(status_code(refusal), refusal.message)
-        return router_pb2.ReportResponse(decision=settled.decision, pool=settled.pool)
+        return router_pb2.ReportResponse(decision=settled.decision, pool=settled.pool, duplicate=settled.duplicate)
 
     async def budget_status(self, request: router_pb2.BudgetStatusRequest | MalformedRequest,
                             context: grpc.aio.ServicerContext) -> router_pb2.BudgetStatusResponse:
@@ -133,7 +133,7 @@ def settlement_from(request: router_pb2.ReportRequest | MalformedRequest) -> Set
         request_id=request.request_id, outcome=OUTCOMES[request.outcome], prompt_tokens=request.prompt_tokens,
         completion_tokens=request.completion_tokens, cached_tokens=request.cached_tokens, ttft_ms=request.ttft_ms,
         latency_ms=request.latency_ms, response=request.response, replica=request.replica,
-        quality=request.quality if request.HasField("quality") else None,
+        quality=request.quality if request.HasField("quality") else None, ticket=request.ticket,
     )
 
 
@@ -143,7 +143,7 @@ def decision_message(routed: Routed) -> router_pb2.Decision:
         replica=routed.replica, prefill_replica=routed.prefill_replica,
         fallbacks=[router_pb2.Target(pool=f.pool, model=f.model, replica=f.replica) for f in routed.fallbacks],
         headers=routed.headers, signals=routed.signals, reason=routed.reason, policy=routed.policy,
-        cache=routed.cache,
+        cache=routed.cache, ticket=routed.ticket,
     )
     if routed.cached is not None:
         c = routed.cached

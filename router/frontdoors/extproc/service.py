@@ -48,6 +48,7 @@ from switchpoint.router.frontdoors.headers import DESTINATION_HEADER
 from switchpoint.router.refusals import InvalidRequest, Refusal
 from switchpoint.router.request import RequestLimits, RouteInput, route_input
 from switchpoint.router.signals.tokens import estimate_tokens
+from switchpoint.router.tickets import TICKET_HEADER
 
 log = logging.getLogger("switchpoint.router.extproc")
 
@@ -126,6 +127,7 @@ class Exchange:
         self.request: RouteInput | None = None
         self.routed: Routed | None = None
         self.request_id = ""  # set when this stream owns the settlement
+        self.ticket = ""
         self.replica = ""
         self.started = 0.0
         self.ttft_ms = 0.0
@@ -147,7 +149,8 @@ class Exchange:
             if not self.request_id and msg.HasField("metadata_context"):  # request headers not sent to it
                 request_id = _metadata_value(msg, METADATA_NAMESPACE, "request_id")
                 if request_id:
-                    self._observe(request_id, _metadata_value(msg, LB_NAMESPACE, DESTINATION_HEADER))
+                    self._observe(request_id, _metadata_value(msg, LB_NAMESPACE, DESTINATION_HEADER),
+                                  _metadata_value(msg, METADATA_NAMESPACE, "ticket"))
         kind = msg.WhichOneof("request")
         if kind == "request_headers":
             return await self._request_headers(msg)
@@ -170,7 +173,8 @@ class Exchange:
     async def _request_headers(self, msg: pb.ProcessingRequest) -> list[pb.ProcessingResponse]:
         self.headers = _header_map(msg.request_headers.headers)
         if self.observer:
-            self._observe(self.headers.get(REQUEST_ID_HEADER, ""), self.headers.get(DESTINATION_HEADER, ""))
+            self._observe(self.headers.get(REQUEST_ID_HEADER, ""), self.headers.get(DESTINATION_HEADER, ""),
+                          self.headers.get(TICKET_HEADER, ""))
             return []
         self.endpoint = endpoint_of(self.headers.get(":path", ""))
         if self.endpoint == "models":
@@ -221,7 +225,7 @@ class Exchange:
                                             parsed.include_usage, routed.request_id, headers)]
         self.parsed, self.request, self.routed = parsed, request, routed
         if self.response_mode != Mode.NONE:  # this stream sees the response: it settles
-            self._observe(routed.request_id, routed.replica)
+            self._observe(routed.request_id, routed.replica, routed.ticket)
         return self._routed_answers(rewrite_body(parsed, routed.model))
 
     def _route_input(self, parsed: ParsedRequest) -> RouteInput:
@@ -268,9 +272,10 @@ class Exchange:
 
     # -- response path ---------------------------------------------------------------------------
 
-    def _observe(self, request_id: str, replica: str) -> None:
-        """This stream settles `request_id` when the response ends (or the stream does)."""
-        self.request_id, self.replica = request_id, replica
+    def _observe(self, request_id: str, replica: str, ticket: str) -> None:
+        """This stream settles `request_id` when the response ends (or the stream does); with the Decision's
+        ticket it settles on this replica even when another one routed the request (an observer stream)."""
+        self.request_id, self.replica, self.ticket = request_id, replica, ticket
         self.started = time.perf_counter()
         self.reader = ResponseReader(self.settings.max_response_bytes)
 
@@ -330,7 +335,7 @@ class Exchange:
         settlement = Settlement(
             request_id=self.request_id, outcome=outcome, prompt_tokens=prompt, completion_tokens=completion,
             cached_tokens=usage.cached_tokens, ttft_ms=self.ttft_ms, latency_ms=latency,
-            response=usage.text if outcome == "success" else "", replica=self.replica)
+            response=usage.text if outcome == "success" else "", replica=self.replica, ticket=self.ticket)
         try:
             await self.door.core.settle(settlement)
         except Refusal as refusal:
@@ -366,7 +371,7 @@ def _dynamic_metadata(routed: Routed) -> struct_pb2.Struct:
     metadata.update({
         LB_NAMESPACE: {DESTINATION_HEADER: routed.replica},
         METADATA_NAMESPACE: {"request_id": routed.request_id, "decision": routed.decision, "pool": routed.pool,
-                             "model": routed.model, "cache": routed.cache},
+                             "model": routed.model, "cache": routed.cache, "ticket": routed.ticket},
     })
     return metadata
 

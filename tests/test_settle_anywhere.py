@@ -1,0 +1,219 @@
+"""Settle anywhere, exactly once: a Report reaches any router replica and settles there (budget, cache, bandit).
+
+Two real routers (gRPC on 127.0.0.1) share one real Redis and one settle key; Routes go to one, Reports to
+the other. The ticket itself is tested as the pure function it is: forged, altered, replayed for another
+request and expired tickets are refused, naming the cause.
+"""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+
+from switchpoint.router.refusals import InvalidRequest, NotFound
+from switchpoint.router.tickets import Ticket, TicketBudget, TicketSigner, settle_key_from_env
+from switchpoint.v1 import router_pb2
+from tests.conftest import EXAMPLES, ThreadedRouter, chat, wait_for
+from tests.test_cache_route import ANSWER, QUESTION, cached
+from tests.test_selection_route import config as selection_config
+from tests.test_selection_route import route as selection_route
+
+KEY = "a-settle-key-shared-by-the-replicas"
+BUDGET = """
+apiVersion: switchpoint.dev/v1alpha1
+kind: Budget
+metadata: {name: acme}
+spec:
+  scope: {type: Tenant, name: acme}
+  window: {duration: 1h}
+  limit: {tokens: 100000}
+"""
+
+TICKET = Ticket(request_id="r-1", expires_ms=2_000_000_000_000, policy="default/assistant", decision="chat",
+                pool="small-chat", model="m", replica="127.0.0.1:8101", workload="chat/single/decode/cold",
+                pricing=(0.5, 1.5, "USD"), budget=TicketBudget("abc:r-1", "admitted", (("default/acme", "", 600),)),
+                bandit=("global", "m"), cache=True)
+
+
+# -- the ticket, pure ----------------------------------------------------------------------------------------------
+
+def test_a_ticket_round_trips():
+    signer = TicketSigner(KEY.encode())
+    assert signer.open(signer.sign(TICKET), "r-1", now_ms=0) == TICKET
+
+
+def _altered(token: str) -> str:
+    version, payload, mac = token.split(".")
+    flipped = payload[:10] + ("A" if payload[10] != "A" else "B") + payload[11:]
+    return f"{version}.{flipped}.{mac}"
+
+
+@pytest.mark.parametrize(("make", "rid", "refusal", "fragment"), [
+    (lambda t: _altered(t), "r-1", InvalidRequest, "signature does not verify"),
+    (lambda t: t.rsplit(".", 1)[0] + ".AAAAAAAAAAAAAAAAAAAAAA", "r-1", InvalidRequest, "signature does not verify"),
+    (lambda t: TicketSigner(b"another-deployment-key").sign(TICKET), "r-1", InvalidRequest, "another settle key"),
+    (lambda t: t, "r-2", InvalidRequest, "issued for request_id 'r-1', not 'r-2'"),
+    (lambda t: "not a ticket", "r-1", InvalidRequest, "not a settlement ticket"),
+    (lambda t: "2." + t[2:], "r-1", InvalidRequest, "not a settlement ticket"),
+    (lambda t: TicketSigner(KEY.encode()).sign(Ticket("r-1", 1000, "", "d", "p", "m", "r")), "r-1", NotFound,
+     "its ticket expired"),
+])
+def test_bad_tickets_are_refused_naming_the_cause(make, rid, refusal, fragment):
+    signer = TicketSigner(KEY.encode())
+    with pytest.raises(refusal) as err:
+        signer.open(make(signer.sign(TICKET)), rid)
+    assert fragment in err.value.message
+
+
+@pytest.mark.parametrize(("env", "result"), [
+    ({}, None),
+    ({"SWITCHPOINT_SETTLE_KEY": KEY}, KEY.encode()),
+    ({"SWITCHPOINT_SETTLE_KEY": "short"}, "at least 16 bytes"),
+    ({"SWITCHPOINT_SETTLE_KEY_FILE": "/nonexistent/key"}, "cannot read /nonexistent/key"),
+])
+def test_the_settle_key_comes_from_the_environment(env, result):
+    if isinstance(result, str):
+        with pytest.raises(ValueError, match=result):
+            settle_key_from_env(env)
+    else:
+        assert settle_key_from_env(env) == result
+
+
+def test_the_settle_key_may_be_a_file(tmp_path):
+    (tmp_path / "key").write_text(KEY + "\n")
+    assert settle_key_from_env({"SWITCHPOINT_SETTLE_KEY_FILE": str(tmp_path / "key")}) == KEY.encode()
+
+
+# -- two routers, one Redis ----------------------------------------------------------------------------------------
+
+@pytest.fixture
+def budget_config(config_dir):
+    (config_dir / "budgets.yaml").write_text(BUDGET)
+    return config_dir
+
+
+def report(stub, d: router_pb2.Decision, ticket: str | None = None, **fields) -> router_pb2.ReportResponse:
+    fields.setdefault("outcome", router_pb2.OUTCOME_SUCCESS)
+    return stub.Report(router_pb2.ReportRequest(request_id=d.request_id, ticket=d.ticket if ticket is None else ticket,
+                                                **fields), timeout=10)
+
+
+def standing(r: ThreadedRouter) -> tuple[float, float]:
+    s = r.stub.BudgetStatus(router_pb2.BudgetStatusRequest(), timeout=10)
+    return next((b.spent, b.reserved) for b in s.budgets if b.budget == "default/acme")
+
+
+def test_a_report_settles_on_the_other_replica_exactly_once(budget_config, redis_url, monkeypatch):
+    monkeypatch.setenv("SWITCHPOINT_SETTLE_KEY", KEY)
+    with ThreadedRouter(config_paths=[budget_config], redis_url=redis_url) as a, \
+            ThreadedRouter(config_paths=[budget_config], redis_url=redis_url) as b:
+        d = a.stub.Route(chat("hello there", tenant="acme", max_tokens=50), timeout=10)
+        assert d.ticket and d.headers["x-switchpoint-ticket"] == d.ticket and d.budget.outcome == "admitted"
+        assert standing(b)[1] > 0
+        settled = report(b.stub, d, prompt_tokens=7, completion_tokens=30)
+        assert (settled.decision, settled.pool, settled.duplicate) == (d.decision, d.pool, False)
+        assert standing(b) == (37, 0)
+        # again, on either replica, with or without the reservation's router knowing: nothing counts twice
+        assert report(a.stub, d, prompt_tokens=7, completion_tokens=30).duplicate
+        assert report(b.stub, d, prompt_tokens=900, completion_tokens=900).duplicate
+        assert standing(a) == (37, 0)
+        assert 'outcome="duplicate"' in a.metrics_text() and 'outcome="success"' in b.metrics_text()
+
+
+def test_a_report_on_the_routing_replica_still_counts_once(budget_config, redis_url, monkeypatch):
+    monkeypatch.setenv("SWITCHPOINT_SETTLE_KEY", KEY)
+    with ThreadedRouter(config_paths=[budget_config], redis_url=redis_url) as a, \
+            ThreadedRouter(config_paths=[budget_config], redis_url=redis_url) as b:
+        d = a.stub.Route(chat("hello there", tenant="acme", max_tokens=50), timeout=10)
+        assert not report(a.stub, d, prompt_tokens=5, completion_tokens=5).duplicate
+        assert report(b.stub, d, prompt_tokens=5, completion_tokens=5).duplicate
+        assert standing(b) == (10, 0)
+
+
+@pytest.mark.parametrize(("ticket", "code", "fragment"), [
+    ("", grpc.StatusCode.NOT_FOUND, "send the Decision's ticket"),
+    ("ALTER", grpc.StatusCode.INVALID_ARGUMENT, "signature does not verify"),
+    ("OTHER", grpc.StatusCode.INVALID_ARGUMENT, "a ticket settles only its own request"),
+])
+def test_bad_reports_elsewhere_are_refused_and_count_nothing(budget_config, redis_url, monkeypatch, ticket, code,
+                                                             fragment):
+    monkeypatch.setenv("SWITCHPOINT_SETTLE_KEY", KEY)
+    with ThreadedRouter(config_paths=[budget_config], redis_url=redis_url) as a, \
+            ThreadedRouter(config_paths=[budget_config], redis_url=redis_url) as b:
+        d = a.stub.Route(chat("hello there", tenant="acme", max_tokens=50), timeout=10)
+        other = a.stub.Route(chat("hello again", tenant="acme", max_tokens=50), timeout=10)
+        sent = {"ALTER": _altered(d.ticket), "OTHER": other.ticket}.get(ticket, ticket)
+        with pytest.raises(grpc.RpcError) as err:
+            report(b.stub, d, ticket=sent, prompt_tokens=7, completion_tokens=30)
+        assert err.value.code() == code and fragment in err.value.details()
+        spent, reserved = standing(b)
+        assert spent == 0 and reserved == 2 * d.budget.budgets[0].request
+        assert not report(b.stub, d, prompt_tokens=7, completion_tokens=30).duplicate  # the real one still settles
+
+
+def test_a_report_after_expiry_is_refused_and_the_reservation_stays_for_the_ledger(budget_config, redis_url,
+                                                                                   monkeypatch):
+    monkeypatch.setenv("SWITCHPOINT_SETTLE_KEY", KEY)
+    with ThreadedRouter(config_paths=[budget_config], redis_url=redis_url, inflight_ttl_s=0.5) as a, \
+            ThreadedRouter(config_paths=[budget_config], redis_url=redis_url, inflight_ttl_s=0.5) as b:
+        d = a.stub.Route(chat("hello there", tenant="acme", max_tokens=50), timeout=10)
+        replica = d.replica
+        assert a.server.ledger.load(replica) == 1
+        assert wait_for(lambda: a.server.ledger.load(replica) == 0, timeout=5)  # the routing replica lets go (TTL)
+        time.sleep(0.1)
+        with pytest.raises(grpc.RpcError) as err:
+            report(b.stub, d, prompt_tokens=7, completion_tokens=30)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND and "its ticket expired" in err.value.details()
+        # charged once, in full, when the reservation expires (ledger.lua): never also at this Report
+        assert standing(b) == (0, d.budget.budgets[0].request)
+
+
+def test_the_routing_replica_releases_its_load_when_the_report_lands_elsewhere(budget_config, redis_url,
+                                                                               monkeypatch):
+    monkeypatch.setenv("SWITCHPOINT_SETTLE_KEY", KEY)
+    with ThreadedRouter(config_paths=[budget_config], redis_url=redis_url, inflight_ttl_s=1.0) as a, \
+            ThreadedRouter(config_paths=[budget_config], redis_url=redis_url, inflight_ttl_s=1.0) as b:
+        d = a.stub.Route(chat("hello there", tenant="acme", max_tokens=50), timeout=10)
+        report(b.stub, d, prompt_tokens=7, completion_tokens=30)
+        assert a.server.ledger.load(d.replica) == 1 and b.server.ledger.load(d.replica) == 0
+        assert wait_for(lambda: a.server.ledger.load(d.replica) == 0, timeout=5)
+        assert standing(a) == (37, 0)
+
+
+def test_without_a_shared_key_a_report_settles_only_where_it_was_routed(budget_config, redis_url, monkeypatch):
+    monkeypatch.delenv("SWITCHPOINT_SETTLE_KEY", raising=False)
+    with ThreadedRouter(config_paths=[budget_config], redis_url=redis_url) as a, \
+            ThreadedRouter(config_paths=[budget_config], redis_url=redis_url) as b:
+        d = a.stub.Route(chat("hello there", tenant="acme", max_tokens=50), timeout=10)
+        with pytest.raises(grpc.RpcError) as err:
+            report(b.stub, d)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "another settle key" in err.value.details()
+        assert not report(a.stub, d).duplicate
+
+
+def test_the_cache_stores_an_answer_reported_to_the_other_replica(redis_url, monkeypatch):
+    monkeypatch.setenv("SWITCHPOINT_SETTLE_KEY", KEY)
+    with ThreadedRouter(config_paths=[EXAMPLES], redis_url=redis_url) as a, \
+            ThreadedRouter(config_paths=[EXAMPLES], redis_url=redis_url) as b:
+        d = a.stub.Route(chat(QUESTION, model="smart", tenant="acme"), timeout=10)
+        assert d.cache == "miss"
+        time.sleep(0.2)  # the hand-off is written behind the Route
+        report(b.stub, d, prompt_tokens=12, completion_tokens=14, response=ANSWER)
+        hit = cached(a, QUESTION, tenant="acme")
+        assert hit is not None and hit.cached.content == ANSWER and hit.cached.tier == "exact"
+        assert 'switchpoint_cache_writes_total{result="stored"} 1.0' in b.metrics_text()
+
+
+def test_the_bandit_learns_from_reports_on_the_other_replica(tmp_path, redis_url, monkeypatch):
+    monkeypatch.setenv("SWITCHPOINT_SETTLE_KEY", KEY)
+    cfg = selection_config(tmp_path, "{algorithm: bandit, exploration: 0.3}")
+    with ThreadedRouter(config_paths=[cfg], redis_url=redis_url) as a, \
+            ThreadedRouter(config_paths=[cfg], redis_url=redis_url) as b:
+        for _ in range(60):  # routed by a, rated on b: the weak pool's answers bad, the strong pool's good
+            d = selection_route(a, "hello")
+            report(b.stub, d, quality=1.0 if d.pool == "strong" else 0.0)
+        time.sleep(2.5)  # both routers sync their counts every second
+        picks = [selection_route(a, "hello").pool for _ in range(30)]
+    assert picks.count("strong") >= 25
