@@ -480,3 +480,84 @@ def test_make_selector_builds_each_algorithm_and_names_bad_settings(labelled, tm
         algorithm = kwargs.pop("algorithm")
         with pytest.raises(SelectorError, match=message):
             make_selector(algorithm, cache_dir=tmp_path, **kwargs)
+
+
+# -- do no harm: the fallback -----------------------------------------------------------------------------
+def test_knn_far_from_its_data_falls_back_to_the_declared_order_at_its_static_shares(labelled, tmp_path):
+    from switchpoint.router.selectors.guard import GuardParams
+
+    sel = knn_selector(KnnParams(dataset=str(labelled), k=3, lam=100.0, guard=GuardParams(min_similarity=0.9)),
+                       AxisEncoder(), tmp_path)
+    cands = [DEAR, CHEAP]
+    shares = sel.shares_for(cands)
+    assert shares.tolist() == [0.5, 0.5]  # on its data it sends the 6 math prompts to the dear pool, 6 chat cheap
+    near = sel.rank(cands, req(e(1, 0.05, 0), "near"))
+    assert near.keys[0] == "dear-pool" and not near.evidence.fallback
+    far = [sel.rank(cands, req(e(0, 0, 1), f"far-{i}")) for i in range(200)]  # (0, 0, 1): like no labelled prompt
+    assert all(r.evidence.fallback for r in far)
+    firsts = Counter(r.keys[0] for r in far)
+    assert 70 <= firsts["dear-pool"] <= 130  # drawn at the static shares, 50 % each
+    assert all(r.keys == (r.keys[0], *[k for k in ("dear-pool", "cheap-pool") if k != r.keys[0]]) for r in far)
+    again = sel.rank(cands, req(e(0, 0, 1), "far-7"))
+    assert again.keys == far[7].keys  # the same request id lands alike
+    note = far[0].evidence.notes[0]
+    assert "fallback" in note and "cosine 0.000" in note and "< 0.900" in note and "dear-pool 50%" in note
+    assert far[0].evidence.attributes()["switchpoint.selection.fallback"] is True
+
+
+def test_a_lead_inside_the_margin_falls_back_and_a_clear_one_does_not(labelled, tmp_path):
+    from switchpoint.router.selectors.guard import GuardParams
+
+    # lambda 0: math has a lead of 1.0 (large right, small wrong); chat a lead of 0 (both right)
+    sel = knn_selector(KnnParams(dataset=str(labelled), k=3, lam=0.0, guard=GuardParams(min_margin=0.1)),
+                       AxisEncoder(), tmp_path)
+    assert not sel.rank([DEAR, CHEAP], req(e(1, 0.05, 0), "m")).evidence.fallback
+    chat = sel.rank([DEAR, CHEAP], req(e(0.05, 1, 0), "c"))
+    assert chat.evidence.fallback and "lead 0.000 < 0.100" in chat.evidence.notes[0]
+
+
+def test_the_default_guard_comes_from_the_data_and_the_heads_measure_distance_too(labelled, tmp_path):
+    knn = knn_selector(KnnParams(dataset=str(labelled), k=3, lam=100.0), AxisEncoder(), tmp_path)
+    assert knn.guard.min_similarity == pytest.approx(1.0 - 0.1)  # own nearest-other similarity 1.0, minus slack
+    lin = cost_quality_selector(CostQualityParams(lam=100.0, dataset=str(labelled)), AxisEncoder(), tmp_path)
+    assert lin.coverage is not None and lin.guard.active
+    assert lin.rank([DEAR, CHEAP], req(e(0, 0, 1), "x")).evidence.fallback
+    assert not lin.rank([DEAR, CHEAP], req(e(1, 0.1, 0), "y")).evidence.fallback
+
+
+@pytest.mark.parametrize("kwargs, message", [({"min_similarity": 2.0}, "min_similarity"),
+                                             ({"min_margin": -0.1}, "min_margin"),
+                                             ({"min_margin": math.nan}, "min_margin")])
+def test_guard_params_validation(kwargs, message):
+    from switchpoint.router.selectors.guard import GuardParams
+
+    with pytest.raises(SelectorError, match=message):
+        GuardParams(**kwargs)
+
+
+def test_blind_draw_follows_the_shares_and_the_request_id():
+    from switchpoint.router.selectors.guard import blind_draw, pick_shares
+
+    ids = [f"req-{i}" for i in range(4000)]
+    picks = blind_draw(ids, np.array([0.2, 0.0, 0.8]))
+    assert pick_shares(picks, 3)[0] == pytest.approx(0.2, abs=0.03) and pick_shares(picks, 3)[1] == 0.0
+    assert blind_draw(ids, np.array([0.2, 0.0, 0.8])).tolist() == picks.tolist()
+    with pytest.raises(SelectorError, match="shares"):
+        blind_draw(ids, np.array([0.0, 0.0]))
+
+
+def test_a_sparse_bandit_bucket_starts_from_the_global_posterior():
+    sel = BanditSelector(BanditParams(lam=0.0, context_bits=4, exploration=0.0, backoff=20.0))
+    other = e(1, 0, 0, 0)
+    for _ in range(100):  # traffic elsewhere: large is right, small wrong
+        ctx = sel.context(other)
+        sel.feedback(ctx, "large", 1.0)
+        sel.feedback(ctx, "small", 0.0)
+    fresh = -other  # the opposite sign pattern: a bucket with no feedback of its own
+    assert sel.context(fresh) != sel.context(other)
+    r = sel.rank([CHEAP, DEAR], req(fresh))
+    assert r.keys[0] == "dear-pool"  # without backoff the empty bucket would tie and keep the declared order
+    no_backoff = BanditSelector(BanditParams(lam=0.0, context_bits=4, exploration=0.0, backoff=0.0), sel.state)
+    assert no_backoff.rank([CHEAP, DEAR], req(fresh)).keys[0] == "cheap-pool"
+    with pytest.raises(SelectorError, match="backoff"):
+        BanditParams(backoff=-1.0)

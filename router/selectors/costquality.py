@@ -56,6 +56,7 @@ from switchpoint.router.selectors.guard import (
     GuardParams,
     blind_draw,
     default_guard,
+    draw,
     fallback_order,
     margins,
     pick_shares,
@@ -218,15 +219,14 @@ class CostQualitySelector:
         if est.similarity is None and self.coverage is not None and embeddings is not None:
             emb = embeddings[None, :] if embeddings.ndim == 1 else embeddings
             est.similarity = self.coverage.similarities(emb).max(axis=1).astype(np.float64)
-        n = est.quality.shape[0]
-        req_out = np.broadcast_to(np.asarray(output_tokens, dtype=np.float64).reshape(-1, 1), (n, len(candidates)))
-        out = np.where(np.isnan(est.output_tokens), req_out, est.output_tokens)
-        return est, candidate_costs(candidates, np.broadcast_to(np.asarray(input_tokens), (n,)), out)
+        return est, priced(candidates, est, input_tokens, output_tokens)
 
     def choose_batch(self, quality: np.ndarray, weighed: np.ndarray, lam: float, similarity: np.ndarray | None,
-                     request_ids: Sequence[str], shares: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+                     request_ids: Sequence[str], shares: np.ndarray | None,
+                     uniforms: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(first choice (n,), fell back (n,) bool): quality - lam x weighed cost, or, where the guard does not
-        trust the estimate, a draw at the static shares (the fallback of guard.py)."""
+        trust the estimate, a draw at the static shares (the fallback of guard.py). uniforms: the requests'
+        hash_uniforms(request_ids), when the caller has them already (the benchmark's sweeps)."""
         pick = first_choice(quality, weighed, lam)
         if not self.guard.active or shares is None:
             return pick, np.zeros(len(pick), dtype=bool)
@@ -234,7 +234,8 @@ class CostQualitySelector:
         if doubt.any():
             rows = np.nonzero(doubt)[0]
             pick = pick.copy()
-            pick[rows] = blind_draw([request_ids[i] for i in rows], shares)
+            pick[rows] = blind_draw([request_ids[i] for i in rows], shares) if uniforms is None \
+                else draw(uniforms[rows], shares)
         return pick, doubt
 
     def lambda_for(self, candidates: Sequence[CandidateModel]) -> float:
@@ -337,6 +338,15 @@ class CostQualitySelector:
             why.append(f"lead {lead:.3f} < {self.guard.min_margin:.3f}")
         mix = ", ".join(f"{c.key} {s:.0%}" for c, s in zip(candidates, [] if shares is None else shares, strict=False))
         return f"fallback ({'; '.join(why)}): declared order, first drawn at the static shares ({mix})"
+
+
+def priced(candidates: Sequence[CandidateModel], est: Estimate, input_tokens: np.ndarray,
+           output_tokens: np.ndarray) -> np.ndarray:
+    """(n, m) predicted USD: the estimate's output tokens per model, the requests' own where it has none."""
+    n = est.quality.shape[0]
+    req_out = np.broadcast_to(np.asarray(output_tokens, dtype=np.float64).reshape(-1, 1), (n, len(candidates)))
+    out = np.where(np.isnan(est.output_tokens), req_out, est.output_tokens)
+    return candidate_costs(candidates, np.broadcast_to(np.asarray(input_tokens), (n,)), out)
 
 
 def calibration_rows(n: int, limit: int = CALIBRATION_ROWS) -> np.ndarray:

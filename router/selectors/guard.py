@@ -76,15 +76,23 @@ def pick_shares(picks: np.ndarray, m: int) -> np.ndarray:
     return counts / counts.sum() if counts.sum() > 0 else np.full(m, 1.0 / m)
 
 
-def blind_draw(request_ids: Sequence[str], shares: np.ndarray, salt: str = FALLBACK_SALT) -> np.ndarray:
-    """(n,) a candidate per request, drawn with probabilities `shares` by a hash of its id (no id: at random)."""
+def hash_uniforms(request_ids: Sequence[str], salt: str = FALLBACK_SALT) -> np.ndarray:
+    """(n,) a uniform number in (0, 1) per request from a hash of its id (no id: at random)."""
+    return np.array([unit_hash(salt, rid) if rid else (int.from_bytes(os.urandom(8), "big") + 0.5) / 2.0**64
+                     for rid in request_ids])
+
+
+def draw(u: np.ndarray, shares: np.ndarray) -> np.ndarray:
+    """(n,) the candidate each uniform u falls on when candidate i takes the share shares[i] of (0, 1)."""
     p = np.asarray(shares, dtype=np.float64)
     if p.ndim != 1 or len(p) == 0 or not np.all(np.isfinite(p)) or np.any(p < 0) or p.sum() <= 0:
         raise SelectorError(f"fallback shares must be finite, >= 0 and not all 0; got {p!r}")
-    cdf = np.cumsum(p / p.sum())
-    u = np.array([unit_hash(salt, rid) if rid else (int.from_bytes(os.urandom(8), "big") + 0.5) / 2.0**64
-                  for rid in request_ids])
-    return np.minimum(np.searchsorted(cdf, u, side="right"), len(p) - 1)
+    return np.minimum(np.searchsorted(np.cumsum(p / p.sum()), u, side="right"), len(p) - 1)
+
+
+def blind_draw(request_ids: Sequence[str], shares: np.ndarray, salt: str = FALLBACK_SALT) -> np.ndarray:
+    """(n,) a candidate per request, drawn with probabilities `shares` by a hash of its id."""
+    return draw(hash_uniforms(request_ids, salt), shares)
 
 
 def fallback_order(first: int, m: int) -> list[int]:
