@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from switchpoint.router.budget.enforcer import BudgetEnforcer
 from switchpoint.router.budget.gate import BudgetGate
 from switchpoint.router.budget.ledger import RedisLedger
 from switchpoint.router.cache import SemanticCache, open_store
+from switchpoint.router.cache.redis_store import RedisStore
 from switchpoint.router.caching import CacheStage
 from switchpoint.router.classifiers.bank import ModelBank
 from switchpoint.router.core import Preparer, RouterCore, Snapshot
@@ -137,6 +139,9 @@ class RouterServer:
         # The cache shares the budget ledger's Redis when there is one (vector sets are built into Redis 8);
         # otherwise it lives in this process.
         self.cache = SemanticCache(open_store(self.redis_url))
+        if isinstance(self.cache.backend, RedisStore):  # a cluster's slot map now, not in the first lookup's time
+            with contextlib.suppress(Exception):  # Redis down at start: the cache's breaker takes it from here
+                await asyncio.wait_for(self.cache.backend.connect(), 2.0)
         self.handoff = self._handoff()
         self.core = RouterCore(snapshot, RoutePipeline(self.scheduler, tracer, self.inference), self.ledger,
                                self.metrics, tracer, BudgetGate(enforcer, self.metrics),

@@ -16,7 +16,7 @@ import random
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +24,7 @@ import grpc
 import pytest
 
 from switchpoint.localproc import RouterProcess
-from switchpoint.localredis import RedisServer
+from switchpoint.localredis import RedisClusterServer, RedisServer
 from switchpoint.v1 import router_pb2, router_pb2_grpc
 
 TENANTS = [f"tenant-{i}" for i in range(8)]
@@ -61,16 +61,18 @@ class Books:
     stop: threading.Event = field(default_factory=threading.Event)
 
 
-def frontend(address: str, tenants: list[str], calls: int, books: Books, seed: int) -> None:
+def frontend(address: str, tenants: list[str], calls: int, books: Books, seed: int, report_to: str = "") -> None:
     try:
-        _frontend(address, tenants, calls, books, random.Random(seed))
+        _frontend(address, tenants, calls, books, random.Random(seed), report_to or address)
     except Exception as exc:  # surfaced by the test through books.errors
         books.errors.append(repr(exc))
 
 
-def _frontend(address: str, tenants: list[str], calls: int, books: Books, rng: random.Random) -> None:
-    with grpc.insecure_channel(address) as channel:
+def _frontend(address: str, tenants: list[str], calls: int, books: Books, rng: random.Random,
+              report_to: str) -> None:
+    with grpc.insecure_channel(address) as channel, grpc.insecure_channel(report_to) as report_channel:
         stub = router_pb2_grpc.RouterStub(channel)
+        reports = router_pb2_grpc.RouterStub(report_channel)
         for _ in range(calls):
             if books.stop.is_set():
                 return
@@ -91,8 +93,9 @@ def _frontend(address: str, tenants: list[str], calls: int, books: Books, rng: r
             # the model server's own count of the prompt differs a little from the router's estimate
             prompt_tokens = max(1, int(d.budget.budgets[0].request) - max_tokens + rng.randint(-3, 4))
             completion = rng.randint(1, max_tokens)
-            stub.Report(router_pb2.ReportRequest(request_id=d.request_id, outcome=router_pb2.OUTCOME_SUCCESS,
-                                                 prompt_tokens=prompt_tokens, completion_tokens=completion), timeout=10)
+            reports.Report(router_pb2.ReportRequest(request_id=d.request_id, outcome=router_pb2.OUTCOME_SUCCESS,
+                                                    prompt_tokens=prompt_tokens, completion_tokens=completion,
+                                                    ticket=d.ticket), timeout=10)
             with books.lock:
                 if d.budget.outcome == "unenforced":
                     books.unenforced += 1
@@ -114,16 +117,18 @@ def ledger_spend(address: str) -> dict[str, tuple[float, float, float]]:
         return out
 
 
-def run_fleet(config: Path, redis: RedisServer, during: Callable[[Books], None] | None = None,
-              ) -> tuple[Books, dict]:
+def run_fleet(config: Path, redis: RedisServer | RedisClusterServer, during: Callable[[Books], None] | None = None,
+              report_elsewhere: bool = False) -> tuple[Books, dict]:
+    """12 frontends over 3 routers; with `report_elsewhere`, each Reports to the next router (settle anywhere)."""
     books = Books()
     routers = [RouterProcess([config], metrics=False, extra=["--redis", redis.url]) for _ in range(3)]
     for r in routers:
         r.__enter__()
     try:
         calls = 60 if during is None else 100_000  # with `during`, frontends run until it is over
-        threads = [threading.Thread(target=frontend, args=(routers[i % 3].address, TENANTS, calls, books, i))
-                   for i in range(12)]
+        threads = [threading.Thread(target=frontend, args=(
+            routers[i % 3].address, TENANTS, calls, books, i,
+            routers[(i + 1) % 3].address if report_elsewhere else "")) for i in range(12)]
         for t in threads:
             t.start()
         if during is not None:
@@ -184,3 +189,19 @@ def test_budgets_survive_a_redis_restart(fleet_config, redis_server):
     books, spend = run_fleet(fleet_config, redis_server, during=restart)
     assert books.unenforced >= 20, "Redis was never down while requests arrived"
     assert_books_balance(books, spend)
+
+
+@pytest.fixture
+def redis_cluster() -> Iterator[RedisClusterServer]:
+    with RedisClusterServer(masters=3) as cluster:
+        yield cluster
+
+
+def test_budgets_hold_the_same_bound_on_a_redis_cluster(fleet_config, redis_cluster, monkeypatch):
+    """As test_budgets_hold_across_router_replicas, on a three-master cluster, each frontend Reporting to another
+    router than the one that routed (settle anywhere)."""
+    monkeypatch.setenv("SWITCHPOINT_SETTLE_KEY", "the-fleet-settle-key-0123456789")
+    books, spend = run_fleet(fleet_config, redis_cluster, report_elsewhere=True)
+    assert books.unenforced == 0 and books.admitted > 50
+    assert_books_balance(books, spend)
+    assert any(spent > 0.8 * limit for spent, _, limit in spend.values())
