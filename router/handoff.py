@@ -6,7 +6,7 @@ before (its replica load, the Report's trace link). A Report settles on whicheve
 * the replica that routed uses its in-flight entry; any other rebuilds the entry from the ticket (budget
   lines and prices, the bandit's context and arm, the matrix cell) against its own config;
 * before settling, the replica takes the request's settle-once mark in Redis (`SET sp:settled:<id> NX`,
-  kept for the in-flight TTL + 60 s, as long as the reservation): the first Report settles, any later one
+  kept as long as the reservation: the in-flight TTL + min(60 s, the TTL)): the first Report settles, any later one
   for the same id, on any replica, is a no-op. Without Redis (or while it is unreachable) the mark is kept
   in this process only;
 * a cache miss whose answer may be stored hands its cache write (scope, conversation, embedding) to Redis
@@ -55,13 +55,13 @@ MAX_LOCAL_MARKS = 100_000
 
 class Handoff:
     def __init__(self, signer: TicketSigner, redis_url: str | None = None, *, shared: bool = False,
-                 ttl_s: float = 600.0, timeout_s: float = 0.25):
+                 ttl_s: float = 600.0, mark_ttl_s: float | None = None, timeout_s: float = 0.25):
         """shared: the settle key is the deployment's (not this process's own), so other replicas may settle our
         tickets and the cache write is worth handing off."""
         self.signer = signer
         self.shared = shared
         self.ttl_s = ttl_s
-        self.mark_ms = int((ttl_s + 60) * 1000)
+        self.mark_ms = int((mark_ttl_s if mark_ttl_s is not None else ttl_s + 60) * 1000)
         self.client = None if redis_url is None else redisconn.async_client(
             redis_url, timeout_s=timeout_s, max_connections=64, retries=1)
         self._marks: OrderedDict[str, float] = OrderedDict()  # request id -> expiry (monotonic): no Redis

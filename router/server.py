@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from pathlib import Path
 
 import grpc
@@ -64,7 +65,7 @@ class RouterServer:
         limits: RequestLimits | None = None,
         tracer_provider: trace.TracerProvider | None = None,
         reload_interval: float = 1.0,
-        inflight_ttl_s: float = 600.0,
+        inflight_ttl_s: float | None = None,
         redis_url: str | None = None,
         redis_timeout_s: float = 0.25,
         otlp_endpoint: str | None = None,
@@ -83,7 +84,7 @@ class RouterServer:
         self.tracer_provider = tracer_provider
         self.otlp_endpoint = otlp_endpoint
         self._owns_provider = False
-        self.ledger = InflightLedger(ttl_s=inflight_ttl_s)
+        self.ledger = InflightLedger(ttl_s=inflight_ttl_s if inflight_ttl_s is not None else inflight_ttl_from_env())
         self.fleet = FleetState(PassiveHealth())
         self.metrics = RouterMetrics(self.ledger.loads, self.fleet)
         self.reload_interval = reload_interval
@@ -130,7 +131,7 @@ class RouterServer:
             log.warning("%d budget(s) configured but no --redis ledger: they are not enforced (each budget's "
                         "failurePolicy applies as if the ledger were unreachable)", len(config.budgets))
         # A reservation outlives the in-flight entry a little, so a Report that arrives in time always settles it.
-        enforcer = BudgetEnforcer(self.budget_ledger, reservation_ttl_s=self.ledger.ttl_s + 60)
+        enforcer = BudgetEnforcer(self.budget_ledger, reservation_ttl_s=reservation_ttl_s(self.ledger.ttl_s))
         self.scheduler = Scheduler(self.ledger, self.fleet, replicas=self.discovery)
         if self.redis_url and self.peer_channel:
             self.peering = PeerChannel(self.redis_url, self.scheduler, self.peer_channel, self.redis_timeout_s)
@@ -203,6 +204,7 @@ class RouterServer:
                         "only on the router replica that routed its request")
         signer = TicketSigner(key) if key is not None else TicketSigner.ephemeral()
         return Handoff(signer, self.redis_url, shared=key is not None, ttl_s=self.ledger.ttl_s,
+                       mark_ttl_s=reservation_ttl_s(self.ledger.ttl_s),
                        timeout_s=self.redis_timeout_s)
 
     async def _start_extproc(self) -> None:
@@ -266,6 +268,24 @@ class RouterServer:
             await close_retired(self.core.snapshot.selectors, Selectors())
         if self._owns_provider and isinstance(self.tracer_provider, TracerProvider):
             await asyncio.to_thread(self.tracer_provider.shutdown)
+
+
+def reservation_ttl_s(inflight_ttl_s: float) -> float:
+    """A reservation outlives its in-flight entry (and ticket) a little: a Report that arrives in time always
+    settles it. The settle-once mark lives as long, so a late duplicate never finds it gone."""
+    return inflight_ttl_s + min(60.0, inflight_ttl_s)
+
+
+def inflight_ttl_from_env() -> float:
+    """$SWITCHPOINT_INFLIGHT_TTL_S (seconds a routed request may take before its reservation expires), default 600."""
+    raw = os.environ.get("SWITCHPOINT_INFLIGHT_TTL_S", "")
+    try:
+        ttl = float(raw) if raw else 600.0
+    except ValueError:
+        raise StartError(f"$SWITCHPOINT_INFLIGHT_TTL_S: a number of seconds, got {raw!r}") from None
+    if not ttl > 0:
+        raise StartError(f"$SWITCHPOINT_INFLIGHT_TTL_S: must be > 0, got {raw!r}")
+    return ttl
 
 
 def _bind(server: grpc.aio.Server, host: str, port: int, what: str) -> int:

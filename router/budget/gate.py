@@ -98,10 +98,14 @@ class BudgetGate:
                              "Closed; the request is refused")
         return result, BudgetAdmission(rid, outcome, check.deciding, check.lines, pool.pricing)
 
-    async def settle(self, admission: BudgetAdmission, decision: str, success: bool, prompt_tokens: int,
-                     completion_tokens: int) -> None:
+    def learn(self, decision: str, success: bool, completion_tokens: int) -> None:
+        """A Report's completion length, for the decision's learned output estimate (once per request)."""
         if success and completion_tokens:
             self.estimator.observe(decision, completion_tokens)
+
+    async def settle(self, admission: BudgetAdmission, success: bool, prompt_tokens: int,
+                     completion_tokens: int) -> None:
+        """Replace the reservation by the actual usage; idempotent (the ledger settles a live reservation only)."""
         if not admission.reserved:
             return  # admitted unenforced while the ledger was down: nothing was reserved, nothing is counted
         if success and not prompt_tokens and not completion_tokens:

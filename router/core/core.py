@@ -221,13 +221,20 @@ class RouterCore:
             raise NotFound(f"request_id '{s.request_id[:128]}' is not in flight here: never routed by this router, "
                            f"already settled, or expired after {self.ledger.ttl_s:g}s (to settle on any replica, "
                            "send the Decision's ticket)")
-        first, handed = await self.handoff.first(s.request_id, entry is None and ticket is not None and ticket.cache)
         if entry is None:
             assert ticket is not None
-            entry = entry_from(ticket, self._snapshot, handed)
+            entry = entry_from(ticket, self._snapshot, None)
+        if entry.budget is not None:
+            # before the settle-once mark: the ledger settles a live reservation only (so exactly once), and a
+            # router that dies between the two leaves the Report's retry elsewhere nothing to lose
+            await self.budgets.settle(entry.budget, s.outcome == "success", s.prompt_tokens, s.completion_tokens)
+        first, handed = await self.handoff.first(s.request_id, entry.cache is None and ticket is not None
+                                                 and ticket.cache)
         if not first:
             self.metrics.reports.labels(entry.workload, entry.decision, entry.pool, "duplicate").inc()
             return Settled(entry.decision, entry.pool, None, duplicate=True)
+        if handed is not None:
+            entry.cache = handed
         replica = s.replica or entry.replica
         if self.health is not None and s.outcome != "cancelled":
             self.health.record(replica, s.outcome != "error", self.clock())
@@ -254,9 +261,7 @@ class RouterCore:
         if entry.bandit is not None and s.outcome != "cancelled":
             quality = s.quality if s.quality is not None else float(s.outcome == "success")
             entry.bandit.selector.feedback(entry.bandit.context, entry.bandit.model, quality)
-        if entry.budget is not None:
-            await self.budgets.settle(entry.budget, entry.decision, s.outcome == "success", s.prompt_tokens,
-                                      s.completion_tokens)
+        self.budgets.learn(entry.decision, s.outcome == "success", s.completion_tokens)
         return Settled(entry.decision, entry.pool, cache_write)
 
     def _settlement_metrics(self, entry: InflightEntry, s: Settlement) -> None:
