@@ -63,12 +63,19 @@ def router_args(settings: RouterSettings) -> list[str]:
 
 
 def _env(settings: RouterSettings) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = []
     if settings.redis_secret:
         ref = {"name": settings.redis_secret["name"], "key": settings.redis_secret.get("key", "url")}
-        return [{"name": "SWITCHPOINT_REDIS_URL", "valueFrom": {"secretKeyRef": ref}}]
-    if settings.redis_url:
-        return [{"name": "SWITCHPOINT_REDIS_URL", "value": settings.redis_url}]
-    return []
+        env.append({"name": "SWITCHPOINT_REDIS_URL", "valueFrom": {"secretKeyRef": ref}})
+    elif settings.redis_url:
+        env.append({"name": "SWITCHPOINT_REDIS_URL", "value": settings.redis_url})
+    if settings.settle_key_secret:
+        # optional: without the Secret in the policy's namespace the routers start, each settling only its own
+        # requests (and say so in their log)
+        ref = {"name": settings.settle_key_secret["name"], "key": settings.settle_key_secret.get("key", "key"),
+               "optional": True}
+        env.append({"name": "SWITCHPOINT_SETTLE_KEY", "valueFrom": {"secretKeyRef": ref}})
+    return env
 
 
 ROUTER_RULES = [{"apiGroups": [PODS.group], "resources": [PODS.plural], "verbs": ["list", "watch"]}]

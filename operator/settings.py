@@ -40,6 +40,8 @@ class RouterSettings:
         "requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}})
     redis_url: str | None = None  # passed as SWITCHPOINT_REDIS_URL (the router's --redis default)
     redis_secret: dict[str, str] | None = None  # {name, key}: the URL from a Secret in the policy's namespace
+    # {name, key}: the settle key the policy's routers share (SWITCHPOINT_SETTLE_KEY), from a Secret in its namespace
+    settle_key_secret: dict[str, str] | None = None
     otlp_endpoint: str | None = None
     log_level: str = "info"
     image_pull_secrets: tuple[str, ...] = ()
@@ -72,6 +74,7 @@ def settings_from_dict(raw: dict[str, Any]) -> RouterSettings:
         resources=raw.get("resources") or defaults.resources,
         redis_url=redis.get("url") or None,
         redis_secret=redis.get("existingSecret") or None,
+        settle_key_secret=raw.get("settleKey") or None,
         otlp_endpoint=raw.get("otlpEndpoint") or None,
         log_level=raw.get("logLevel") or defaults.log_level,
         image_pull_secrets=tuple(raw.get("imagePullSecrets") or ()),

@@ -42,6 +42,15 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 
+{{- /* The Secret holding the routers' shared settle key: "name key", or "" when there is none. */}}
+{{- define "switchpoint.settleKeySecret" -}}
+{{- if .Values.settleKey.existingSecret.name }}
+{{- printf "%s %s" .Values.settleKey.existingSecret.name (default "key" .Values.settleKey.existingSecret.key) }}
+{{- else if .Values.settleKey.create }}
+{{- printf "%s-settle-key key" (include "switchpoint.fullname" .) }}
+{{- end }}
+{{- end }}
+
 {{- define "switchpoint.hardened" -}}
 allowPrivilegeEscalation: false
 readOnlyRootFilesystem: true
@@ -66,6 +75,11 @@ redis:
     name: {{ .Values.redis.existingSecret.name }}
     key: {{ .Values.redis.existingSecret.key }}
   {{- end }}
+{{- with include "switchpoint.settleKeySecret" . }}
+settleKey:
+  name: {{ index (splitList " " .) 0 }}
+  key: {{ index (splitList " " .) 1 }}
+{{- end }}
 otlpEndpoint: {{ .Values.otlp.endpoint | quote }}
 imagePullSecrets:
   {{- range .Values.imagePullSecrets }}
