@@ -110,6 +110,7 @@ class KnnParams:
     prior_quality: float | None = None
     on_missing: OnMissing = "error"
     guard: GuardParams | None = None  # None: default_guard on the labelled data; GuardParams(): no fallback
+    dims: int | None = None  # the index's search dimensions (KnnIndex): None its size rule, 0 the full embedding
 
     def __post_init__(self) -> None:
         _check_basis(self.cost_basis)
@@ -365,7 +366,7 @@ def knn_selector(params: KnnParams, encoder: TextEncoder, cache_dir: Path | None
     """The knn algorithm: the index is the dataset's prompts embedded by `encoder` (cached on disk)."""
     data, emb = load_labelled(params.dataset, encoder, cache_dir, params.on_missing)
     assert emb is not None
-    index = KnnIndex.from_dataset(data, emb, encoder.name)
+    index = KnnIndex.from_dataset(data, emb, encoder.name, params.dims)
     est = KnnEstimator(index, params.k, params.temperature, params.prior_strength, params.unknown_model,
                        params.prior_quality)
     guard = own_guard(index) if params.guard is None else params.guard

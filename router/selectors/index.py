@@ -136,11 +136,12 @@ class KnnIndex:
         return int(self.embeddings.shape[1])
 
     @classmethod
-    def from_dataset(cls, dataset: RoutingDataset, embeddings: np.ndarray, encoder: str) -> KnnIndex:
+    def from_dataset(cls, dataset: RoutingDataset, embeddings: np.ndarray, encoder: str,
+                     dims: int | None = None) -> KnnIndex:
         if embeddings.ndim != 2 or embeddings.shape[0] != len(dataset):
             raise DatasetError(f"{dataset.path}: {embeddings.shape} embeddings for {len(dataset)} rows")
         return cls(embeddings, dataset.scores, dataset.output_tokens.astype(np.float64), list(dataset.ids),
-                   dataset.models, encoder, dataset.digest)
+                   dataset.models, encoder, dataset.digest, dims)
 
     def similarities(self, queries: np.ndarray) -> np.ndarray:
         """(n, N) cosine similarities of L2-normalised queries (n, d) to every indexed prompt."""

@@ -62,7 +62,17 @@ from switchpoint.router.selectors import (
     WeightedSelector,
 )
 from switchpoint.router.selectors.base import candidate_costs, decision_costs, first_choice
-from switchpoint.router.selectors.costquality import CostQualitySelector, coverage_index, lambda_grid, priced
+from switchpoint.router.selectors.costquality import (
+    CostQualityParams,
+    CostQualitySelector,
+    KnnParams,
+    cost_quality_selector,
+    coverage_index,
+    knn_selector,
+    lambda_grid,
+    own_guard,
+    priced,
+)
 from switchpoint.router.selectors.dataset import RoutingDataset, load_dataset
 from switchpoint.router.selectors.estimators import KnnEstimator, LinearEstimator, MeanEstimator
 from switchpoint.router.selectors.guard import OFF, GuardParams, draw, hash_uniforms, pick_shares
@@ -97,6 +107,7 @@ BOOTSTRAP = 200
 QUICK_ROWS = {"routellm_mmlu": 2400, "dcrouter": 1500}
 LEARNED = ("knn", "cost-quality", "bandit")
 OFFLINE = ("knn", "cost-quality")
+FLOORED = (*LEARNED, "knn (default fallback)", "cost-quality (default fallback)")
 FLOOR_AIQ = 0.99  # x random mixing
 FLOOR_APGR = 0.49
 
@@ -387,9 +398,10 @@ def tune_linear(c: Corpus, f: Fold, quick: bool) -> Tuned:
 
 
 def guarded_runs(algorithm: str, tuned: Tuned, make: Callable[[GuardParams], CostQualitySelector], c: Corpus,
-                 f: Fold, quick: bool, timed: bool) -> dict[str, Run]:
+                 f: Fold, quick: bool, timed: bool, default: GuardParams) -> dict[str, Run]:
     """Tune the fallback's thresholds on the training rows' out-of-group predictions, then sweep lambda on the
-    test rows with the fallback (`algorithm`) and without it (`algorithm (no fallback)`)."""
+    test rows with them (`algorithm`), with the fallback a live selector builds by default (`algorithm (default
+    fallback)`: default_guard on its labelled data) and without a fallback (`algorithm (no fallback)`)."""
     train, test = c.data.take(f.train), c.data.take(f.test)
     m = len(c.candidates)
     max_cost = float(train.costs.mean(axis=0).max())
@@ -414,12 +426,13 @@ def guarded_runs(algorithm: str, tuned: Tuned, make: Callable[[GuardParams], Cos
                                          np.full(len(test), EXPECTED_OUTPUT))
     w = decision_costs(cost, tuned.basis)
     for guarded, name, guard, score in ((True, algorithm, best[1], best[0]),
+                                        (False, f"{algorithm} (default fallback)", default, None),
                                         (False, f"{algorithm} (no fallback)", OFF, tuned.score)):
         sel = make(guard)
         chosen = [sel.choose_batch(est.quality, w, float(lam), est.similarity, test.ids, sh, u_test)
                   for lam, sh in zip(lams, shares, strict=True)]
         params = {**tuned.params, "cost_basis": tuned.basis}
-        if guarded:
+        if guard.active:
             params |= {"min_similarity": round(guard.min_similarity, 4), "min_margin": guard.min_margin}
         run = Run(np.stack([p for p, _ in chosen]), params, score, np.array([d.mean() for _, d in chosen]))
         if timed and guarded:
@@ -441,6 +454,21 @@ def time_rank(sel: CostQualitySelector, candidates: list[CandidateModel], emb: n
     return round(float(np.median(times)) * 1e6, 1)
 
 
+def rank_cost(c: Corpus, path: Path, encoder: TextEncoder, k: int, n: int = 300) -> dict:
+    """rank() of the selectors a policy builds on the whole shipped file (make_selector's path, fallback on),
+    timed on the file's own prompts; the baseline in the same run: the kNN index searched in full dimensions."""
+    queries = quick_subset(c.data, n)
+    data = c.data.take(queries)
+    emb = c.emb[queries]
+    out = {"rows": len(load_dataset(path)), "k": k}
+    for key, dims in (("knn_us_p50", None), ("knn_full_dims_us_p50", 0)):
+        sel = knn_selector(KnnParams(dataset=str(path), k=k, lam=0.0, dims=dims), encoder)
+        out[key] = time_rank(sel, c.candidates, emb, data)
+    cq = cost_quality_selector(CostQualityParams(lam=0.0, dataset=str(path)), encoder)
+    out["cost_quality_us_p50"] = time_rank(cq, c.candidates, emb, data)
+    return out
+
+
 def run_knn(c: Corpus, f: Fold, quick: bool, timed: bool) -> dict[str, Run]:
     tuned, index = tune_knn(c, f, quick)
     train = c.data.take(f.train)
@@ -450,7 +478,7 @@ def run_knn(c: Corpus, f: Fold, quick: bool, timed: bool) -> dict[str, Run]:
     def make(guard: GuardParams) -> CostQualitySelector:
         return CostQualitySelector(est, lam=0.0, algorithm="knn", calibration=(train, c.emb[f.train]),
                                    cost_basis=tuned.basis, guard=guard)  # type: ignore[arg-type]
-    return guarded_runs("knn", tuned, make, c, f, quick, timed)
+    return guarded_runs("knn", tuned, make, c, f, quick, timed, own_guard(index))
 
 
 def run_linear(c: Corpus, f: Fold, quick: bool, timed: bool) -> dict[str, Run]:
@@ -462,7 +490,7 @@ def run_linear(c: Corpus, f: Fold, quick: bool, timed: bool) -> dict[str, Run]:
     def make(guard: GuardParams) -> CostQualitySelector:
         return CostQualitySelector(heads, lam=0.0, calibration=(train, temb), cost_basis=tuned.basis,  # type: ignore[arg-type]
                                    guard=guard, coverage=coverage)
-    return guarded_runs("cost-quality", tuned, make, c, f, quick, timed)
+    return guarded_runs("cost-quality", tuned, make, c, f, quick, timed, own_guard(coverage))
 
 
 def bandit_stream(c: Corpus, sel: BanditSelector, rows: Sequence[int]) -> np.ndarray:
@@ -549,7 +577,7 @@ def run_fold(c: Corpus, f: Fold, quick: bool, log: Callable[[str], None]) -> dic
     runs["oracle"] = run_oracle(c, f)
     test = c.data.take(f.test)
     u = hash_uniforms(test.ids, BLIND_SALT)
-    for name in [r for r in runs if r in LEARNED or r.endswith("(no fallback)")]:
+    for name in [r for r in runs if r in LEARNED or r.endswith("fallback)")]:
         runs[f"{name} blind"] = blind_twin(runs[name], len(c.candidates), u)
     log(f"  {c.name} {f.protocol} [{f.name}]: {len(f.train)} train / {len(f.test)} test rows, "
         + ", ".join(f"{n} {r.params}" for n, r in runs.items() if n in LEARNED)
@@ -677,7 +705,7 @@ def floor(report: dict[str, dict], two_model: bool) -> dict:
     """Do no harm: every selector >= random mixing - 1 % AIQ and (two models) APGR >= 0.49."""
     rand = report["random"]["aiq"]
     out: dict = {"random_aiq": rand, "routers": {}}
-    for name in LEARNED:
+    for name in FLOORED:
         v = report[name]
         ok_aiq = v["aiq"] >= FLOOR_AIQ * rand
         ok_apgr = (v["apgr"] >= FLOOR_APGR) if two_model else True
@@ -735,6 +763,7 @@ def run(args: argparse.Namespace) -> int:
     protocol_reports: dict[str, dict] = {}
     verdicts: dict[str, dict] = {}
     floors: dict[str, dict] = {}
+    costs: dict[str, dict] = {}
     for name in names:
         c = load_corpus(name, data_dir, encoder, args.quick, log)
         for protocol, folds in protocols(c).items():
@@ -753,12 +782,13 @@ def run(args: argparse.Namespace) -> int:
                 for r, e in scored[0].items():
                     if e["run"].rank_us is not None:
                         datasets[name][r]["rank_us_p50"] = e["run"].rank_us
+                costs[name] = rank_cost(c, data_dir / DATASETS[name], encoder, scored[0]["knn"]["run"].params["k"])
     plot_path = Path(args.plot) if args.plot else (QUICK_PLOT if args.quick else DEFAULT_PLOT)
     plot = None if args.no_plot else plot_curves(datasets, plot_path)
     ood = {k: rep for k, rep in protocol_reports.items() if not k.endswith("random-split")}
     out = {"ood": ood, "random_split": {k.split("/")[0]: v for k, v in protocol_reports.items()
                                         if k.endswith("random-split")},
-           "floor": floors, "targets": verdicts, "datasets": datasets, "encoder": encoder.name,
+           "floor": floors, "targets": verdicts, "datasets": datasets, "rank_cost": costs, "encoder": encoder.name,
            "quick": bool(args.quick), "bootstrap": boot, "expected_output_tokens": EXPECTED_OUTPUT,
            "near_duplicate_cosine": NEAR_DUPLICATE, "plot": plot, "seconds": round(time.perf_counter() - started, 1)}
     if args.json:
@@ -768,10 +798,10 @@ def run(args: argparse.Namespace) -> int:
         print_table(key, rep, floors[key])
         for line in verdicts[key]["lines"]:
             print(line)
-    for name, rep in datasets.items():
-        for router, v in rep.items():
-            if "rank_us_p50" in v:
-                print(f"{name}: {router}: one rank() call {v['rank_us_p50']:.0f} us (median)")
+    for name, rc in costs.items():
+        print(f"{name}: one rank() on the shipped file ({rc['rows']} rows, median): knn (k={rc['k']}) "
+              f"{rc['knn_us_p50']:.0f} us (full-dimension search: {rc['knn_full_dims_us_p50']:.0f} us), "
+              f"cost-quality {rc['cost_quality_us_p50']:.0f} us")
     if plot:
         print(f"plot: {plot}")
     return 0
@@ -790,13 +820,13 @@ def print_table(key: str, rep: dict[str, dict], fl: dict) -> None:
 
     print(f"\n{key}" + ("" if key.endswith("random-split") else " (mean over held-out folds)")
           + f"  floor: {'holds' if fl['ok'] else 'BROKEN'}")
-    head = f"  {'router':<28}{'AIQ':>8} {'95% CI':<18}{'vs blind':>9}"
+    head = f"  {'router':<34}{'AIQ':>8} {'95% CI':<18}{'vs blind':>9}"
     if two:
         head += f"{'APGR':>8} {'95% CI':<18}{'vs blind':>9}{'CPT50':>8}"
     print(head + f"{'fallback':>10}")
     for router, v in rep.items():
         vb = v.get("vs_blind", {})
-        line = f"  {router:<28}{num(v, 'aiq', '.4f'):>8} {ci_s(v, 'aiq'):<18}"
+        line = f"  {router:<34}{num(v, 'aiq', '.4f'):>8} {ci_s(v, 'aiq'):<18}"
         line += f"{'' if 'aiq' not in vb else format(vb['aiq'][0], '+.4f'):>9}"
         if two:
             line += f"{num(v, 'apgr', '.3f'):>8} {ci_s(v, 'apgr'):<18}"
