@@ -175,7 +175,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="active routers on the same fleet and arrivals (with more than one, one router's run is "
                         "the baseline)")
     b.add_argument("--no-share", action="store_true", help="the routers do not tell each other what they place")
-    b.add_argument("--peer-delay-ms", type=float, default=1.0, help="how late a router hears its peers' placements")
+    b.add_argument("--peer-delay-ms", type=float, default=5.0,
+                   help="how late a router hears its peers' placements (the peer channel's batching window)")
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b = bench.add_parser("joint", help="model choice that sees the pools: semantic_only, load_only, joint")
     b.set_defaults(run=_bench_joint)

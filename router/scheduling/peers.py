@@ -14,9 +14,11 @@ Prefix blocks are Python hashes (router/scheduling/prefix.py): only routers star
 PYTHONHASHSEED compute the same blocks. Each message carries a fingerprint of the sender's block hashing;
 a receiver whose fingerprint differs applies the backlog and the counts but not the blocks.
 
-Messages are bytes (`encode`/`decode`): a JSON header and the blocks as packed int64, so a commit of a
-long prompt (256 blocks) is about 2 KB. The transport is router/peering.py (Redis pub/sub) in a router
-process, and virtual-time delivery in `switchpoint bench scheduling --routers N`.
+Announcements travel in batches, one per sender and moment (`pack` / `unpack`): the sender's name once,
+then each message in a compact binary form (a commit of a long prompt, 256 blocks, is about 2 KB). A
+receiver skips its own batches, echoed by the channel, without decoding them. The transport is
+router/peering.py (Redis pub/sub) in a router process, and virtual-time delivery in
+`switchpoint bench scheduling --routers N`.
 """
 
 from __future__ import annotations
@@ -31,7 +33,11 @@ import numpy as np
 LOADS_INTERVAL_S = 0.1
 LOADS_STALE_S = 1.0  # a router not heard from for this long has its in-flight counts dropped
 BLOCK_KEY = hash((hash("switchpoint"), "prefix-blocks"))  # differs between processes unless PYTHONHASHSEED agrees
-_HEADER = struct.Struct("<I")  # length of the JSON header
+MAGIC = b"SPP1"
+_ORIGIN = struct.Struct("<H")
+_SIZE = struct.Struct("<I")
+_COMMIT = struct.Struct("<cqdqHH")  # kind, uncached tokens, rate, block key, len(replica), len(prefill)
+_COUNT = struct.Struct("<cH")  # kind, how many strings follow (each as _ORIGIN length + bytes)
 
 
 @dataclass(frozen=True)
@@ -63,44 +69,92 @@ class PeerLoads:
     loads: dict[str, int]
 
 
-class BadPeerMessage(ValueError):
-    """A message on the peer channel that is not one of ours."""
-
-
 PeerMessage = PeerCommit | PeerRelease | PeerLoads
 
 
+class BadPeerMessage(ValueError):
+    """Bytes on the peer channel that are not one of our batches."""
+
+
 def encode(message: PeerMessage) -> bytes:
+    """One message, without its origin (the batch carries it)."""
     if isinstance(message, PeerCommit):
-        head = {"k": "commit", "o": message.origin, "r": message.replica, "p": message.prefill,
-                "u": message.uncached_tokens, "t": message.rate, "b": message.block_key}
-        tail = np.asarray(message.blocks, dtype="<i8").tobytes()
-    elif isinstance(message, PeerRelease):
-        head, tail = {"k": "release", "o": message.origin, "r": list(message.replicas)}, b""
-    else:
-        head, tail = {"k": "loads", "o": message.origin, "l": message.loads}, b""
-    raw = json.dumps(head, separators=(",", ":")).encode()
-    return _HEADER.pack(len(raw)) + raw + tail
+        replica, prefill = message.replica.encode(), message.prefill.encode()
+        return (_COMMIT.pack(b"C", message.uncached_tokens, message.rate, message.block_key, len(replica),
+                             len(prefill)) + replica + prefill + np.asarray(message.blocks, dtype="<i8").tobytes())
+    if isinstance(message, PeerRelease):
+        return _COUNT.pack(b"R", len(message.replicas)) + _strings(message.replicas)
+    return b"L" + json.dumps(message.loads, separators=(",", ":")).encode()
 
 
-def decode(data: bytes) -> PeerMessage:
+def pack(origin: str, messages: list[bytes]) -> bytes:
+    name = origin.encode()
+    return MAGIC + _ORIGIN.pack(len(name)) + name + b"".join(_SIZE.pack(len(m)) + m for m in messages)
+
+
+def origin_of(batch: bytes) -> str:
+    """Who sent a batch, read without decoding the rest."""
     try:
-        (size,) = _HEADER.unpack_from(data)
-        head = json.loads(data[_HEADER.size:_HEADER.size + size])
-        tail = data[_HEADER.size + size:]
-        if head["k"] == "commit":
-            blocks = tuple(np.frombuffer(tail, dtype="<i8").tolist())
-            return PeerCommit(str(head["o"]), str(head["r"]), str(head["p"]), int(head["u"]), float(head["t"]),
-                              blocks, int(head["b"]))
-        if head["k"] == "release":
-            return PeerRelease(str(head["o"]), tuple(str(r) for r in head["r"]))
-        if head["k"] == "loads":
-            return PeerLoads(str(head["o"]), {str(k): int(v) for k, v in dict(head["l"]).items()})
-        raise BadPeerMessage(f"unknown peer message kind {head['k']!r}")
-    except (struct.error, ValueError, KeyError, TypeError, AttributeError) as exc:
+        if not batch.startswith(MAGIC):
+            raise BadPeerMessage(f"not a peer batch ({len(batch)} bytes): it does not start with {MAGIC!r}")
+        (size,) = _ORIGIN.unpack_from(batch, len(MAGIC))
+        at = len(MAGIC) + _ORIGIN.size
+        if at + size > len(batch):
+            raise BadPeerMessage(f"not a peer batch: its sender's name runs past its end ({len(batch)} bytes)")
+        return batch[at:at + size].decode()
+    except (struct.error, UnicodeDecodeError) as exc:
+        raise BadPeerMessage(f"not a peer batch ({len(batch)} bytes): {exc}") from exc
+
+
+def unpack(batch: bytes) -> list[PeerMessage]:
+    origin = origin_of(batch)
+    at = len(MAGIC) + _ORIGIN.size + len(origin.encode())
+    out: list[PeerMessage] = []
+    try:
+        while at < len(batch):
+            (size,) = _SIZE.unpack_from(batch, at)
+            at += _SIZE.size
+            if at + size > len(batch):
+                raise BadPeerMessage(f"not a peer batch: a message of {size} bytes runs past its end")
+            out.append(_decode(origin, batch[at:at + size]))
+            at += size
+    except (struct.error, ValueError, TypeError, AttributeError) as exc:
         if isinstance(exc, BadPeerMessage):
             raise
-        raise BadPeerMessage(f"not a peer message ({len(data)} bytes): {exc}") from exc
+        raise BadPeerMessage(f"not a peer batch ({len(batch)} bytes): {exc}") from exc
+    return out
+
+
+def _decode(origin: str, data: bytes) -> PeerMessage:
+    kind = data[:1]
+    if kind == b"C":
+        _, uncached, rate, block_key, n_replica, n_prefill = _COMMIT.unpack_from(data)
+        at = _COMMIT.size
+        replica = data[at:at + n_replica].decode()
+        prefill = data[at + n_replica:at + n_replica + n_prefill].decode()
+        tail = data[at + n_replica + n_prefill:]
+        if len(tail) % 8:
+            raise BadPeerMessage(f"not a peer commit: {len(tail)} bytes of blocks is not a whole number of blocks")
+        return PeerCommit(origin, replica, prefill, uncached, rate, tuple(np.frombuffer(tail, dtype="<i8").tolist()),
+                          block_key)
+    if kind == b"R":
+        _, count = _COUNT.unpack_from(data)
+        replicas, at = [], _COUNT.size
+        for _ in range(count):
+            (size,) = _ORIGIN.unpack_from(data, at)
+            replicas.append(data[at + _ORIGIN.size:at + _ORIGIN.size + size].decode())
+            at += _ORIGIN.size + size
+        return PeerRelease(origin, tuple(replicas))
+    if kind == b"L":
+        loads = json.loads(data[1:])
+        if not isinstance(loads, dict):
+            raise BadPeerMessage("not peer loads: not a map of replica to count")
+        return PeerLoads(origin, {str(k): int(v) for k, v in loads.items()})
+    raise BadPeerMessage(f"unknown peer message kind {kind!r}")
+
+
+def _strings(values: tuple[str, ...]) -> bytes:
+    return b"".join(_ORIGIN.pack(len(raw)) + raw for raw in (v.encode() for v in values))
 
 
 @dataclass
@@ -110,43 +164,61 @@ class _Peer:
 
 
 class PeerView:
-    """The other routers' in-flight counts per replica, as last announced (plus commits since)."""
+    """The other routers' in-flight counts per replica, as last announced (plus commits and releases since),
+    summed over the peers as they change (a Route reads the sum; it does not add it up)."""
 
     def __init__(self) -> None:
         self._peers: dict[str, _Peer] = {}
+        self._total: dict[str, int] = {}
 
     def __bool__(self) -> bool:
         return bool(self._peers)
 
     def committed(self, origin: str, replicas: tuple[str, ...], now: float) -> None:
-        peer = self._peers.setdefault(origin, _Peer())
+        peer = self._heard(origin, now)
         for replica in replicas:
-            peer.loads[replica] = peer.loads.get(replica, 0) + 1
-        peer.heard = now
+            self._add(peer, replica, 1)
 
     def released(self, origin: str, replicas: tuple[str, ...], now: float) -> None:
-        peer = self._peers.setdefault(origin, _Peer())
+        peer = self._heard(origin, now)
         for replica in replicas:
-            left = peer.loads.get(replica, 0) - 1
-            if left > 0:
-                peer.loads[replica] = left
-            else:
-                peer.loads.pop(replica, None)
-        peer.heard = now
+            if peer.loads.get(replica, 0) > 0:
+                self._add(peer, replica, -1)
 
     def replace(self, message: PeerLoads, now: float) -> None:
-        peer = self._peers.setdefault(message.origin, _Peer())
-        peer.loads, peer.heard = dict(message.loads), now
+        peer = self._heard(message.origin, now)
+        self._forget(peer)
+        for replica, count in message.loads.items():
+            if count > 0:
+                self._add(peer, replica, count)
 
     def loads(self, now: float) -> dict[str, int]:
-        """In flight per replica over the peers heard from in the last LOADS_STALE_S; forgets the others."""
-        total: dict[str, int] = {}
+        """In flight per replica over the peers heard from in the last LOADS_STALE_S (forgets the others). The
+        caller must not change the dict."""
         for origin in [o for o, p in self._peers.items() if now - p.heard > LOADS_STALE_S]:
-            del self._peers[origin]
-        for peer in self._peers.values():
-            for replica, count in peer.loads.items():
-                total[replica] = total.get(replica, 0) + count
-        return total
+            self._forget(self._peers.pop(origin))
+        return self._total
 
     def origins(self) -> frozenset[str]:
         return frozenset(self._peers)
+
+    def _heard(self, origin: str, now: float) -> _Peer:
+        peer = self._peers.get(origin)
+        if peer is None:
+            peer = self._peers[origin] = _Peer()
+        peer.heard = now
+        return peer
+
+    def _add(self, peer: _Peer, replica: str, delta: int) -> None:
+        peer.loads[replica] = peer.loads.get(replica, 0) + delta
+        left = self._total.get(replica, 0) + delta
+        if left > 0:
+            self._total[replica] = left
+        else:
+            self._total.pop(replica, None)
+        if not peer.loads[replica]:
+            del peer.loads[replica]
+
+    def _forget(self, peer: _Peer) -> None:
+        for replica, count in list(peer.loads.items()):
+            self._add(peer, replica, -count)

@@ -122,6 +122,11 @@ def run(args: argparse.Namespace) -> int:
         from switchpoint.bench.prompt_size import prompt_size
 
         extra["prompt_size"] = prompt_size(quick=args.quick)
+    if "peers" in sections:
+        from switchpoint.bench.peer_cost import peer_cost
+
+        extra["peers"] = peer_cost(calls=args.latency_calls // 2, concurrency=args.concurrency,
+                                   duration=args.duration)
     floor, route = results["floor"], results["route"]
     summary = {
         "route_p50_ms": round(route.p50_ms, 4),
@@ -140,8 +145,9 @@ def run(args: argparse.Namespace) -> int:
     }
     summary["targets_met"] = summary["rps_ratio"] >= 0.5 and summary["p50_ratio"] <= 1.5
     summary.update(extra.get("fleet_scale", {}))
-    if "prompt_size" in extra:
-        summary["prompt_size"] = extra["prompt_size"]
+    for section in ("prompt_size", "peers"):
+        if section in extra:
+            summary[section] = extra[section]
     if args.json:
         print(json.dumps(summary))
         return 0
@@ -161,4 +167,8 @@ def run(args: argparse.Namespace) -> int:
         from switchpoint.bench.prompt_size import print_prompt_size
 
         print_prompt_size(extra["prompt_size"])
+    if "peers" in extra:
+        from switchpoint.bench.peer_cost import print_peer_cost
+
+        print_peer_cost(extra["peers"])
     return 0

@@ -97,7 +97,7 @@ class Routers:
 
     count: int = 1
     share: bool = True
-    delay_s: float = 0.001
+    delay_s: float = 0.005  # router/peering.py's FLUSH_S: a placement waits at most that long to be sent
 
 
 ONE_ROUTER = Routers()
