@@ -140,17 +140,19 @@ class KnnEstimator:
         out = np.empty((n, m))
         kc = [c for c in cols if c is not None]
         known_idx = np.nonzero(known)[0]
-        w = self.weights(sims)
+        w = self.weights(sims)[:, None, :]  # (n, 1, k): one matmul per row against the neighbours' labels
         kk = idx.shape[1]
         a = self.prior_strength
-        s = np.einsum("nk,nkm->nm", w, self.index.scores[idx][:, :, kc])
+        every = kc == list(range(len(self.models)))  # the common case: no second gather
+        scores, outs = self.index.scores[idx], self.index.output_tokens[idx]  # (n, k, M)
+        s = np.matmul(w, scores if every else scores[:, :, kc])[:, 0, :]
         quality[:, known_idx] = (kk * s + a * self.mean[kc]) / (kk + a)
-        out[:, known_idx] = np.einsum("nk,nkm->nm", w, self.index.output_tokens[idx][:, :, kc])
+        out[:, known_idx] = np.matmul(w, outs if every else outs[:, :, kc])[:, 0, :]
         neighbours: list[tuple[Neighbour, ...]] = []
         if n <= 8:  # evidence only for the router's single requests, not the benchmark's batches
             top = min(self.evidence_neighbours, kk)
             neighbours = [tuple(Neighbour(self.index.ids[idx[r, j]], round(float(sims[r, j]), 4),
-                                          round(float(w[r, j]), 4)) for j in range(top)) for r in range(n)]
+                                          round(float(w[r, 0, j]), 4)) for j in range(top)) for r in range(n)]
         unknown_idx = np.nonzero(~known)[0]
         quality[:, unknown_idx] = self.prior
         out[:, unknown_idx] = np.nan

@@ -164,7 +164,7 @@ class KnnIndex:
         n_avail = sims.shape[1] - (1 if exclude is not None and np.any(exclude >= 0) else 0)
         kk = max(1, min(k, n_avail))
         if kk < sims.shape[1]:
-            part = np.argpartition(-sims, kk - 1, axis=1)[:, :kk]
+            part = np.argpartition(sims, sims.shape[1] - kk, axis=1)[:, sims.shape[1] - kk:]  # the kk largest
         else:
             part = np.broadcast_to(np.arange(sims.shape[1]), (sims.shape[0], sims.shape[1])).copy()
         psims = np.take_along_axis(sims, part, axis=1)
