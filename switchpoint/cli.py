@@ -26,6 +26,7 @@ DEFAULT_CONFIG = "deploy/examples"
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else None  # a process of its own: it may start itself again
     logging.basicConfig(level=getattr(logging, args.log_level.upper()),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -254,7 +255,24 @@ def _cache_admin():  # type: ignore[no-untyped-def]
     return admin
 
 
+def _shared_hash_seed(argv: list[str] | None) -> None:
+    """Replicas that share a settle key hash prompt prefixes alike, so that their peer channel can share prefix
+    affinity (router/scheduling/peers.py): start again under the seed the key gives, unless one is set."""
+    from switchpoint.router.scheduling.peers import hash_seed
+    from switchpoint.router.tickets import settle_key_from_env
+
+    try:
+        key = settle_key_from_env()
+    except ValueError:
+        return  # the router's start names the cause
+    if key is None or argv is None or os.environ.get("PYTHONHASHSEED"):
+        return
+    env = {**os.environ, "PYTHONHASHSEED": str(hash_seed(key))}
+    os.execve(sys.executable, [sys.executable, "-m", "switchpoint.cli", *argv], env)
+
+
 def _router(args: argparse.Namespace) -> int:
+    _shared_hash_seed(args.argv)
     from switchpoint.router.discovery import NoCredentials
     from switchpoint.router.request import RequestLimits
     from switchpoint.router.server import RouterServer, StartError

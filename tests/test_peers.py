@@ -179,10 +179,13 @@ spec:
 """
 
 
-@pytest.fixture
-def two_routers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    (tmp_path / "policy.yaml").write_text(POLICY)
-    monkeypatch.setenv("PYTHONHASHSEED", "4242")  # peers compare prefix blocks only under one seed
+@pytest.fixture(params=["least-request"])
+def two_routers(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Two router processes on one Redis, sharing a settle key (and so, started again under the seed it gives,
+    hashing prompt prefixes alike)."""
+    (tmp_path / "policy.yaml").write_text(POLICY.replace("least-request", request.param))
+    monkeypatch.delenv("PYTHONHASHSEED", raising=False)
+    monkeypatch.setenv("SWITCHPOINT_SETTLE_KEY", "a settle key the replicas share, 32+ bytes")
     (tmp_path / "redis").mkdir()
     with RedisServer(tmp_path / "redis", persist=False) as redis_server:
         extra = ["--redis", redis_server.url]
@@ -216,6 +219,17 @@ def test_two_router_processes_place_as_one_over_redis(two_routers):
         replicas.append(route((a, b)[n % 2].address, f"q{n}", f"question {n}").replica)
         time.sleep(0.1)  # the peer hop (sub-millisecond here) and the scheduler's own step
     assert sorted(Counter(replicas).values()) == [3, 3, 3, 3], replicas
+
+
+@pytest.mark.parametrize("two_routers", ["switchpoint"], indirect=True)
+def test_prefix_affinity_crosses_routers_that_share_a_settle_key(two_routers):
+    redis_server, a, b = two_routers
+    assert subscribed(redis_server, 2)
+    for n in range(4):  # by chance, all four on the same replica at both: 1 in 256
+        prompt = f"conversation {n}: " + "a long shared history of this conversation " * 30
+        first = route(a.address, f"p{n}a", prompt).replica
+        time.sleep(0.3)  # the backlog it sent drains; the prefix stays
+        assert route(b.address, f"p{n}b", prompt).replica == first
 
 
 def test_routing_goes_on_when_the_peer_channel_dies(two_routers):

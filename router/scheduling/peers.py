@@ -11,8 +11,11 @@ uncached prefill it added, the prefix blocks it sent), every request that leaves
 dropped after `LOADS_STALE_S`.
 
 Prefix blocks are Python hashes (router/scheduling/prefix.py): only routers started with the same
-PYTHONHASHSEED compute the same blocks. Each message carries a fingerprint of the sender's block hashing;
-a receiver whose fingerprint differs applies the backlog and the counts but not the blocks.
+PYTHONHASHSEED compute the same blocks. `switchpoint router` starts itself again under the seed
+`hash_seed` derives from the replicas' shared settle key (so the seed is as secret as the key: Python
+randomises hashes so that clients cannot choose prompts whose block hashes collide in the router's
+dicts). Each message carries a fingerprint of the sender's block hashing; a receiver whose fingerprint
+differs applies the backlog and the counts but not the blocks, and says so once.
 
 Announcements travel in batches, one per sender and moment (`pack` / `unpack`): the sender's name once,
 then each message in a compact binary form (a commit of a long prompt, 256 blocks, is about 2 KB). A
@@ -23,6 +26,8 @@ router/peering.py (Redis pub/sub) in a router process, and virtual-time delivery
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import math
 import struct
@@ -38,6 +43,11 @@ _ORIGIN = struct.Struct("<H")
 _SIZE = struct.Struct("<I")
 _COMMIT = struct.Struct("<cqdqHH")  # kind, uncached tokens, rate, block key, len(replica), len(prefill)
 _COUNT = struct.Struct("<cH")  # kind, how many strings follow (each as _ORIGIN length + bytes)
+
+
+def hash_seed(settle_key: bytes) -> int:
+    """The PYTHONHASHSEED (0 .. 2**32 - 1) of every router replica that holds this settle key."""
+    return int.from_bytes(hmac.new(settle_key, b"switchpoint prefix blocks", hashlib.sha256).digest()[:4], "little")
 
 
 @dataclass(frozen=True)
