@@ -21,9 +21,11 @@ score. A request's expected output is what a router knows at request time (the p
 
 Each algorithm runs through switchpoint.router.selectors: knn and cost-quality through
 CostQualitySelector.estimate_batch + choose_batch (what rank() itself calls, batched over the test prompts),
-with the do-no-harm fallback of router/selectors/guard.py and without it ("(no fallback)", the ablation); the
-bandit through rank() per prompt (it learns online: the training rows streamed once, then the test rows, whose
-picks are scored). A lambda sweep gives each a curve of (mean cost, mean quality, strong-call share) points.
+with the do-no-harm fallback of router/selectors/guard.py at thresholds tuned on the training groups, with the
+fallback a live selector builds by default ("(default fallback)": default_guard on its labelled data) and
+without it ("(no fallback)", the ablation); the bandit through rank() per prompt (it learns online: the
+training rows streamed once, then the test rows, whose picks are scored). A lambda sweep gives each a curve
+of (mean cost, mean quality, strong-call share) points.
 
 Baselines, realised on the same test rows: random mixing is the weighted selector's draws between adjacent
 models of the single models' hull (RouterBench's zero router, with its sampling noise; "random-line" is the
