@@ -70,6 +70,9 @@ class RouterMetrics:
         self.classifier_degraded = Counter(
             "switchpoint_classifier_degraded", "Classifier or similarity signals that failed or missed their "
             "deadline and counted as not fired", ["signal"], registry=r)
+        self.peer_messages = Counter(
+            "switchpoint_peer_messages", "Peer channel announcements (router/peering.py): sent, received from the "
+            "other routers, dropped (queue full or Redis down), rejected (not ours)", ["outcome"], registry=r)
         r.register(_InflightCollector(inflight))
         r.register(_FleetCollector(fleet))
         self._route_counters: dict[tuple[str, ...], Counter] = {}

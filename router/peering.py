@@ -22,6 +22,7 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Callable
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -53,7 +54,8 @@ def router_name() -> str:
 
 
 class PeerChannel:
-    def __init__(self, url: str, scheduler: Scheduler, channel: str = CHANNEL, timeout_s: float = 0.25):
+    def __init__(self, url: str, scheduler: Scheduler, channel: str = CHANNEL, timeout_s: float = 0.25,
+                 count: Callable[[str, int], None] | None = None):
         self.url = url
         self.channel = channel
         self.scheduler = scheduler
@@ -61,7 +63,8 @@ class PeerChannel:
         self._queue: asyncio.Queue[bytes] = asyncio.Queue(MAX_QUEUED)
         self._tasks: list[asyncio.Task] = []
         self.subscribed = asyncio.Event()
-        self.sent = self.received = self.dropped = self.rejected = 0
+        self.counts = {"sent": 0, "received": 0, "dropped": 0, "rejected": 0}
+        self._count_to = count  # e.g. the router's switchpoint_peer_messages counter
 
     async def start(self) -> None:
         if not self.scheduler.name:
@@ -75,7 +78,7 @@ class PeerChannel:
         try:
             self._queue.put_nowait(encode(message))
         except asyncio.QueueFull:
-            self.dropped += 1
+            self._count("dropped")
 
     async def close(self) -> None:
         self.scheduler.announce = None
@@ -102,12 +105,12 @@ class PeerChannel:
                         for payload in payloads:
                             pipe.publish(self.channel, payload)
                         await pipe.execute()
-                self.sent += len(batch)
+                self._count("sent", len(batch))
                 if failing:
                     log.info("peer channel: publishing to %s again", self.channel)
                 failing = False
             except (RedisError, OSError) as exc:
-                self.dropped += len(batch)
+                self._count("dropped", len(batch))
                 if not failing:
                     log.warning("peer channel: cannot publish (%s); routing on this router's own view until Redis "
                                 "answers", exc)
@@ -140,12 +143,17 @@ class PeerChannel:
                 return  # our own batch, echoed
             messages = unpack(data)
         except BadPeerMessage as exc:
-            self.rejected += 1
+            self._count("rejected")
             log.warning("peer channel: ignored a message on %s: %s", self.channel, exc)
             return
-        self.received += len(messages)
+        self._count("received", len(messages))
         for message in messages:
             self.scheduler.apply(message)
+
+    def _count(self, outcome: str, n: int = 1) -> None:
+        self.counts[outcome] += n
+        if self._count_to is not None:
+            self._count_to(outcome, n)
 
     async def _announce_loads(self) -> None:
         while True:

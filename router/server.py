@@ -134,7 +134,8 @@ class RouterServer:
         enforcer = BudgetEnforcer(self.budget_ledger, reservation_ttl_s=reservation_ttl_s(self.ledger.ttl_s))
         self.scheduler = Scheduler(self.ledger, self.fleet, replicas=self.discovery)
         if self.redis_url and self.peer_channel:
-            self.peering = PeerChannel(self.redis_url, self.scheduler, self.peer_channel, self.redis_timeout_s)
+            self.peering = PeerChannel(self.redis_url, self.scheduler, self.peer_channel, self.redis_timeout_s,
+                                       count=lambda outcome, n: self.metrics.peer_messages.labels(outcome).inc(n))
             await self.peering.start()
         self.inference = SignalInference(self.classifier_threads, tracer)
         # The cache shares the budget ledger's Redis when there is one (vector sets are built into Redis 8);

@@ -4,6 +4,7 @@ between real router processes, and the N-router bench in virtual time."""
 from __future__ import annotations
 
 import random
+import re
 import time
 from collections import Counter
 from pathlib import Path
@@ -34,7 +35,7 @@ from switchpoint.router.scheduling.peers import (
 )
 from switchpoint.router.scheduling.scheduler import Scheduler
 from switchpoint.v1 import router_pb2, router_pb2_grpc
-from tests.conftest import chat
+from tests.conftest import chat, wait_for
 
 names = st.text(min_size=0, max_size=30)
 int64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
@@ -232,11 +233,22 @@ def test_prefix_affinity_crosses_routers_that_share_a_settle_key(two_routers):
         assert route(b.address, f"p{n}b", prompt).replica == first
 
 
+def peer_messages(router: RouterProcess) -> dict[str, float]:
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{router.metrics_port}/metrics", timeout=5).read().decode()
+    found = re.finditer(r'switchpoint_peer_messages_total\{outcome="(\w+)"\} (\S+)', text)
+    return {m.group(1): float(m.group(2)) for m in found}
+
+
 def test_routing_goes_on_when_the_peer_channel_dies(two_routers):
     redis_server, a, b = two_routers
     assert subscribed(redis_server, 2)
+    route(a.address, "before", "counted")
+    assert wait_for(lambda: peer_messages(b).get("received", 0) >= 1)  # a's commit, as b's /metrics counts it
     redis_server.stop()
     for n in range(6):
         assert route((a, b)[n % 2].address, f"d{n}", "still routed").replica
     redis_server.start()
     assert subscribed(redis_server, 2), "the routers did not subscribe again after Redis came back"
+    assert peer_messages(a)["dropped"] >= 1  # what the outage cost: announcements, never a Route
