@@ -168,12 +168,12 @@ def test_protocols_never_split_a_group_and_hold_each_family_out_once():
 
 
 def small_data(tmp_path):
-    """Every 25th MMLU row and every 10th dcrouter row, with the family map: the bench in seconds."""
+    """Every 40th MMLU row and every 16th dcrouter row, with the family map: the bench in seconds."""
     import shutil
 
     d = tmp_path / "data"
     d.mkdir()
-    for name, step in (("routellm_mmlu.jsonl", 25), ("dcrouter_train.jsonl", 10)):
+    for name, step in (("routellm_mmlu.jsonl", 40), ("dcrouter_train.jsonl", 16)):
         lines = (ROOT / "data/routing" / name).read_text().splitlines(keepends=True)
         (d / name).write_text("".join(lines[::step]))
     shutil.copy(ROOT / "data/routing/mmlu_families.json", d)
