@@ -5,14 +5,16 @@ before (its replica load, the Report's trace link). A Report settles on whicheve
 
 * the replica that routed uses its in-flight entry; any other rebuilds the entry from the ticket (budget
   lines and prices, the bandit's context and arm, the matrix cell) against its own config;
-* before settling, the replica takes the request's settle-once mark in Redis (`SET sp:settled:<id> NX`,
-  kept as long as the reservation: the in-flight TTL + min(60 s, the TTL)): the first Report settles, any later one
-  for the same id, on any replica, is a no-op. Without Redis (or while it is unreachable) the mark is kept
-  in this process only;
+* the replica takes the request's settle-once mark in Redis, kept as long as the reservation (the in-flight
+  TTL + min(60 s, the TTL)): the first Report settles, any later one for the same id, on any replica, is a
+  no-op. A request that reserved budget takes it inside the ledger's settle script (router/budget/ledger.lua,
+  `sp:budget:{namespace}:settled:<reservation>`), atomically with the budget settle and at no extra round
+  trip; any other takes `SET sp:settled:<id> NX` (with the hand-off's GETDEL in the same round trip). Without
+  Redis (or while it is unreachable) the mark is kept in this process only;
 * a cache miss whose answer may be stored hands its cache write (scope, conversation, embedding) to Redis
-  at Route (`sp:handoff:<id>`, written off the request path, only when the settle key is shared); the
-  settle-once call takes it back (GETDEL in the same round trip), so a Report on another replica still
-  stores the answer, and one on the routing replica frees it.
+  at Route (`sp:handoff:<id>`, written off the request path, only when the settle key is shared); a Report
+  on another replica takes it back (GETDEL) and stores the answer; one on the routing replica drops it (off
+  its path).
 
 A Report that reaches another replica leaves the routing replica's in-flight entry (and the replica load
 it counts) until that entry's TTL expires it.
@@ -108,6 +110,32 @@ class Handoff:
                 write = decode_write(held) if want_cache and held else None
                 return bool(replies[0]), write
         return self._first_here(request_id), None
+
+    async def take(self, request_id: str) -> CacheWrite | None:
+        """The handed-off cache write (for a Report on a replica that did not route it), taken once."""
+        if not self.shared or self.client is None:
+            return None
+        try:
+            held = await self.client.getdel(HANDOFF_PREFIX + request_id)
+        except Exception as exc:
+            self.errors += 1
+            log.warning("cache hand-off of %s unreadable (Redis: %s); the answer is not stored", request_id[:64], exc)
+            return None
+        return decode_write(held) if held else None
+
+    def release(self, request_id: str) -> None:
+        """Drop a hand-off the routing replica settled itself (off the Report's path)."""
+        if self.shared and self.client is not None:
+            task = asyncio.ensure_future(self._drop(request_id))
+            self._writes.add(task)
+            task.add_done_callback(self._writes.discard)
+
+    async def _drop(self, request_id: str) -> None:
+        assert self.client is not None
+        try:
+            await self.client.delete(HANDOFF_PREFIX + request_id)
+        except Exception as exc:  # it expires with the in-flight TTL anyway
+            log.debug("cache hand-off of %s not dropped: %s", request_id[:64], exc)
 
     def _first_here(self, request_id: str) -> bool:
         now = time.monotonic()

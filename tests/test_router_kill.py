@@ -112,8 +112,8 @@ def test_killing_a_router_mid_load_loses_no_reservation(kill_config, redis_serve
     monkeypatch.setenv("SWITCHPOINT_SETTLE_KEY", "the-kill-test-settle-key-0123")
     monkeypatch.setenv("SWITCHPOINT_INFLIGHT_TTL_S", str(TTL_S))
     tally = Tally()
-    with RouterProcess([kill_config], metrics=False, extra=["--redis", redis_server.url]) as a, \
-            RouterProcess([kill_config], metrics=False, extra=["--redis", redis_server.url]) as b:
+    with RouterProcess([kill_config], metrics=False, extra=["--redis", redis_server.url, "--peer-channel", ""]) as a, \
+            RouterProcess([kill_config], metrics=False, extra=["--redis", redis_server.url, "--peer-channel", ""]) as b:
         channels = {"a": grpc.insecure_channel(a.address), "b": grpc.insecure_channel(b.address)}
         stubs = {k: router_pb2_grpc.RouterStub(c) for k, c in channels.items()}
         alive, killed, stop = {"a": True, "b": True}, threading.Event(), threading.Event()

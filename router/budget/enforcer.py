@@ -29,7 +29,15 @@ from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 
-from switchpoint.router.budget.ledger import ADMITTED, DOWNGRADE, REJECTED, BudgetState, LedgerReply, RedisLedger
+from switchpoint.router.budget.ledger import (
+    ADMITTED,
+    DOWNGRADE,
+    DUPLICATE,
+    REJECTED,
+    BudgetState,
+    LedgerReply,
+    RedisLedger,
+)
 from switchpoint.router.budget.scope import BudgetInstance
 
 log = logging.getLogger("switchpoint.router.budget")
@@ -40,6 +48,15 @@ class BudgetLine:
     instance: BudgetInstance
     units: int  # this request's expected (at Route) or actual (at Report) amount
     state: BudgetState | None = None
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """What a settle did: the budgets' states after it (None: queued, the ledger was unreachable), and whether it
+    was the request's first settlement (None: not asked, or not known while queued)."""
+
+    states: tuple[BudgetState, ...] | None
+    first: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -64,7 +81,7 @@ class BudgetEnforcer:
         self.breaker_s = breaker_s
         self._down_until = 0.0
         self.store_errors = 0
-        self.pending: deque[tuple[str, list[BudgetLine]]] = deque(maxlen=self.MAX_PENDING)
+        self.pending: deque[tuple[str, list[BudgetLine], bool]] = deque(maxlen=self.MAX_PENDING)
 
     @property
     def store_up(self) -> bool:
@@ -78,7 +95,7 @@ class BudgetEnforcer:
                 rid, self.ttl_ms, [(ln.instance, ln.units) for ln in lines], force_soft))
         except _StoreDown as down:
             if down.attempted:
-                self.pending.append((rid, [BudgetLine(ln.instance, 0) for ln in lines]))
+                self.pending.append((rid, [BudgetLine(ln.instance, 0) for ln in lines], False))
             return self._unreachable(lines)
         with_state = tuple(BudgetLine(ln.instance, ln.units, st) for ln, st in zip(lines, reply.states, strict=True))
         if reply.status == ADMITTED:
@@ -88,35 +105,38 @@ class BudgetEnforcer:
         assert reply.status in (REJECTED, DOWNGRADE)
         return BudgetCheck(outcome, with_state, lines[reply.culprit].instance)
 
-    async def settle(self, rid: str, lines: list[BudgetLine]) -> tuple[BudgetState, ...] | None:
-        """Record actual usage and release the reservation; None when the store was unreachable (queued)."""
+    async def settle(self, rid: str, lines: list[BudgetLine], once: bool = False) -> Settlement:
+        """Record actual usage and release the reservation (queued while the store is unreachable). once: and take
+        the request's settle-once mark in the same call (`first` says whether this was the first settlement)."""
         if not lines:
-            return ()
+            return Settlement(())
         await self.flush_pending()
         try:
-            reply = await self._settle(rid, lines)
+            reply = await self._settle(rid, lines, once)
         except _StoreDown:
-            self.pending.append((rid, lines))
+            self.pending.append((rid, lines, once))
             log.warning("budget settle for %s queued: ledger unreachable (%d waiting)", rid, len(self.pending))
-            return None
-        return reply.states
+            return Settlement(None)
+        if reply.status == DUPLICATE:
+            return Settlement(None, first=False)
+        return Settlement(reply.states, first=True if once else None)
 
     async def flush_pending(self) -> int:
         """Settle queued Reports while the ledger answers; returns how many were settled."""
         done = 0
         while self.pending and self.store_up:
-            rid, lines = self.pending.popleft()  # taken before awaiting: concurrent flushers take different items
+            item = self.pending.popleft()  # taken before awaiting: concurrent flushers take different items
             try:
-                await self._settle(rid, lines)
+                await self._settle(*item)
             except _StoreDown:
-                self.pending.appendleft((rid, lines))
+                self.pending.appendleft(item)
                 break
             done += 1
         return done
 
-    async def _settle(self, rid: str, lines: list[BudgetLine]) -> LedgerReply:
+    async def _settle(self, rid: str, lines: list[BudgetLine], once: bool = False) -> LedgerReply:
         units = [(ln.instance, ln.units) for ln in lines]
-        return await self._call(lambda ledger: ledger.settle(rid, self.ttl_ms, units))
+        return await self._call(lambda ledger: ledger.settle(rid, self.ttl_ms, units, once))
 
     async def peek(self, instances: list[BudgetInstance]) -> tuple[BudgetState, ...] | None:
         if not instances:

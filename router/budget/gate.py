@@ -104,18 +104,21 @@ class BudgetGate:
             self.estimator.observe(decision, completion_tokens)
 
     async def settle(self, admission: BudgetAdmission, success: bool, prompt_tokens: int,
-                     completion_tokens: int) -> None:
-        """Replace the reservation by the actual usage; idempotent (the ledger settles a live reservation only)."""
-        if not admission.reserved:
-            return  # admitted unenforced while the ledger was down: nothing was reserved, nothing is counted
+                     completion_tokens: int) -> bool | None:
+        """Replace the reservation by the actual usage, taking the request's settle-once mark in the same atomic
+        ledger call: whether this was the request's first settlement on any replica (None when the ledger did not
+        decide: nothing reserved, or the ledger unreachable and the settlement queued)."""
+        if not admission.reserved or not admission.lines:
+            return None  # admitted unenforced while the ledger was down: nothing was reserved, nothing is counted
         if success and not prompt_tokens and not completion_tokens:
             lines = list(admission.lines)  # no usage reported: charge what was reserved
         else:
             lines = [BudgetLine(ln.instance, amount(ln.instance.budget, prompt_tokens, completion_tokens,
                                                     admission.pricing)) for ln in admission.lines]
-        states = await self.enforcer.settle(admission.reservation_id, lines)
-        if states:
-            self._publish([BudgetLine(ln.instance, ln.units, st) for ln, st in zip(lines, states, strict=True)])
+        done = await self.enforcer.settle(admission.reservation_id, lines, once=True)
+        if done.states:
+            self._publish([BudgetLine(ln.instance, ln.units, st) for ln, st in zip(lines, done.states, strict=True)])
+        return done.first
 
     def _publish(self, lines: Iterable[BudgetLine]) -> None:
         for ln in lines:

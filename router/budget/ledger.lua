@@ -11,21 +11,33 @@
 -- use 60 buckets, so the spend of "the last duration" is exact to 1/60 of it.
 -- Amounts are integers (tokens, or nano-units of money). The clock is Redis's own TIME.
 --
--- ARGV[1] = op: "reserve" | "settle" | "peek"
+-- ARGV[1] = op: "reserve" | "settle" | "settle_once" | "peek"
+--   settle_once: settle, unless the request's settle-once mark (the last key, in the same slot) is already
+--   taken; takes it (for the reservation ttl) in the same atomic step, so exactly one Report of a request,
+--   on any router replica, settles it and learns from it.
 -- ARGV[2] = reservation id, ARGV[3] = reservation ttl (ms), ARGV[4] = force_soft (0/1)
 -- then per budget i (KEYS[4i-3..4i]): limit, amount, bucket_ms, nbuckets, action
 --   action: 0 Observe, 1 Downgrade, 2 Reject
 -- Returns {status, index, {spent, reserved, limit, window_end_ms, free_at_ms, exhausted}...}
 --   status: 0 admitted (reserved in every budget), 1 rejected by budget `index`,
---           2 downgrade required by budget `index` (nothing reserved); settle/peek: 0.
+--           2 downgrade required by budget `index` (nothing reserved); settle/peek: 0;
+--           settle_once: 0, or 3 (no states) when the request was already settled.
 
 local op = ARGV[1]
 local rid = ARGV[2]
 local ttl = tonumber(ARGV[3])
 local force_soft = ARGV[4] == "1"
+local nkeys = #KEYS
+if op == "settle_once" then
+  nkeys = nkeys - 1
+  if not redis.call("SET", KEYS[#KEYS], "1", "NX", "PX", ttl) then
+    return {3, 0}
+  end
+  op = "settle"
+end
 local t = redis.call("TIME")
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local n = #KEYS / 4
+local n = nkeys / 4
 local EXPIRE_BATCH = 100
 
 local function charge_expired(spend, res, resexp, reserved, cur)

@@ -25,7 +25,7 @@ from switchpoint.router.budget.scope import BudgetInstance
 KEY_PREFIX = "sp:budget:"
 ROLLING_BUCKETS = 60
 ACTIONS = {"Observe": 0, "Downgrade": 1, "Reject": 2}
-ADMITTED, REJECTED, DOWNGRADE = 0, 1, 2
+ADMITTED, REJECTED, DOWNGRADE, DUPLICATE = 0, 1, 2, 3
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,11 @@ def key_base(instance: BudgetInstance) -> str:
     return f"{KEY_PREFIX}{{{instance.budget.namespace}}}:{instance.key}:"
 
 
+def mark_key(instance: BudgetInstance, rid: str) -> str:
+    """A request's settle-once mark, in its budgets' slot (one Redis call settles and marks)."""
+    return f"{KEY_PREFIX}{{{instance.budget.namespace}}}:settled:{rid}"
+
+
 def window(budget: Budget) -> tuple[int, int]:
     """(bucket_ms, nbuckets) of a budget's window."""
     total_ms = budget.window_seconds * 1000
@@ -75,8 +80,11 @@ class RedisLedger:
                       force_soft: bool) -> LedgerReply:
         return await self._run("reserve", rid, ttl_ms, lines, force_soft)
 
-    async def settle(self, rid: str, ttl_ms: int, lines: list[tuple[BudgetInstance, int]]) -> LedgerReply:
-        return await self._run("settle", rid, ttl_ms, lines, False)
+    async def settle(self, rid: str, ttl_ms: int, lines: list[tuple[BudgetInstance, int]],
+                     once: bool = False) -> LedgerReply:
+        """once: take the request's settle-once mark in the same atomic call; status DUPLICATE (nothing done)
+        when another Report already took it."""
+        return await self._run("settle_once" if once else "settle", rid, ttl_ms, lines, False)
 
     async def peek(self, instances: list[BudgetInstance]) -> LedgerReply:
         """The standing of budgets of any namespaces: one script call per namespace (one slot each)."""
@@ -102,6 +110,8 @@ class RedisLedger:
             keys += [base + "spend", base + "res", base + "resexp", base + "reserved"]
             bucket_ms, nbuckets = window(instance.budget)
             args += [limit_units(instance.budget), units, bucket_ms, nbuckets, ACTIONS[instance.budget.action]]
+        if op == "settle_once":
+            keys.append(mark_key(lines[0][0], rid))
         raw = await self.script(keys=keys, args=args)
         status, culprit, *states = raw
         return LedgerReply(

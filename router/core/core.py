@@ -224,12 +224,17 @@ class RouterCore:
         if entry is None:
             assert ticket is not None
             entry = entry_from(ticket, self._snapshot, None)
-        if entry.budget is not None:
-            # before the settle-once mark: the ledger settles a live reservation only (so exactly once), and a
-            # router that dies between the two leaves the Report's retry elsewhere nothing to lose
-            await self.budgets.settle(entry.budget, s.outcome == "success", s.prompt_tokens, s.completion_tokens)
-        first, handed = await self.handoff.first(s.request_id, entry.cache is None and ticket is not None
-                                                 and ticket.cache)
+        # A request that reserved budget settles it and takes its settle-once mark in one atomic ledger call (no
+        # crash window, no extra round trip); any other takes the mark on its own.
+        first = None if entry.budget is None else await self.budgets.settle(
+            entry.budget, s.outcome == "success", s.prompt_tokens, s.completion_tokens)
+        handed_off = entry.cache is None and ticket is not None and ticket.cache
+        if first is None:
+            first, handed = await self.handoff.first(s.request_id, handed_off)
+        else:
+            handed = await self.handoff.take(s.request_id) if first and handed_off else None
+        if entry.cache is not None:
+            self.handoff.release(s.request_id)
         if not first:
             self.metrics.reports.labels(entry.workload, entry.decision, entry.pool, "duplicate").inc()
             return Settled(entry.decision, entry.pool, None, duplicate=True)
