@@ -119,7 +119,7 @@ def _select_for_objective(decision: Decision, req: RouteInput, scheduler: Schedu
     others: list[Fallback] = []
     skipped: list[str] = []
     chosen: tuple[Candidate, Placement] | None = None
-    for cand, q in zip(decision.candidates, quality, strict=True):
+    for i, (cand, q) in enumerate(zip(decision.candidates, quality, strict=True)):
         if not _fits(cand, context_tokens, skipped):
             continue
         if chosen is not None:
@@ -141,6 +141,12 @@ def _select_for_objective(decision: Decision, req: RouteInput, scheduler: Schedu
             skipped.append(f"pool '{cand.pool.name}': predicted TTFT {prediction.describe()} would miss the "
                            f"{objective.ttft_ms} ms objective")
             continue
+        share = _keep_share(objective, quality, decision.candidates, req) if i == 0 else 1.0
+        if share < 1.0 and prediction.misses(target_s * share):
+            skipped.append(f"pool '{cand.pool.name}': predicted TTFT {prediction.describe()} is above {share:.0%} of "
+                           f"the objective, and its quality lead over the next candidate is that share of "
+                           f"maxQualityLoss {objective.max_quality_loss:g}")
+            continue
         chosen = (cand, placement)
     if chosen is None and placed:  # every candidate would miss: the one predicted fastest
         cand, placement, _ = min(placed, key=lambda p: (p[2].saturated, p[2].ttft_s))
@@ -156,6 +162,26 @@ def _select_for_objective(decision: Decision, req: RouteInput, scheduler: Schedu
             others.insert(0, Fallback(other, other_placement.replica))
     return Selection(cand, placement, _fallbacks(cand, placement, others), tuple(skipped), tuple(predicted),
                      objective, spilled=first_placed is not None and first_placed is not cand)
+
+
+def _keep_share(objective: Objective, quality: list[float | None], candidates: Sequence[Candidate],
+                req: RouteInput) -> float:
+    """The share of the TTFT objective under which the selector's first choice keeps the request.
+
+    When a cheaper candidate behind it predicts quality within maxQualityLoss, the share is the first choice's
+    quality lead over the best such candidate, as a share of maxQualityLoss: a request the first choice hardly
+    improves spills while that pool still has headroom, which keeps the headroom for the requests it improves
+    most (a pool saturating in a burst otherwise serves them first come, first served). 1 when there is no such
+    candidate, when the first choice does not lead, or when nothing predicts quality."""
+    loss = objective.max_quality_loss
+    lead = quality[0] if quality else None
+    if not loss or lead is None:
+        return 1.0
+    output = max(0, req.context_tokens - req.input_tokens)
+    price = candidates[0].pool.pricing.cost(req.input_tokens, output)
+    cheaper = [q for c, q in zip(candidates[1:], quality[1:], strict=True)
+               if q is not None and lead - loss <= q < lead and c.pool.pricing.cost(req.input_tokens, output) < price]
+    return 1.0 if not cheaper else (lead - max(cheaper)) / loss
 
 
 def _fits(cand: Candidate, context_tokens: int, skipped: list[str]) -> bool:

@@ -63,7 +63,8 @@ ROOT = Path(__file__).resolve().parents[2]
 DATASET = ROOT / "data" / "routing" / "routellm_mmlu.jsonl"
 STRATEGIES = ("semantic_only", "load_only", "joint")
 STRONG_MODEL, WEAK_MODEL = "gpt-4-1106-preview", "mistralai/Mixtral-8x7B-Instruct-v0.1"
-STRONG_ENGINE = EngineConfig(iteration_base_ms=20.0, prefill_ms_per_token=0.5, decode_ms_per_seq=0.1)
+STRONG_ENGINE = EngineConfig(iteration_base_ms=20.0, prefill_ms_per_token=0.5, decode_ms_per_seq=0.1,
+                             max_batched_tokens=512)
 WEAK_ENGINE = EngineConfig()
 DRAIN_S = 60.0
 SCRAPE_S = 0.05
@@ -83,9 +84,13 @@ class PoolSpec:
     input_per_million: float
     output_per_million: float
 
-    @property
-    def prefill_tokens_per_second(self) -> float:
-        return 1000.0 / self.engine.prefill_ms_per_token
+    def prefill_tokens_per_second(self, token_ratio: float) -> float:
+        """The policy's prefillTokensPerSecond: what an operator measures as the replica's prefill throughput when
+        it is busy (full chunks, each with its step overhead), counted in the router's token estimates
+        (token_ratio: the router's estimate per token the server counts, on these prompts)."""
+        e = self.engine
+        chunk = e.max_batched_tokens
+        return token_ratio * 1000.0 * chunk / (e.iteration_base_ms + e.prefill_ms_per_token * chunk)
 
     def addresses(self) -> list[str]:
         return [f"{self.name}-{i}:8000" for i in range(self.replicas)]
@@ -171,12 +176,12 @@ def _pool_manifest(p: PoolSpec) -> dict:
                      "replicas": {"static": [{"address": a} for a in p.addresses()]}}}
 
 
-def strategy_config(strategy: str, scenario: Scenario, dataset: Path) -> RouterConfig:
+def strategy_config(strategy: str, scenario: Scenario, dataset: Path, token_ratio: float = 1.0) -> RouterConfig:
     """The RoutingPolicy each strategy routes with, compiled by the production compiler."""
     pools = scenario.pools()
     profile = "switchpoint" if strategy == "joint" else "gie-default"
-    scheduling = [{"pool": p.name, "profile": profile, "prefillTokensPerSecond": p.prefill_tokens_per_second}
-                  for p in pools]
+    scheduling = [{"pool": p.name, "profile": profile,
+                   "prefillTokensPerSecond": round(p.prefill_tokens_per_second(token_ratio), 1)} for p in pools]
     selection = {"algorithm": "knn", "dataset": str(dataset), "k": scenario.k, "lambda": scenario.lam}
     policies = []
     if strategy == "load_only":
@@ -191,7 +196,8 @@ def strategy_config(strategy: str, scenario: Scenario, dataset: Path) -> RouterC
             if scenario.tpot_ms is not None:
                 objective["tpotMs"] = scenario.tpot_ms
             default["objective"] = objective
-        policies.append({"apiVersion": API_VERSION, "kind": "RoutingPolicy", "metadata": {"name": strategy},
+        # one policy name for semantic_only and joint: the second preparation reuses the first's kNN selector
+        policies.append({"apiVersion": API_VERSION, "kind": "RoutingPolicy", "metadata": {"name": "auto"},
                          "spec": {"aliases": ["auto"], "default": default, "scheduling": scheduling}})
     return compile_manifests([Manifest("bench-joint", m) for m in (*map(_pool_manifest, pools), *policies)])
 
@@ -202,9 +208,30 @@ class Data:
     test: np.ndarray  # row indices the arrivals draw from
     train_file: Path  # the rows the selector knows
 
+    def messages(self, row: int) -> tuple[ChatTurn, ...]:
+        """The row as MMLU sends it: the subject's header, then the question."""
+        subject = self.rows.tasks[row].split("/", 1)[-1].replace("_", " ")
+        return (ChatTurn("system", f"The following are multiple choice questions (with answers) about {subject}."),
+                ChatTurn("user", self.rows.prompts[row]))
 
-def load_data(folder: Path) -> Data:
-    """The dataset, its test rows, and its train rows written where the selector's policy points."""
+    def token_ratio(self) -> float:
+        """The router's token estimate over the simulator's count, summed over the test prompts."""
+        estimated = counted = 0
+        for row in self.test.tolist():
+            messages = self.messages(row)
+            estimated += RouteInput(request_id="-", model="-", messages=messages).input_tokens
+            counted += token_count(_served_text(messages))
+        return estimated / counted
+
+
+def _served_text(messages: tuple[ChatTurn, ...]) -> str:
+    """What the simulated server tokenises (its chat template)."""
+    return "".join(f"<|{m.role}|>{m.content}" for m in messages)
+
+
+def load_data(folder: Path, train_rows: int | None = None) -> Data:
+    """The dataset, its test rows, and its train rows (all, or the first `train_rows`) written where the selector's
+    policy points."""
     data = load_dataset(DATASET)
     test_rows = np.array([unit_hash(SPLIT_SALT, " ".join(p.lower().split())) < TEST_SHARE for p in data.prompts])
     train, test = np.nonzero(~test_rows)[0], np.nonzero(test_rows)[0]
@@ -212,7 +239,7 @@ def load_data(folder: Path) -> Data:
     if len(lines) != len(data.prompts):
         raise ValueError(f"{DATASET}: {len(lines)} lines for {len(data.prompts)} rows")
     train_file = folder / "routellm_mmlu.train.jsonl"
-    train_file.write_text("\n".join(lines[i] for i in train) + "\n", encoding="utf-8")
+    train_file.write_text("\n".join(lines[i] for i in train[:train_rows]) + "\n", encoding="utf-8")
     return Data(data, test, train_file)
 
 
@@ -239,10 +266,17 @@ def arrivals(scenario: Scenario, data: Data, rng: random.Random) -> list[Arrival
         if t >= scenario.duration_s:
             return out
         row = int(data.test[rng.randrange(len(data.test))])
-        subject = data.rows.tasks[row].split("/", 1)[-1].replace("_", " ")
-        messages = (ChatTurn("system", f"The following are multiple choice questions (with answers) about {subject}."),
-                    ChatTurn("user", data.rows.prompts[row]))
-        out.append(Arrival(t, row, messages, {m: int(data.rows.output_tokens[row, j]) for j, m in enumerate(models)}))
+        out.append(Arrival(t, row, data.messages(row),
+                           {m: int(data.rows.output_tokens[row, j]) for j, m in enumerate(models)}))
+
+
+def prepare_snapshots(preparer: Preparer, scenario: Scenario, data: Data, token_ratio: float) -> dict[str, Snapshot]:
+    """Each strategy's snapshot; joint reuses semantic_only's selector (the same decision and candidates)."""
+    snapshots: dict[str, Snapshot] = {}
+    for strategy in STRATEGIES:
+        snapshots[strategy] = preparer.prepare(strategy_config(strategy, scenario, data.train_file, token_ratio),
+                                               snapshots.get("semantic_only"))
+    return snapshots
 
 
 def run_once(strategy: str, snapshot: Snapshot, scenario: Scenario, data: Data, requests: list[Arrival],
@@ -281,7 +315,7 @@ def run_once(strategy: str, snapshot: Snapshot, scenario: Scenario, data: Data, 
         prediction = result.selection.prediction
         placed[req.request_id] = (a, pool.name, prediction.ttft_s if prediction else None)
         out.spilled += result.selection.spilled
-        text = "".join(f"<|{m.role}|>{m.content}" for m in a.messages)
+        text = _served_text(a.messages)
         prompt = token_count(text)
         output = a.output_tokens[pool.model]
         out.quality.append(float(data.rows.scores[a.row, models.index(pool.model)]))
@@ -421,7 +455,8 @@ def run(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory(prefix="switchpoint-bench-joint-") as tmp:
             data = load_data(Path(tmp))
             preparer = Preparer(ModelBank(), SelectorBank())
-            snapshots = {s: preparer.prepare(strategy_config(s, scenario, data.train_file)) for s in STRATEGIES}
+            ratio = data.token_ratio()
+            snapshots = prepare_snapshots(preparer, scenario, data, ratio)
             pooled = {f"{r:g}": run_rate(replace(scenario, rate=float(r)), snapshots, data, seeds, inference)
                       for r in rates}
     finally:
