@@ -9,12 +9,15 @@ refused, naming the cause.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
 
+from switchpoint.localredis import RedisServer
 from switchpoint.router.refusals import InvalidRequest, NotFound
 from switchpoint.router.tickets import Ticket, TicketBudget, TicketSigner, settle_key_from_env
 from switchpoint.v1 import router_pb2
@@ -27,9 +30,9 @@ KEY = "a-settle-key-shared-by-the-replicas"
 BUDGET = """
 apiVersion: switchpoint.dev/v1alpha1
 kind: Budget
-metadata: {name: acme}
+metadata: {name: per-tenant}
 spec:
-  scope: {type: Tenant, name: acme}
+  scope: {type: EachTenant}
   window: {duration: 1h}
   limit: {tokens: 100000}
 """
@@ -90,6 +93,8 @@ def test_the_settle_key_may_be_a_file(tmp_path):
 
 
 # -- two routers, one Redis ----------------------------------------------------------------------------------------
+# A pair of routers serves every test of a module-scoped fixture; each test has a tenant of its own (the budget
+# is EachTenant), so their spend never mixes.
 
 @contextlib.contextmanager
 def routers(config, redis_url: str, **kwargs) -> Iterator[tuple[ThreadedRouter, ThreadedRouter]]:
@@ -98,10 +103,39 @@ def routers(config, redis_url: str, **kwargs) -> Iterator[tuple[ThreadedRouter, 
         yield a, b
 
 
-@pytest.fixture
-def budget_config(config_dir):
-    (config_dir / "budgets.yaml").write_text(BUDGET)
-    return config_dir
+@pytest.fixture(scope="module")
+def shared_redis(tmp_path_factory) -> Iterator[str]:
+    with RedisServer(tmp_path_factory.mktemp("redis"), persist=False) as server:
+        yield server.url
+
+
+@pytest.fixture(scope="module")
+def budget_config(tmp_path_factory) -> Path:
+    target = tmp_path_factory.mktemp("config") / "config"
+    shutil.copytree(EXAMPLES, target)
+    (target / "budgets.yaml").write_text(BUDGET)
+    return target
+
+
+@contextlib.contextmanager
+def keyed_pair(config: Path, redis_url: str, **kwargs) -> Iterator[tuple[ThreadedRouter, ThreadedRouter]]:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SWITCHPOINT_SETTLE_KEY", KEY)
+        with routers(config, redis_url, **kwargs) as pair:
+            yield pair
+
+
+@pytest.fixture(scope="module")
+def pair(budget_config, shared_redis) -> Iterator[tuple[ThreadedRouter, ThreadedRouter]]:
+    with keyed_pair(budget_config, shared_redis) as routed:
+        yield routed
+
+
+@pytest.fixture(scope="module")
+def short_pair(budget_config, shared_redis) -> Iterator[tuple[ThreadedRouter, ThreadedRouter]]:
+    """In-flight TTL 1 s: tickets expire after 1 s, reservations after 2 s."""
+    with keyed_pair(budget_config, shared_redis, inflight_ttl_s=1.0) as routed:
+        yield routed
 
 
 def report(stub, d: router_pb2.Decision, ticket: str | None = None, **fields) -> router_pb2.ReportResponse:
@@ -110,34 +144,36 @@ def report(stub, d: router_pb2.Decision, ticket: str | None = None, **fields) ->
                                                 **fields), timeout=10)
 
 
-def standing(r: ThreadedRouter) -> tuple[float, float]:
-    s = r.stub.BudgetStatus(router_pb2.BudgetStatusRequest(), timeout=10)
-    return next((b.spent, b.reserved) for b in s.budgets if b.budget == "default/acme")
+def standing(r: ThreadedRouter, tenant: str) -> tuple[float, float]:
+    s = r.stub.BudgetStatus(router_pb2.BudgetStatusRequest(tenant=tenant), timeout=10)
+    return next((b.spent, b.reserved) for b in s.budgets if b.budget == f"default/per-tenant/{tenant}")
 
 
-def test_a_report_settles_on_the_other_replica_exactly_once(budget_config, redis_url, monkeypatch):
-    monkeypatch.setenv("SWITCHPOINT_SETTLE_KEY", KEY)
-    with routers(budget_config, redis_url) as (a, b):
-        d = a.stub.Route(chat("hello there", tenant="acme", max_tokens=50), timeout=10)
-        assert d.ticket and d.headers["x-switchpoint-ticket"] == d.ticket and d.budget.outcome == "admitted"
-        assert standing(b)[1] > 0
-        settled = report(b.stub, d, prompt_tokens=7, completion_tokens=30)
-        assert (settled.decision, settled.pool, settled.duplicate) == (d.decision, d.pool, False)
-        assert standing(b) == (37, 0)
-        # again, on either replica, with or without the reservation's router knowing: nothing counts twice
-        assert report(a.stub, d, prompt_tokens=7, completion_tokens=30).duplicate
-        assert report(b.stub, d, prompt_tokens=900, completion_tokens=900).duplicate
-        assert standing(a) == (37, 0)
-        assert 'outcome="duplicate"' in a.metrics_text() and 'outcome="success"' in b.metrics_text()
+def route(r: ThreadedRouter, tenant: str, text: str = "hello there") -> router_pb2.Decision:
+    return r.stub.Route(chat(text, tenant=tenant, max_tokens=50), timeout=10)
 
 
-def test_a_report_on_the_routing_replica_still_counts_once(budget_config, redis_url, monkeypatch):
-    monkeypatch.setenv("SWITCHPOINT_SETTLE_KEY", KEY)
-    with routers(budget_config, redis_url) as (a, b):
-        d = a.stub.Route(chat("hello there", tenant="acme", max_tokens=50), timeout=10)
-        assert not report(a.stub, d, prompt_tokens=5, completion_tokens=5).duplicate
-        assert report(b.stub, d, prompt_tokens=5, completion_tokens=5).duplicate
-        assert standing(b) == (10, 0)
+def test_a_report_settles_on_the_other_replica_exactly_once(pair):
+    a, b = pair
+    d = route(a, "t-other")
+    assert d.ticket and d.headers["x-switchpoint-ticket"] == d.ticket and d.budget.outcome == "admitted"
+    assert standing(b, "t-other")[1] > 0
+    settled = report(b.stub, d, prompt_tokens=7, completion_tokens=30)
+    assert (settled.decision, settled.pool, settled.duplicate) == (d.decision, d.pool, False)
+    assert standing(b, "t-other") == (37, 0)
+    # again, on either replica, with or without the reservation's router knowing: nothing counts twice
+    assert report(a.stub, d, prompt_tokens=7, completion_tokens=30).duplicate
+    assert report(b.stub, d, prompt_tokens=900, completion_tokens=900).duplicate
+    assert standing(a, "t-other") == (37, 0)
+    assert 'outcome="duplicate"' in a.metrics_text() and 'outcome="success"' in b.metrics_text()
+
+
+def test_a_report_on_the_routing_replica_still_counts_once(pair):
+    a, b = pair
+    d = route(a, "t-here")
+    assert not report(a.stub, d, prompt_tokens=5, completion_tokens=5).duplicate
+    assert report(b.stub, d, prompt_tokens=5, completion_tokens=5).duplicate
+    assert standing(b, "t-here") == (10, 0)
 
 
 @pytest.mark.parametrize(("ticket", "code", "fragment"), [
@@ -145,49 +181,40 @@ def test_a_report_on_the_routing_replica_still_counts_once(budget_config, redis_
     ("ALTER", grpc.StatusCode.INVALID_ARGUMENT, "signature does not verify"),
     ("OTHER", grpc.StatusCode.INVALID_ARGUMENT, "a ticket settles only its own request"),
 ])
-def test_bad_reports_elsewhere_are_refused_and_count_nothing(budget_config, redis_url, monkeypatch, ticket, code,
-                                                             fragment):
-    monkeypatch.setenv("SWITCHPOINT_SETTLE_KEY", KEY)
-    with routers(budget_config, redis_url) as (a, b):
-        d = a.stub.Route(chat("hello there", tenant="acme", max_tokens=50), timeout=10)
-        other = a.stub.Route(chat("hello again", tenant="acme", max_tokens=50), timeout=10)
-        sent = {"ALTER": _altered(d.ticket), "OTHER": other.ticket}.get(ticket, ticket)
-        with pytest.raises(grpc.RpcError) as err:
-            report(b.stub, d, ticket=sent, prompt_tokens=7, completion_tokens=30)
-        assert err.value.code() == code and fragment in err.value.details()
-        spent, reserved = standing(b)
-        assert spent == 0 and reserved == 2 * d.budget.budgets[0].request
-        assert not report(b.stub, d, prompt_tokens=7, completion_tokens=30).duplicate  # the real one still settles
+def test_bad_reports_elsewhere_are_refused_and_count_nothing(pair, ticket, code, fragment):
+    a, b = pair
+    tenant = f"t-bad-{ticket or 'none'}"
+    d, other = route(a, tenant), route(a, tenant, "hello again")
+    sent = {"ALTER": _altered(d.ticket), "OTHER": other.ticket}.get(ticket, ticket)
+    with pytest.raises(grpc.RpcError) as err:
+        report(b.stub, d, ticket=sent, prompt_tokens=7, completion_tokens=30)
+    assert err.value.code() == code and fragment in err.value.details()
+    assert standing(b, tenant) == (0, d.budget.budgets[0].request + other.budget.budgets[0].request)
+    assert not report(b.stub, d, prompt_tokens=7, completion_tokens=30).duplicate  # the real one still settles
+    assert standing(b, tenant) == (37, other.budget.budgets[0].request)
 
 
-def test_a_report_after_expiry_is_refused_and_the_ledger_charges_the_reservation_once(budget_config, redis_url,
-                                                                                   monkeypatch):
-    monkeypatch.setenv("SWITCHPOINT_SETTLE_KEY", KEY)
-    with routers(budget_config, redis_url, inflight_ttl_s=0.5) as (a, b):
-        d = a.stub.Route(chat("hello there", tenant="acme", max_tokens=50), timeout=10)
-        replica = d.replica
-        assert a.server.ledger.load(replica) == 1
-        assert wait_for(lambda: a.server.ledger.load(replica) == 0, timeout=5)  # the routing replica lets go (TTL)
-        time.sleep(0.1)
-        with pytest.raises(grpc.RpcError) as err:
-            report(b.stub, d, prompt_tokens=7, completion_tokens=30)
-        assert err.value.code() == grpc.StatusCode.NOT_FOUND and "its ticket expired" in err.value.details()
-        # the late Report counted nothing (its 37 tokens): the reservation is still held, or already charged in full
-        # at its expiry (the TTL + min(60 s, TTL): 1 s here), and it is charged exactly once
-        reserved = d.budget.budgets[0].request
-        assert standing(b) in ((0, reserved), (reserved, 0))
-        assert wait_for(lambda: standing(b) == (reserved, 0), timeout=5)
-
-
-def test_the_routing_replica_releases_its_load_when_the_report_lands_elsewhere(budget_config, redis_url,
-                                                                               monkeypatch):
-    monkeypatch.setenv("SWITCHPOINT_SETTLE_KEY", KEY)
-    with routers(budget_config, redis_url, inflight_ttl_s=1.0) as (a, b):
-        d = a.stub.Route(chat("hello there", tenant="acme", max_tokens=50), timeout=10)
+def test_a_report_after_expiry_is_refused_and_the_ledger_charges_the_reservation_once(short_pair):
+    a, b = short_pair
+    d = route(a, "t-late")
+    time.sleep(1.05)  # past the ticket's expiry
+    with pytest.raises(grpc.RpcError) as err:
         report(b.stub, d, prompt_tokens=7, completion_tokens=30)
-        assert a.server.ledger.load(d.replica) == 1 and b.server.ledger.load(d.replica) == 0
-        assert wait_for(lambda: a.server.ledger.load(d.replica) == 0, timeout=5)
-        assert standing(a) == (37, 0)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND and "its ticket expired" in err.value.details()
+    # the late Report counted nothing (its 37 tokens): the reservation is still held, or already charged in full at
+    # its expiry (the TTL + min(60 s, TTL): 2 s here), and it is charged exactly once
+    reserved = d.budget.budgets[0].request
+    assert standing(b, "t-late") in ((0, reserved), (reserved, 0))
+    assert wait_for(lambda: standing(b, "t-late") == (reserved, 0), timeout=5)
+
+
+def test_the_routing_replica_releases_its_load_when_the_report_lands_elsewhere(short_pair):
+    a, b = short_pair
+    d = route(a, "t-load")
+    report(b.stub, d, prompt_tokens=7, completion_tokens=30)
+    assert a.server.ledger.load(d.replica) >= 1 and b.server.ledger.load(d.replica) == 0
+    assert wait_for(lambda: a.server.ledger.load(d.replica) == 0, timeout=5)  # its in-flight TTL
+    assert standing(a, "t-load") == (37, 0)
 
 
 def test_without_a_shared_key_a_report_settles_only_where_it_was_routed(budget_config, redis_url, monkeypatch):
