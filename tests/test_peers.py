@@ -28,6 +28,7 @@ from switchpoint.router.scheduling.peers import (
     PeerCommit,
     PeerLoads,
     PeerRelease,
+    PeerSettled,
     encode,
     origin_of,
     pack,
@@ -45,6 +46,7 @@ int64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
     st.builds(PeerCommit, names, names, names, st.integers(0, 10**9), st.floats(1, 1e7), st.tuples(*[int64] * 3),
               int64),
     st.builds(PeerRelease, names, st.lists(names, max_size=2).map(tuple)),
+    st.builds(PeerSettled, names, names),
     st.builds(PeerLoads, names, st.dictionaries(names, st.integers(0, 10**6), max_size=5)),
 ))
 def test_messages_survive_the_wire(message):
@@ -135,6 +137,20 @@ def test_peer_in_flight_counts_join_the_ledgers_until_released():
     a.ledger.settle("r0")  # a's release reaches b
     assert b.peers.loads(clock.now) == {held[2][1]: 1}
     assert b.place(lr, request("next")).replica.address == held[0][1]
+
+
+def test_a_request_settled_at_a_peer_leaves_the_routing_routers_ledger_at_once():
+    clock = Clock()
+    a, b = pair(clock)
+    placed = a.place(candidate("least-request"), request("q"))
+    a.ledger.admit(InflightEntry("r1", "p", "d", "p", "m", placed.replica.address))
+    a.commit(candidate("least-request"), placed)
+    assert b.peers.loads(clock.now) == {placed.replica.address: 1}
+    b.settled_elsewhere("r1")  # the Report, with its ticket, reached b
+    assert "r1" not in a.ledger and a.ledger.load(placed.replica.address) == 0
+    assert b.peers.loads(clock.now) == {}  # a's release followed
+    b.settled_elsewhere("unknown")  # a request nobody here routed: nothing happens
+    assert len(a.ledger) == 0
 
 
 def test_a_peer_that_falls_silent_is_forgotten():

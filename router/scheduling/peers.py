@@ -6,9 +6,10 @@ Service each sees about 1/N of that, and in a burst every router sends to the re
 the last scrape. So each router announces every placement it commits (`PeerCommit`: the replica, the
 uncached prefill it added, the prefix blocks it sent), every request that leaves its in-flight ledger
 (`PeerRelease`: settled or expired) and, every `LOADS_INTERVAL_S`, its whole in-flight count per replica
-(`PeerLoads`, which repairs what a lost message skewed); the others apply them to their own state
-(`PeerView`, Scheduler.apply). The counts of a router that stops announcing (killed, partitioned) are
-dropped after `LOADS_STALE_S`.
+(`PeerLoads`, which repairs what a lost message skewed), and every request it settled that another
+router had routed (`PeerSettled`: that router then lets go of its in-flight entry at once instead of at
+its TTL); the others apply them to their own state (`PeerView`, Scheduler.apply). The counts of a router
+that stops announcing (killed, partitioned) are dropped after `LOADS_STALE_S`.
 
 Prefix blocks are Python hashes (router/scheduling/prefix.py): only routers started with the same
 PYTHONHASHSEED compute the same blocks. `switchpoint router` starts itself again under the seed
@@ -72,6 +73,14 @@ class PeerRelease:
 
 
 @dataclass(frozen=True)
+class PeerSettled:
+    """A Report reached this peer for a request another router routed: the routing router may let it go."""
+
+    origin: str
+    request_id: str
+
+
+@dataclass(frozen=True)
 class PeerLoads:
     """A peer's in-flight count per replica, whole (it replaces what the peer announced before)."""
 
@@ -79,7 +88,7 @@ class PeerLoads:
     loads: dict[str, int]
 
 
-PeerMessage = PeerCommit | PeerRelease | PeerLoads
+PeerMessage = PeerCommit | PeerRelease | PeerSettled | PeerLoads
 
 
 class BadPeerMessage(ValueError):
@@ -94,6 +103,8 @@ def encode(message: PeerMessage) -> bytes:
                              len(prefill)) + replica + prefill + np.asarray(message.blocks, dtype="<i8").tobytes())
     if isinstance(message, PeerRelease):
         return _COUNT.pack(b"R", len(message.replicas)) + _strings(message.replicas)
+    if isinstance(message, PeerSettled):
+        return b"S" + message.request_id.encode()
     return b"L" + json.dumps(message.loads, separators=(",", ":")).encode()
 
 
@@ -155,6 +166,8 @@ def _decode(origin: str, data: bytes) -> PeerMessage:
             replicas.append(data[at + _ORIGIN.size:at + _ORIGIN.size + size].decode())
             at += _ORIGIN.size + size
         return PeerRelease(origin, tuple(replicas))
+    if kind == b"S":
+        return PeerSettled(origin, data[1:].decode())
     if kind == b"L":
         loads = json.loads(data[1:])
         if not isinstance(loads, dict):

@@ -38,7 +38,15 @@ from switchpoint.router.request import RouteInput
 from switchpoint.router.scheduling.backlog import PrefillBacklog
 from switchpoint.router.scheduling.filters import FILTERS
 from switchpoint.router.scheduling.fleet import FleetState
-from switchpoint.router.scheduling.peers import BLOCK_KEY, PeerCommit, PeerLoads, PeerMessage, PeerRelease, PeerView
+from switchpoint.router.scheduling.peers import (
+    BLOCK_KEY,
+    PeerCommit,
+    PeerLoads,
+    PeerMessage,
+    PeerRelease,
+    PeerSettled,
+    PeerView,
+)
 from switchpoint.router.scheduling.pickers import PICKERS, PickContext
 from switchpoint.router.scheduling.pools import PoolView, ReplicaSource, StaticReplicas, build_view, named_replicas
 from switchpoint.router.scheduling.prefix import TOKENS_PER_BLOCK, PrefixIndex, request_blocks
@@ -166,6 +174,9 @@ class Scheduler:
         if isinstance(message, PeerRelease):
             self.peers.released(message.origin, message.replicas, now)
             return
+        if isinstance(message, PeerSettled):
+            self.ledger.settle(message.request_id)  # ours, if we routed it: the peer settled it, we let it go
+            return
         replicas = (message.replica, message.prefill) if message.prefill else (message.replica,)
         self.peers.committed(message.origin, replicas, now)
         if self._remembers(replicas[-1]):
@@ -179,6 +190,11 @@ class Scheduler:
         for address in replicas:
             if self._remembers(address):
                 self.prefix.record(address, message.blocks)
+
+    def settled_elsewhere(self, request_id: str) -> None:
+        """This router settled a request another one routed (a Report carries its ticket): tell them."""
+        if self.announce is not None:
+            self.announce(PeerSettled(self.name, request_id))
 
     def _released(self, entry: InflightEntry) -> None:
         if self.announce is not None:
