@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
-from switchpoint.config.model import Decision, Objective, Replica, Role
+from switchpoint.config.model import Decision, Objective, Pricing, Replica, Role
 from switchpoint.router.inflight import InflightLedger
 from switchpoint.router.scheduling import predict
 from switchpoint.router.scheduling.fleet import FleetState
@@ -126,3 +128,33 @@ def test_a_disaggregated_pool_predicts_on_its_prefill_replica_with_the_transfer(
     sel = select_static(decision, req("word " * 400), sched)
     assert sel.placement.prefill is not None
     assert sel.prediction is not None and sel.prediction.transfer_s > 0
+
+
+def priced(p, price: float):
+    return replace(p, pricing=Pricing(price, price))
+
+
+@pytest.mark.parametrize(("qualities", "spills"), [
+    ((0.90, 0.88), True),  # a lead of 0.02 of maxQualityLoss 0.2: kept only under 10% of the objective (50 ms)
+    ((0.90, 0.60), False),  # a lead beyond maxQualityLoss: kept up to the objective itself
+    ((0.88, 0.90), False),  # the cheap candidate predicts better: the first choice won on cost, no trade
+], ids=["small-lead-spills-early", "large-lead-stays", "no-lead-no-trade"])
+def test_a_small_quality_lead_spills_before_the_first_choice_is_full(qualities, spills):
+    clock = Clock()
+    strong, weak, _, sched = two_pools(clock)
+    strong, weak = priced(strong, 10.0), priced(weak, 0.5)
+    commit_load(sched, cand(strong), 200, 2)  # ~100 ms of prefill ahead: well within the 500 ms objective
+    decision = Decision("d", 1, None, (cand(strong), cand(weak)), objective=Objective(500, None, 0.2))
+    sel = select_static(decision, req("hello there"), sched, qualities=qualities)
+    assert (sel.candidate.pool.name == "weak") is spills
+    if spills:
+        assert any("quality lead over the next candidate" in s for s in sel.skipped)
+
+
+def test_a_dearer_candidate_behind_is_taken_only_when_the_first_would_miss():
+    clock = Clock()
+    strong, weak, _, sched = two_pools(clock)
+    strong, weak = priced(strong, 10.0), priced(weak, 0.5)
+    commit_load(sched, cand(weak), 200, 4)
+    decision = Decision("d", 1, None, (cand(weak), cand(strong)), objective=Objective(500, None, 0.2))
+    assert select_static(decision, req("hello there"), sched, qualities=(0.9, 0.89)).candidate.pool.name == "weak"
