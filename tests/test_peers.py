@@ -257,6 +257,25 @@ def peer_messages(router: RouterProcess) -> dict[str, float]:
     return {m.group(1): float(m.group(2)) for m in found}
 
 
+def replica_inflight(router: RouterProcess) -> float:
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{router.metrics_port}/metrics", timeout=5).read().decode()
+    return sum(float(m.group(1)) for m in re.finditer(r"^switchpoint_replica_inflight\{[^}]*\} (\S+)", text, re.M))
+
+
+def test_a_report_at_the_other_router_frees_the_routing_routers_entry_at_once(two_routers):
+    redis_server, a, b = two_routers
+    assert subscribed(redis_server, 2)
+    decision = route(a.address, "elsewhere", "settled at b")
+    assert wait_for(lambda: replica_inflight(a) == 1)
+    with grpc.insecure_channel(b.address) as channel:
+        router_pb2_grpc.RouterStub(channel).Report(router_pb2.ReportRequest(
+            request_id="elsewhere", outcome=router_pb2.OUTCOME_SUCCESS, prompt_tokens=5, completion_tokens=5,
+            ticket=decision.ticket), timeout=10)
+    assert wait_for(lambda: replica_inflight(a) == 0), "a still counts the request b settled"
+
+
 def test_routing_goes_on_when_the_peer_channel_dies(two_routers):
     redis_server, a, b = two_routers
     assert subscribed(redis_server, 2)

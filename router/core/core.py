@@ -224,6 +224,7 @@ class RouterCore:
         if entry is None:
             assert ticket is not None
             entry = entry_from(ticket, self._snapshot, None)
+            self.scheduler.settled_elsewhere(s.request_id)  # the routing replica lets its entry go (peer channel)
         # A request that reserved budget settles it and takes its settle-once mark in one atomic ledger call (no
         # crash window, no extra round trip); any other takes the mark on its own.
         first = None if entry.budget is None else await self.budgets.settle(
