@@ -249,3 +249,39 @@ def test_the_bandit_learns_from_reports_on_the_other_replica(tmp_path, redis_url
         time.sleep(2.5)  # both routers sync their counts every second
         picks = [selection_route(a, "hello").pool for _ in range(30)]
     assert picks.count("strong") >= 25
+
+
+def test_an_observer_stream_on_the_other_replica_settles_with_the_ticket_header(budget_config, shared_redis):
+    """The gateway's observability stream (its second ext_proc filter) may reach another router than the one that
+    routed: it sees the routed request's headers, the ticket among them, and settles at the end of the response."""
+    from envoy.config.core.v3 import base_pb2
+    from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
+    from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as ep_grpc
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SWITCHPOINT_SETTLE_KEY", KEY)
+        with ThreadedRouter(config_paths=[budget_config], redis_url=shared_redis, peer_channel=None) as a, \
+                ThreadedRouter(config_paths=[budget_config], redis_url=shared_redis, peer_channel=None,
+                               extproc_port=0) as b:
+            d = route(a, "t-observer")
+
+            def headers(**pairs: str) -> ep.HttpHeaders:
+                return ep.HttpHeaders(headers=base_pb2.HeaderMap(headers=[
+                    base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in pairs.items()]))
+
+            body = b'{"choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}], ' \
+                   b'"usage": {"prompt_tokens": 9, "completion_tokens": 11}}'
+            stream = [
+                ep.ProcessingRequest(observability_mode=True, request_headers=headers(**{
+                    ":path": "/v1/chat/completions", "x-switchpoint-request-id": d.request_id,
+                    "x-gateway-destination-endpoint": d.replica, "x-switchpoint-ticket": d.headers[
+                        "x-switchpoint-ticket"]})),
+                ep.ProcessingRequest(observability_mode=True, response_headers=headers(**{
+                    ":status": "200", "content-type": "application/json"})),
+                ep.ProcessingRequest(observability_mode=True,
+                                     response_body=ep.HttpBody(body=body, end_of_stream=True)),
+            ]
+            with grpc.insecure_channel(f"127.0.0.1:{b.server.extproc_port}") as channel:
+                assert list(ep_grpc.ExternalProcessorStub(channel).Process(iter(stream), timeout=10)) == []
+            assert wait_for(lambda: standing(a, "t-observer") == (20, 0), timeout=5)
+            assert report(a.stub, d).duplicate  # settled once, by B's stream
