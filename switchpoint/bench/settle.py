@@ -8,7 +8,7 @@ Two designs let any router replica settle any request (router/handoff.py): a sig
 * in process: signing and opening a ticket of a request with two budgets (what Route and Report add);
 * from an asyncio loop with the router's own client (router/redisconn.py): PING, the SET of a record of the
   ticket's size (what the record design adds to each Route), and the settle-once pipeline (SET NX + GETDEL,
-  what each Report adds);
+  what a Report without budgets adds; a budgeted one takes its mark inside the ledger's settle script);
 * end to end, two budgeted router processes on one Redis and one settle key: a Report sent to the router that
   routed the request against one sent to the other (rebuilding the entry from the ticket).
 """
@@ -79,7 +79,7 @@ async def _redis_costs(url: str, payload: bytes, n: int) -> dict[str, float]:
     return {k: round(v, 1) for k, v in out.items()}
 
 
-def redis_costs(url: str, n: int = 2000) -> dict[str, float]:
+def redis_costs(url: str, n: int = 1000) -> dict[str, float]:
     payload = TicketSigner(os.urandom(32)).sign(SAMPLE).encode()
     return asyncio.run(_redis_costs(url, payload, n))
 
@@ -116,7 +116,8 @@ def print_table(s: dict[str, float]) -> None:
     print(f"  Redis from the router's client (p50): PING {s['ping_us']:.0f} us; SET of a ticket-sized in-flight "
           f"record {s['record_set_us']:.0f} us; settle-once mark (SET NX + GETDEL) {s['mark_us']:.0f} us")
     print(f"  per Route: ticket {s['sign_us']:.1f} us against {s['record_set_us']:.0f} us for the record in Redis; "
-          f"per Report: {s['mark_us']:.0f} us for either")
+          f"per Report: a budgeted request's mark rides in the ledger's settle call (no extra round trip), any "
+          f"other request's costs {s['mark_us']:.0f} us (the record design: a GETDEL, about as much)")
     print(f"  {'':<34}{'p50 ms':>9}{'p99 ms':>9}")
     for where, label in (("here", "Report to the routing router"), ("elsewhere", "Report to the other router")):
         print(f"  {label:<34}{s[f'report_{where}_p50_ms']:>9.3f}{s[f'report_{where}_p99_ms']:>9.3f}")
