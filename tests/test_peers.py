@@ -287,3 +287,36 @@ def test_routing_goes_on_when_the_peer_channel_dies(two_routers):
     redis_server.start()
     assert subscribed(redis_server, 2), "the routers did not subscribe again after Redis came back"
     assert peer_messages(a)["dropped"] >= 1  # what the outage cost: announcements, never a Route
+
+
+def test_the_peer_channel_spans_a_redis_cluster():
+    """Pub/sub on a cluster reaches every node: routers whose --redis seeds name different nodes hear each other."""
+    import asyncio
+
+    from switchpoint.localredis import RedisClusterServer
+    from switchpoint.router.peering import PeerChannel
+
+    async def exchange(urls: list[str]) -> dict[str, int]:
+        a = Scheduler(InflightLedger(), name="a")
+        b = Scheduler(InflightLedger(), name="b")
+        channels = [PeerChannel(urls[0], a), PeerChannel(urls[-1], b)]
+        for channel in channels:
+            await channel.start()
+        try:
+            await asyncio.wait_for(asyncio.gather(*(c.subscribed.wait() for c in channels)), 10)
+            placed = a.place(candidate("least-request"), request("over the cluster"))
+            a.ledger.admit(InflightEntry("c1", "p", "d", "p", "m", placed.replica.address))
+            a.commit(candidate("least-request"), placed)
+            for _ in range(200):
+                if b.peers.loads(b.clock()):
+                    break
+                await asyncio.sleep(0.02)
+            return dict(b.peers.loads(b.clock()))
+        finally:
+            for channel in channels:
+                await channel.close()
+
+    with RedisClusterServer(3) as cluster:
+        assert len(set(cluster.urls)) == 3
+        loads = asyncio.run(exchange(cluster.urls))
+    assert sum(loads.values()) == 1
