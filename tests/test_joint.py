@@ -172,5 +172,5 @@ def test_the_verdict_checks_the_default_and_the_range_from_the_first_miss_to_twi
 
 def test_the_flags_have_one_source_of_defaults():
     scenario = _scenario()
-    assert (scenario.rate, scenario.ttft_ms, scenario.strong_replicas, scenario.weak_replicas) == (30.0, 1000, 2, 4)
+    assert (scenario.rate, scenario.ttft_ms, scenario.strong_replicas, scenario.weak_replicas) == (18.0, 1000, 2, 4)
     assert Path(joint.DATASET).is_file()
