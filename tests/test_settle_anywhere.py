@@ -285,3 +285,32 @@ def test_an_observer_stream_on_the_other_replica_settles_with_the_ticket_header(
                 assert list(ep_grpc.ExternalProcessorStub(channel).Process(iter(stream), timeout=10)) == []
             assert wait_for(lambda: standing(a, "t-observer") == (20, 0), timeout=5)
             assert report(a.stub, d).duplicate  # settled once, by B's stream
+
+
+def test_the_cache_hand_off_round_trips_and_a_broken_one_stores_nothing():
+    import numpy as np
+
+    from switchpoint.router.cache import CacheOptions, Conversation
+    from switchpoint.router.caching import CacheWrite
+    from switchpoint.router.handoff import decode_write, encode_write
+    from tests.test_cache import scope
+
+    write = CacheWrite(scope(), Conversation("user\x1fhi", "hi"), np.arange(4, dtype=np.float32),
+                       CacheOptions(ttl_s=60.0), "general")
+    back = decode_write(encode_write(write))
+    assert back is not None and back.embedding is not None
+    assert (back.scope, back.conversation, back.options, back.decision) == (write.scope, write.conversation,
+                                                                            write.options, write.decision)
+    assert back.embedding.tolist() == [0.0, 1.0, 2.0, 3.0]
+    assert decode_write(b'{"s": {}}') is None
+
+
+def test_without_redis_a_request_settles_once_in_this_process():
+    import asyncio
+
+    from switchpoint.router.handoff import Handoff
+
+    handoff = Handoff(TicketSigner.ephemeral())
+    assert asyncio.run(handoff.first("r-1", False)) == (True, None)
+    assert asyncio.run(handoff.first("r-1", False)) == (False, None)
+    assert asyncio.run(handoff.first("r-2", False)) == (True, None)
