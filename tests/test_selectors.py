@@ -561,3 +561,15 @@ def test_a_sparse_bandit_bucket_starts_from_the_global_posterior():
     assert no_backoff.rank([CHEAP, DEAR], req(fresh)).keys[0] == "cheap-pool"
     with pytest.raises(SelectorError, match="backoff"):
         BanditParams(backoff=-1.0)
+
+
+def test_the_backoff_weighs_a_model_seen_once_as_one_observation():
+    sel = BanditSelector(BanditParams(lam=0.0, context_bits=4, exploration=0.0, backoff=20.0))
+    v = e(1, 0, 0, 0)
+    sel.feedback(sel.context(v), "large", 0.0)  # one failure of the large model, anywhere
+    for _ in range(30):
+        sel.feedback(sel.context(v), "small", 0.6)
+    fresh = -v
+    r = sel.rank([CHEAP, DEAR], req(fresh))
+    large = next(c for c in r.evidence.candidates if c.key == "dear-pool")
+    assert large.quality == pytest.approx(1 / 3)  # Beta(1, 1) + one failure: not 20 pseudo-failures

@@ -9,8 +9,8 @@ quality - lambda x cost. `explored` in the evidence: the first candidate differs
 
 Context buckets: the sign pattern of the request embedding on `context_bits` fixed random hyperplanes (seeded
 by plane_seed, so every replica buckets alike); 0 bits, or no embedding, is one global bucket "-". Every
-feedback also counts in the global bucket, and a context bucket's posterior starts from the global one's mean
-with the weight of `backoff` observations (shrinkage toward the global prior): a bucket that has seen little
+feedback also counts in the global bucket, and a context bucket's posterior starts from the global one's,
+weighing at most `backoff` observations (shrinkage toward the global prior): a bucket that has seen little
 ranks as the whole traffic says, instead of exploring from scratch, and learns its own way as its counts grow.
 
 Shared state. BanditState keeps the sums in process. RedisBanditState mirrors them in one Redis hash: feedback
@@ -202,7 +202,7 @@ class BanditSelector:
         models = [c.model for c in candidates]
         counts = self.state.counts(ctx, models)
         if ctx != GLOBAL and self.params.backoff > 0:
-            counts = counts + self.params.backoff * shrink_toward(self.state.counts(GLOBAL, models))
+            counts = counts + shrink_toward(self.state.counts(GLOBAL, models), self.params.backoff)
         a0, b0 = self.params.prior
         e = self.params.exploration
         mean = (a0 + counts[:, 0]) / (a0 + b0 + counts.sum(axis=1))
@@ -230,10 +230,12 @@ class BanditSelector:
             self.state.add(GLOBAL, model, float(quality), 1.0 - float(quality))
 
 
-def shrink_toward(global_counts: np.ndarray) -> np.ndarray:
-    """(m, 2): the global bucket's (success, failure) shares per model, (0, 0) where it has no feedback."""
+def shrink_toward(global_counts: np.ndarray, weight: float) -> np.ndarray:
+    """(m, 2): the global bucket's (success, failure) counts per model scaled down to at most `weight`
+    observations (a model the whole traffic has seen once weighs as one observation, not as `weight`)."""
     n = global_counts.sum(axis=1, keepdims=True)
-    return np.divide(global_counts, n, out=np.zeros_like(global_counts), where=n > 0)
+    scale = np.divide(weight, n, out=np.zeros_like(n), where=n > 0)
+    return global_counts * np.minimum(scale, 1.0)
 
 
 def _build_bandit(s: SelectorSettings) -> BanditSelector:
