@@ -45,6 +45,7 @@ CHANNEL = "switchpoint:peers"
 MAX_QUEUED = 10_000  # announcements waiting to be sent; beyond it new ones are dropped
 FLUSH_S = 0.005  # how long announcements gather before they are sent together (peers hear them this late)
 MAX_BATCH_BYTES = 256 * 1024
+CLOSE_S = 2.0
 RECONNECT_S = (0.1, 2.0)  # first and longest wait before subscribing again
 
 
@@ -62,6 +63,7 @@ class PeerChannel:
         self.client = aioredis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
         self._queue: asyncio.Queue[bytes] = asyncio.Queue(MAX_QUEUED)
         self._tasks: list[asyncio.Task] = []
+        self._closing = False
         self.subscribed = asyncio.Event()
         self.counts = {"sent": 0, "received": 0, "dropped": 0, "rejected": 0}
         self._count_to = count  # e.g. the router's switchpoint_peer_messages counter
@@ -81,21 +83,30 @@ class PeerChannel:
             self._count("dropped")
 
     async def close(self) -> None:
+        """Stop announcing and listening. Bounded: a task that does not finish within CLOSE_S is left behind
+        (a Redis client call caught in its own timeout can swallow a cancellation: redis-py's publish does, so
+        the loops also stop on `_closing`, and the sender is woken by an empty item)."""
         self.scheduler.announce = None
+        self._closing = True
+        with contextlib.suppress(asyncio.QueueFull):
+            self._queue.put_nowait(b"")
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await self.client.aclose()
+        _, pending = await asyncio.wait(self._tasks, timeout=CLOSE_S)
+        if pending:
+            log.warning("peer channel: %d task(s) did not stop within %.0f s", len(pending), CLOSE_S)
+        with contextlib.suppress(RedisError, OSError):
+            await asyncio.wait_for(self.client.aclose(), CLOSE_S)
 
     async def _send(self) -> None:
         failing = False
-        while True:
+        while not self._closing:
             batch = [await self._queue.get()]
             await asyncio.sleep(FLUSH_S)
             while not self._queue.empty():
                 batch.append(self._queue.get_nowait())
+            if self._closing:
+                return
             try:
                 payloads = _batches(self.scheduler.name, batch)
                 if len(payloads) == 1:
@@ -118,13 +129,13 @@ class PeerChannel:
 
     async def _receive(self) -> None:
         wait = RECONNECT_S[0]
-        while True:
+        while not self._closing:
             pubsub = self.client.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.channel)
                 self.subscribed.set()
                 wait = RECONNECT_S[0]
-                while True:
+                while not self._closing:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None:
                         self._apply(message["data"])
@@ -156,7 +167,7 @@ class PeerChannel:
             self._count_to(outcome, n)
 
     async def _announce_loads(self) -> None:
-        while True:
+        while not self._closing:
             await asyncio.sleep(LOADS_INTERVAL_S)
             self.publish(PeerLoads(self.scheduler.name, self.scheduler.ledger.loads()))
 
