@@ -77,6 +77,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--redis", default=os.environ.get("SWITCHPOINT_REDIS_URL"), metavar="URL",
                    help="Redis shared by all router replicas, for budgets (default: $SWITCHPOINT_REDIS_URL)")
     p.add_argument("--redis-timeout-ms", type=float, default=250, help="Redis call timeout")
+    p.add_argument("--settle-key-file", default=None, metavar="PATH",
+                   help="the key every router replica shares to sign settlement tickets, so that any replica settles "
+                        "any request (default: $SWITCHPOINT_SETTLE_KEY, or the file $SWITCHPOINT_SETTLE_KEY_FILE "
+                        "names; without one, a Report settles only where it was routed)")
+    p.add_argument("--inflight-ttl", type=_positive_seconds, default=None, metavar="SECONDS",
+                   help="how long a routed request may go unreported before it expires and its reservation is "
+                        "charged in full (default: $SWITCHPOINT_INFLIGHT_TTL_S or 600)")
     p.add_argument("--peer-channel", default="switchpoint:peers", metavar="NAME",
                    help="Redis pub/sub channel on which the routers on --redis tell each other what they place "
                         "(their schedulers then act as one); empty: off")
@@ -255,6 +262,16 @@ def _cache_admin():  # type: ignore[no-untyped-def]
     return admin
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value
+
+
 def _shared_hash_seed(argv: list[str] | None) -> None:
     """Replicas that share a settle key hash prompt prefixes alike, so that their peer channel can share prefix
     affinity (router/scheduling/peers.py): start again under the seed the key gives, unless one is set."""
@@ -272,6 +289,9 @@ def _shared_hash_seed(argv: list[str] | None) -> None:
 
 
 def _router(args: argparse.Namespace) -> int:
+    if args.settle_key_file:  # the flag wins over the environment; kept across the restart below
+        os.environ.pop("SWITCHPOINT_SETTLE_KEY", None)
+        os.environ["SWITCHPOINT_SETTLE_KEY_FILE"] = args.settle_key_file
     _shared_hash_seed(args.argv)
     from switchpoint.router.discovery import NoCredentials
     from switchpoint.router.request import RequestLimits
@@ -283,7 +303,7 @@ def _router(args: argparse.Namespace) -> int:
                           redis_url=args.redis, redis_timeout_s=args.redis_timeout_ms / 1000,
                           models_dir=args.models, classifier_threads=args.classifier_threads,
                           extproc_port=args.extproc_port, kubeconfig=args.kubeconfig,
-                          peer_channel=args.peer_channel)
+                          peer_channel=args.peer_channel, inflight_ttl_s=args.inflight_ttl)
 
     async def serve() -> None:
         await server.start()

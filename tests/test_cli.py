@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from .conftest import EXAMPLES, ROOT
 
 
@@ -147,3 +149,13 @@ def test_a_router_whose_port_is_taken_says_so_and_exits_1():
         out = switchpoint("router", "--config", str(EXAMPLES), "--port", str(port))
     assert out.returncode == 1
     assert f"switchpoint router: cannot start: cannot bind the gRPC port {port} on 127.0.0.1" in out.stderr
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["--settle-key-file", "/nonexistent/settle.key"], 1, "cannot read /nonexistent/settle.key"),
+    (["--inflight-ttl", "0"], 2, "--inflight-ttl: must be > 0"),
+    (["--inflight-ttl", "soon"], 2, "--inflight-ttl: a number of seconds"),
+])
+def test_router_refuses_bad_settlement_flags_by_name(args, code, message):
+    out = switchpoint("router", "--config", str(EXAMPLES), "--port", "0", *args, timeout=60)
+    assert out.returncode == code and message in out.stderr, out.stderr
