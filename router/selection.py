@@ -88,16 +88,9 @@ def select_static(decision: Decision, req: RouteInput, scheduler: Scheduler,
     others: list[Fallback] = []
     skipped: list[str] = []
     for cand in decision.candidates:
-        if not _fits(cand, context_tokens, skipped):
-            continue
-        if chosen is not None:
-            _add_fallback(others, cand, scheduler)
-            continue
-        placement = scheduler.place(cand, req)
-        if placement is None:
-            skipped.append(f"pool '{cand.pool.name}': no ready replica")
-            continue
-        chosen = (cand, placement)
+        placement = _place(cand, req, scheduler, chosen is not None, skipped, others)
+        if placement is not None:
+            chosen = (cand, placement)
     if chosen is None:
         _refuse(decision, context_tokens, skipped)
     cand, placement = chosen
@@ -120,14 +113,8 @@ def _select_for_objective(decision: Decision, req: RouteInput, scheduler: Schedu
     skipped: list[str] = []
     chosen: tuple[Candidate, Placement] | None = None
     for i, (cand, q) in enumerate(zip(decision.candidates, quality, strict=True)):
-        if not _fits(cand, context_tokens, skipped):
-            continue
-        if chosen is not None:
-            _add_fallback(others, cand, scheduler)
-            continue
-        placement = scheduler.place(cand, req)
+        placement = _place(cand, req, scheduler, chosen is not None, skipped, others)
         if placement is None:
-            skipped.append(f"pool '{cand.pool.name}': no ready replica")
             continue
         if floor is not None and q is not None and q < floor:
             held.append((cand, placement))
@@ -184,17 +171,23 @@ def _keep_share(objective: Objective, quality: list[float | None], candidates: S
     return 1.0 if not cheaper else (lead - max(cheaper)) / loss
 
 
-def _fits(cand: Candidate, context_tokens: int, skipped: list[str]) -> bool:
-    if cand.pool.context_tokens >= context_tokens:
-        return True
-    skipped.append(f"pool '{cand.pool.name}': context {cand.pool.context_tokens} < {context_tokens} tokens needed")
-    return False
-
-
-def _add_fallback(others: list[Fallback], cand: Candidate, scheduler: Scheduler) -> None:
-    # a fallback only needs a ready replica: no scoring for pools the request will probably not use
-    if len(others) < MAX_FALLBACKS and (replica := scheduler.fallback(cand)) is not None:
-        others.append(Fallback(cand, replica))
+def _place(cand: Candidate, req: RouteInput, scheduler: Scheduler, decided: bool, skipped: list[str],
+           others: list[Fallback]) -> Placement | None:
+    """The candidate's placement, or None: its context is too small or it has no ready replica (the reason goes to
+    `skipped`), or a candidate is already chosen (`decided`; it may then be a fallback, in `others`)."""
+    context_tokens = req.context_tokens
+    if cand.pool.context_tokens < context_tokens:
+        skipped.append(f"pool '{cand.pool.name}': context {cand.pool.context_tokens} < {context_tokens} tokens needed")
+        return None
+    if decided:
+        # a fallback only needs a ready replica: no scoring for pools the request will probably not use
+        if len(others) < MAX_FALLBACKS and (replica := scheduler.fallback(cand)) is not None:
+            others.append(Fallback(cand, replica))
+        return None
+    placement = scheduler.place(cand, req)
+    if placement is None:
+        skipped.append(f"pool '{cand.pool.name}': no ready replica")
+    return placement
 
 
 def _fallbacks(cand: Candidate, placement: Placement, others: list[Fallback]) -> tuple[Fallback, ...]:
