@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
 import json
 import os
@@ -35,6 +34,7 @@ VERSION = "1"
 MAC_BYTES = 16
 MIN_KEY_BYTES = 16
 TICKET_HEADER = "x-switchpoint-ticket"
+_compact = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps(separators=…) builds an encoder per call
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ class TicketSigner:
         return cls(os.urandom(32))
 
     def sign(self, ticket: Ticket) -> str:
-        payload = _b64(json.dumps(ticket.as_list(), separators=(",", ":")).encode())
+        payload = _b64(_compact(ticket.as_list()).encode())
         signed = f"{VERSION}.{payload}"
         return f"{signed}.{_b64(self._mac(signed))}"
 
@@ -125,7 +125,7 @@ class TicketSigner:
         return ticket
 
     def _mac(self, signed: str) -> bytes:
-        return hmac.new(self._key, signed.encode(), hashlib.sha256).digest()[:MAC_BYTES]
+        return hmac.digest(self._key, signed.encode(), "sha256")[:MAC_BYTES]
 
 
 def _b64(data: bytes) -> str:
