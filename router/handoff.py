@@ -16,8 +16,9 @@ before (its replica load, the Report's trace link). A Report settles on whicheve
   on another replica takes it back (GETDEL) and stores the answer; one on the routing replica drops it (off
   its path).
 
-A Report that reaches another replica leaves the routing replica's in-flight entry (and the replica load
-it counts) until that entry's TTL expires it.
+A Report that reaches another replica tells the routing replica over the peer channel (router/peering.py,
+`PeerSettled`), which then lets its in-flight entry (and the replica load it counts) go; without the
+channel the entry stays until its TTL expires it.
 """
 
 from __future__ import annotations
