@@ -272,6 +272,15 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
+def _restart_with_hash_seed(argv: list[str] | None, seed: int) -> None:
+    """Start this command again under PYTHONHASHSEED=seed, unless a seed is set or it does not run as a process of
+    its own (called in-process, it must not replace its caller)."""
+    if argv is None or os.environ.get("PYTHONHASHSEED"):
+        return
+    os.execve(sys.executable, [sys.executable, "-m", "switchpoint.cli", *argv],
+              {**os.environ, "PYTHONHASHSEED": str(seed)})
+
+
 def _shared_hash_seed(argv: list[str] | None) -> None:
     """Replicas that share a settle key hash prompt prefixes alike, so that their peer channel can share prefix
     affinity (router/scheduling/peers.py): start again under the seed the key gives, unless one is set."""
@@ -282,10 +291,8 @@ def _shared_hash_seed(argv: list[str] | None) -> None:
         key = settle_key_from_env()
     except ValueError:
         return  # the router's start names the cause
-    if key is None or argv is None or os.environ.get("PYTHONHASHSEED"):
-        return
-    env = {**os.environ, "PYTHONHASHSEED": str(hash_seed(key))}
-    os.execve(sys.executable, [sys.executable, "-m", "switchpoint.cli", *argv], env)
+    if key is not None:
+        _restart_with_hash_seed(argv, hash_seed(key))
 
 
 def _router(args: argparse.Namespace) -> int:
@@ -434,12 +441,14 @@ def _bench_router(args: argparse.Namespace) -> int:
 
 
 def _bench_scheduling(args: argparse.Namespace) -> int:
+    _restart_with_hash_seed(args.argv, 0)  # virtual-time figures then repeat exactly from run to run
     from switchpoint.bench.scheduling import run
 
     return run(args)
 
 
 def _bench_joint(args: argparse.Namespace) -> int:
+    _restart_with_hash_seed(args.argv, 0)  # virtual-time figures then repeat exactly from run to run
     from switchpoint.bench.joint import run
 
     return run(args)
