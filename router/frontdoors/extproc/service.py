@@ -21,6 +21,7 @@ stream ends first (a client gone, a reset), so no reservation stays held.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -72,6 +73,7 @@ class ExtProcFrontDoor(pb_grpc.ExternalProcessorServicer):
         self.settings = settings or ExtProcSettings()
         self.limits = limits or RequestLimits()
         self.health = HealthServicer()
+        self._settling: set[asyncio.Task] = set()  # settlements that outlive the stream that started them
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         """Register the ExternalProcessor service and gRPC health (for "", the service name, liveness and
@@ -90,8 +92,27 @@ class ExtProcFrontDoor(pb_grpc.ExternalProcessorServicer):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     async def stop(self) -> None:
-        """NOT_SERVING for every name, so gateways drain before the server stops."""
+        """NOT_SERVING for every name, so gateways drain before the server stops; then the settlements still
+        running finish."""
         await self.health.enter_graceful_shutdown()
+        if self._settling:
+            await asyncio.wait(set(self._settling), timeout=5.0)
+
+    async def settle(self, settlement: Settlement, request_id: str) -> None:
+        """Settle in a task of its own: Envoy may end the stream (gRPC then cancels its handler) as soon as the
+        last response message is out, and a settlement that waits on Redis must not die with it."""
+        task = asyncio.create_task(self._settle(settlement, request_id))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+        await asyncio.shield(task)
+
+    async def _settle(self, settlement: Settlement, request_id: str) -> None:
+        try:
+            await self.core.settle(settlement)
+        except Refusal as refusal:
+            log.warning("settlement of %s refused: %s", request_id[:64], refusal.message)
+        except Exception:
+            log.exception("settlement of %s failed", request_id[:64])
 
     async def Process(self, request_iterator: AsyncIterator[pb.ProcessingRequest],
                       context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ProcessingResponse]:
@@ -336,12 +357,7 @@ class Exchange:
             request_id=self.request_id, outcome=outcome, prompt_tokens=prompt, completion_tokens=completion,
             cached_tokens=usage.cached_tokens, ttft_ms=self.ttft_ms, latency_ms=latency,
             response=usage.text if outcome == "success" else "", replica=self.replica, ticket=self.ticket)
-        try:
-            await self.door.core.settle(settlement)
-        except Refusal as refusal:
-            log.warning("settlement of %s refused: %s", self.request_id[:64], refusal.message)
-        except Exception:
-            log.exception("settlement of %s failed", self.request_id[:64])
+        await self.door.settle(settlement, self.request_id)
 
 
 def _outcome(status: int, done: bool, usage) -> str:  # type: ignore[no-untyped-def]
