@@ -40,11 +40,12 @@ from pathlib import Path
 import numpy as np
 
 from switchpoint.bench.router import percentile
+from switchpoint.bench.scheduling import completed
 from switchpoint.config.compiler import compile_manifests
 from switchpoint.config.manifests import API_VERSION, Manifest
 from switchpoint.config.model import RouterConfig
 from switchpoint.router.classifiers.bank import ModelBank
-from switchpoint.router.core import RouterCore, Settlement, Snapshot
+from switchpoint.router.core import RouterCore, Snapshot
 from switchpoint.router.core.offline import assemble
 from switchpoint.router.core.snapshot import Preparer
 from switchpoint.router.inflight import InflightLedger
@@ -322,12 +323,8 @@ def run_once(strategy: str, snapshot: Snapshot, scenario: Scenario, data: Data, 
         for r in emitted:
             if not r.done:
                 continue
-            assert r.first_token_at is not None and r.finished_at is not None
-            first = r.first_token_at - r.arrival
-            per_token = (r.finished_at - r.first_token_at) / (r.generated - 1) if r.generated > 1 else 0.0
-            loop.run_until_complete(core.settle(Settlement(
-                r.id, "success", r.prompt_tokens, r.generated, ttft_ms=first * 1000,
-                latency_ms=(r.finished_at - r.arrival) * 1000)))
+            first, per_token, report = completed(r)
+            loop.run_until_complete(core.settle(report))
             out.ttft.append(first)
             _, _, predicted = placed.pop(r.id)
             if predicted is not None:

@@ -139,12 +139,8 @@ def run_once(profile: str, requests: list[WorkloadRequest], duration: float, see
         for r in emitted:
             if not r.done:
                 continue
-            assert r.first_token_at is not None and r.finished_at is not None
-            first = r.first_token_at - r.arrival
-            per_token = (r.finished_at - r.first_token_at) / (r.generated - 1) if r.generated > 1 else 0.0
-            loop.run_until_complete(cores[served_by.pop(r.id)].settle(Settlement(  # the frontend's Report
-                r.id, "success", r.prompt_tokens, r.generated, ttft_ms=first * 1000,
-                latency_ms=(r.finished_at - r.arrival) * 1000)))
+            first, per_token, report = completed(r)
+            loop.run_until_complete(cores[served_by.pop(r.id)].settle(report))
             ttft.append(first)
             tpot.append(per_token)
             out_tokens += r.generated
@@ -167,6 +163,15 @@ def run_once(profile: str, requests: list[WorkloadRequest], duration: float, see
         loop.close()
     # requests still unfinished after the drain count as SLO misses
     return RunResult(ttft, tpot, out_tokens, met, len(requests), duration)
+
+
+def completed(r: EngineRequest) -> tuple[float, float, Settlement]:
+    """A finished request's TTFT and time per output token (s), and the Report its frontend then sends."""
+    assert r.first_token_at is not None and r.finished_at is not None
+    first = r.first_token_at - r.arrival
+    per_token = (r.finished_at - r.first_token_at) / (r.generated - 1) if r.generated > 1 else 0.0
+    return first, per_token, Settlement(r.id, "success", r.prompt_tokens, r.generated, ttft_ms=first * 1000,
+                                        latency_ms=(r.finished_at - r.arrival) * 1000)
 
 
 def _connect(schedulers: list[Scheduler], fleet: VirtualFleet, delay_s: float) -> None:
