@@ -149,18 +149,11 @@ class Scheduler:
 
         After a `retain`, replicas the retained config does not name are not remembered (a request routed on the
         replaced config may commit after the swap)."""
-        now = self.clock()
-        prefilling = placement.prefill or placement.replica
-        if self._remembers(prefilling.address):
-            self.backlog.add(prefilling.address, placement.uncached_tokens, now,
-                             candidate.scheduling.prefill_tokens_per_second)
-        for replica in (placement.replica, placement.prefill):
-            if replica is not None and self._remembers(replica.address):
-                self.prefix.record(replica.address, placement.blocks)
+        prefill = placement.prefill.address if placement.prefill else ""
+        rate = candidate.scheduling.prefill_tokens_per_second
+        self._hold(placement.replica.address, prefill, placement.uncached_tokens, rate, placement.blocks)
         if self.announce is not None:
-            self.announce(PeerCommit(self.name, placement.replica.address,
-                                     placement.prefill.address if placement.prefill else "",
-                                     placement.uncached_tokens, candidate.scheduling.prefill_tokens_per_second,
+            self.announce(PeerCommit(self.name, placement.replica.address, prefill, placement.uncached_tokens, rate,
                                      placement.blocks))
 
     def apply(self, message: PeerMessage) -> None:
@@ -179,17 +172,28 @@ class Scheduler:
             return
         replicas = (message.replica, message.prefill) if message.prefill else (message.replica,)
         self.peers.committed(message.origin, replicas, now)
-        if self._remembers(replicas[-1]):
-            self.backlog.add(replicas[-1], message.uncached_tokens, now, message.rate)
+        blocks: tuple[int, ...] | None = message.blocks
         if message.block_key != BLOCK_KEY:
+            blocks = None
             if not self._foreign_blocks:
                 self._foreign_blocks = True
                 log.warning("router '%s' hashes prefix blocks with another seed: its blocks are ignored (start "
                             "every router replica with the same PYTHONHASHSEED)", message.origin)
+        self._hold(message.replica, message.prefill, message.uncached_tokens, message.rate, blocks)
+
+    def _hold(self, replica: str, prefill: str, uncached_tokens: int, rate: float,
+              blocks: tuple[int, ...] | None) -> None:
+        """A placement, this router's or a peer's: the prefilling replica owes its uncached prompt, and the
+        replicas hold its blocks (None: blocks this router cannot read). Replicas the config no longer names
+        (after a `retain`) are not remembered."""
+        prefilling = prefill or replica
+        if self._remembers(prefilling):
+            self.backlog.add(prefilling, uncached_tokens, self.clock(), rate)
+        if blocks is None:
             return
-        for address in replicas:
-            if self._remembers(address):
-                self.prefix.record(address, message.blocks)
+        for address in (replica, prefill):
+            if address and self._remembers(address):
+                self.prefix.record(address, blocks)
 
     def settled_elsewhere(self, request_id: str) -> None:
         """This router settled a request another one routed (a Report carries its ticket): tell them."""
