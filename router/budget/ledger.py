@@ -10,6 +10,10 @@ tag {N} puts every budget of a namespace in one Redis Cluster slot: the budgets 
 request are all of its policy's namespace (scope.applicable), so one script call still reserves in
 all of them atomically. The price on a cluster: one namespace's budget traffic is served by one
 master (namespaces spread over the masters); the cache and the bandits spread by their own tags.
+
+The script is called over one pipelined connection (router/resp.py) when Redis is a single server: it is
+on the path of every budgeted Route, and redis-py's client doubled that call's cost. A cluster keeps
+redis-py's cluster client, which follows the slot map.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from dataclasses import dataclass
 from importlib import resources
 
 from switchpoint.config.model import Budget
-from switchpoint.router import redisconn
+from switchpoint.router import redisconn, resp
 from switchpoint.router.budget.cost import limit_units
 from switchpoint.router.budget.scope import BudgetInstance
 
@@ -74,7 +78,9 @@ class RedisLedger:
         # instead of failing with "too many connections" and falling back to the failure policy.
         self.client = redisconn.async_client(url, timeout_s=timeout_s, max_connections=max_connections, retries=1)
         source = resources.files("switchpoint.router.budget").joinpath("ledger.lua").read_text(encoding="utf-8")
-        self.script = self.client.register_script(source)
+        self.pipe = None if redisconn.is_cluster(url) else resp.for_url(url, timeout_s)
+        self.script = (self.client.register_script(source) if self.pipe is None
+                       else resp.PipelinedScript(self.pipe, source, retries=1))
 
     async def reserve(self, rid: str, ttl_ms: int, lines: list[tuple[BudgetInstance, int]],
                       force_soft: bool) -> LedgerReply:
@@ -99,6 +105,8 @@ class RedisLedger:
         return LedgerReply(0, None, tuple(s for s in states if s is not None))
 
     async def close(self) -> None:
+        if self.pipe is not None:
+            await self.pipe.close()
         await redisconn.close(self.client)
 
     async def _run(self, op: str, rid: str, ttl_ms: int, lines: list[tuple[BudgetInstance, int]],
