@@ -14,6 +14,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from switchpoint.config.model import Budget
+from switchpoint.router.budget.cost import display
+from switchpoint.router.budget.ledger import BudgetState
 from switchpoint.router.scheduling.fleet import FleetState
 
 ROUTE_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
@@ -50,15 +53,6 @@ class RouterMetrics:
         self.budget_outcomes = Counter(
             "switchpoint_budget_outcomes", "Budget checks at Route, by budget and outcome (admitted, rejected, "
             "downgraded, observed, unenforced, refused)", ["budget", "outcome"], registry=r)
-        self.budget_spent = Gauge("switchpoint_budget_spent", "Spent in the current window (tokens or currency)",
-                                  ["budget"], registry=r)
-        self.budget_reserved = Gauge("switchpoint_budget_reserved", "Held by requests in flight",
-                                     ["budget"], registry=r)
-        self.budget_remaining = Gauge("switchpoint_budget_remaining", "Limit minus spent and reserved",
-                                      ["budget"], registry=r)
-        self.budget_window_end = Gauge("switchpoint_budget_window_end_seconds",
-                                       "Unix time the current window (Calendar) or slice (Rolling) ends",
-                                       ["budget"], registry=r)
         self.trace_spans = Counter("switchpoint_trace_spans", "Spans ended, exported and failed to export "
                                    "(ended - exported - export_failed: queued or dropped)", ["stage"], registry=r)
         self.cache_lookups = Counter(
@@ -73,10 +67,13 @@ class RouterMetrics:
         self.peer_messages = Counter(
             "switchpoint_peer_messages", "Peer channel announcements (router/peering.py): sent, received from the "
             "other routers, dropped (queue full or Redis down), rejected (not ours)", ["outcome"], registry=r)
+        self._standing: dict[str, tuple[Budget, BudgetState]] = {}
+        r.register(_BudgetCollector(self._standing))
         r.register(_InflightCollector(inflight))
         r.register(_FleetCollector(fleet))
         self._route_counters: dict[tuple[str, ...], Counter] = {}
         self._route_timers: dict[tuple[str, ...], Histogram] = {}
+        self._budget_outcomes: dict[tuple[str, str], Counter] = {}
 
     def route_counter(self, policy: str, decision: str, pool: str, workload: str) -> Counter:
         """The child series, cached: labels() validates and locks on every call, ~3 us on the hot path."""
@@ -93,17 +90,42 @@ class RouterMetrics:
             child = self._route_timers[key] = self.route_seconds.labels(*key)
         return child
 
-    def budget_standing(self, budget: str, spent: float, reserved: float, remaining: float,
-                        window_end_s: float) -> None:
-        """Last known standing of a budget; EachTenant budgets are not reported per tenant (unbounded)."""
-        self.budget_spent.labels(budget).set(spent)
-        self.budget_reserved.labels(budget).set(reserved)
-        self.budget_remaining.labels(budget).set(remaining)
-        self.budget_window_end.labels(budget).set(window_end_s)
+    def budget_outcome(self, budget: str, outcome: str) -> None:
+        key = (budget, outcome)
+        child = self._budget_outcomes.get(key)
+        if child is None:
+            child = self._budget_outcomes[key] = self.budget_outcomes.labels(*key)
+        child.inc()
+
+    def budget_standing(self, name: str, budget: Budget, state: BudgetState) -> None:
+        """Last known standing of a budget, exported at scrape time (not on every Route: four labelled gauges
+        cost ~15 us per budget line); EachTenant budgets are not reported per tenant (unbounded)."""
+        self._standing[name] = (budget, state)
 
     def config_loaded(self, digest: str) -> None:
         self.config_info.clear()
         self.config_info.labels(digest).set(1)
+
+
+class _BudgetCollector(Collector):
+    def __init__(self, standing: dict[str, tuple[Budget, BudgetState]]):
+        self.standing = standing
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        families = [
+            GaugeMetricFamily("switchpoint_budget_spent", "Spent in the current window (tokens or currency)",
+                              labels=["budget"]),
+            GaugeMetricFamily("switchpoint_budget_reserved", "Held by requests in flight", labels=["budget"]),
+            GaugeMetricFamily("switchpoint_budget_remaining", "Limit minus spent and reserved", labels=["budget"]),
+            GaugeMetricFamily("switchpoint_budget_window_end_seconds",
+                              "Unix time the current window (Calendar) or slice (Rolling) ends", labels=["budget"]),
+        ]
+        for name, (budget, st) in sorted(self.standing.items()):
+            values = (display(budget, st.spent), display(budget, st.reserved), display(budget, st.remaining),
+                      st.window_end_ms / 1000)
+            for family, value in zip(families, values, strict=True):
+                family.add_metric([name], value)
+        yield from families
 
 
 class _InflightCollector(Collector):

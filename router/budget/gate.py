@@ -88,7 +88,7 @@ class BudgetGate:
             # the deciding budget gets the outcome; the others say whether they passed or went unenforced
             decided = check.deciding is None or line.instance == check.deciding
             label = outcome if decided else "unenforced" if store_down else "admitted"
-            self.metrics.budget_outcomes.labels(line.instance.name, label).inc()
+            self.metrics.budget_outcome(line.instance.name, label)
         self._publish(check.lines)
         if outcome == "rejected":
             raise BudgetExhausted(_rejection(check), _retry_after_s(check))
@@ -123,9 +123,7 @@ class BudgetGate:
     def _publish(self, lines: Iterable[BudgetLine]) -> None:
         for ln in lines:
             if ln.state is not None and not ln.instance.tenant:
-                b, st = ln.instance.budget, ln.state
-                self.metrics.budget_standing(ln.instance.name, display(b, st.spent), display(b, st.reserved),
-                                             display(b, st.remaining), st.window_end_ms / 1000)
+                self.metrics.budget_standing(ln.instance.name, ln.instance.budget, ln.state)
 
     async def status(self, config: RouterConfig, tenant: str) -> BudgetStanding:
         instances = [BudgetInstance(b, tenant) if b.scope_type == "EachTenant" else BudgetInstance(b)
