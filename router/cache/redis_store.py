@@ -61,7 +61,7 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 from redis.asyncio.cluster import RedisCluster
 
-from switchpoint.router import redisconn
+from switchpoint.router import redisconn, resp
 from switchpoint.router.cache.scope import CacheScope, policy_tag, tenant_tag
 from switchpoint.router.cache.store import CANDIDATES, Entry, NewEntry, Probe, StoreHit, verify
 
@@ -144,9 +144,16 @@ class RedisStore:
         self.query_ef = query_ef
         # Lookups fail fast (tens of ms) and retry once on a fresh connection (a pooled one may be dead after a
         # Redis restart); writes run off the request path and may take longer (a batch of vector inserts).
-        self.reader = self._client(url, lookup_timeout_s, max_connections, retries=1)
+        # On a single server, lookups share one pipelined connection (router/resp.py: about half the client-side
+        # cost of redis-py's pooled call, which is on every cached decision's Route); a cluster keeps redis-py's.
         self.writer = self._client(url, write_timeout_s, 4, retries=0)
-        self._lookup = self.reader.register_script(LOOKUP)
+        self.pipe = None if self.cluster else resp.for_url(url, lookup_timeout_s)
+        self.reader: redisconn.AsyncClient | None = None
+        if self.pipe is not None:
+            self._lookup = resp.PipelinedScript(self.pipe, LOOKUP, retries=1)
+        else:
+            self.reader = self._client(url, lookup_timeout_s, max_connections, retries=1)
+            self._lookup = self.reader.register_script(LOOKUP)
         self._maintain = self.writer.register_script(MAINTAIN)
 
     @staticmethod
@@ -162,6 +169,7 @@ class RedisStore:
         """Read a cluster's slot map and load the scripts now, so the first lookup does not spend its few tens of
         milliseconds on them (a single server needs neither: its first lookup loads the script in one round trip)."""
         if self.cluster:
+            assert self.reader is not None
             for client in (self.reader, self.writer):
                 await client.initialize()  # type: ignore[union-attr]
             await self.reader.script_load(LOOKUP)
@@ -260,5 +268,8 @@ class RedisStore:
                 "expired_keys": info.get("expired_keys")}
 
     async def close(self) -> None:
+        if self.pipe is not None:
+            await self.pipe.close()
         for client in (self.reader, self.writer):
-            await redisconn.close(client)
+            if client is not None:
+                await redisconn.close(client)
