@@ -29,11 +29,13 @@ class PrefillBacklog:
         c = self.table.columns
         return np.maximum(0.0, c["tokens"][slots] - rate * (now - c["at"][slots]))
 
-    def add(self, replica: str, tokens: float, now: float, rate: float) -> None:
+    def add(self, replica: str, tokens: float, now: float, rate: float) -> float:
+        """Queue `tokens` behind the replica's backlog; returns when they will have been prefilled."""
         slot = self.table.slot(replica)
         c = self.table.columns
-        c["tokens"][slot] = max(0.0, c["tokens"][slot] - rate * (now - c["at"][slot])) + tokens
+        owed = c["tokens"][slot] = max(0.0, c["tokens"][slot] - rate * (now - c["at"][slot])) + tokens
         c["at"][slot] = now
+        return now + float(owed) / rate
 
     def retain(self, addresses: Collection[str]) -> None:
         self.table.retain(addresses)

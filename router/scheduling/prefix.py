@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Collection
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -55,28 +56,51 @@ def _blocks(req: RouteInput, model: str) -> tuple[int, ...]:
     return tuple(out)
 
 
+@dataclass(slots=True)
+class _Computing:
+    """The replicas that hold one block but have not computed it yet, and when each will have."""
+
+    mask: int  # their bits
+    earliest: float  # no time in `at` is earlier (a bound: checking the times is needed only from then on)
+    latest: float  # none is later
+    at: dict[int, float]  # slot -> when that replica will have computed the block
+
+    def set(self, slot: int, at: float) -> None:
+        self.at[slot] = at
+        self.mask |= 1 << slot
+        self.earliest, self.latest = min(self.earliest, at), max(self.latest, at)
+
+
 class PrefixIndex:
     def __init__(self, capacity: int = LRU_BLOCKS):
         self.capacity = capacity
         self.table = ReplicaTable()  # slots only: bit `slot` of a mask is that replica
         self._lru: dict[str, OrderedDict[int, None]] = {}
         self._holders: dict[int, int] = {}  # block hash -> mask of the replicas holding it
+        self._computing: dict[int, _Computing] = {}  # block hash -> the replicas that have not computed it yet
 
     def __len__(self) -> int:
         """Replicas with blocks in the index."""
         return len(self._lru)
 
-    def matches(self, blocks: tuple[int, ...]) -> np.ndarray | None:
-        """Per table slot, how many leading blocks that replica is believed to hold; None when no replica holds
-        the first block."""
+    def matches(self, blocks: tuple[int, ...], now: float | None = None) -> np.ndarray | None:
+        """Per table slot, how many leading blocks that replica is believed to hold (with `now`: to hold and to have
+        computed by then); None when no replica does for the first block."""
         holders = self._holders
+        computing = self._computing if now is not None else None
         held = holders.get(blocks[0], 0) if blocks else 0
+        if computing and held:
+            held &= ~self._still(blocks[0], now)
         if not held:
             return None
         counts = np.zeros(self.table.capacity, dtype=np.int64)
         run = 1  # how many consecutive depths `held` has been the mask
         for block in blocks[1:]:
             deeper = held & holders.get(block, 0)
+            if computing and deeper:
+                pending = computing.get(block)
+                if pending is not None:
+                    deeper &= ~(pending.mask if pending.earliest > now else self._still(block, now))
             if deeper == held:
                 run += 1
                 continue
@@ -93,16 +117,27 @@ class PrefixIndex:
         counts = self.matches(blocks)
         return int(counts[self.table.slot_of[replica]]) if counts is not None and replica in self.table else 0
 
-    def record(self, replica: str, blocks: tuple[int, ...]) -> None:
-        bit = 1 << self.table.slot(replica)
+    def record(self, replica: str, blocks: tuple[int, ...], ready_at: float | None = None) -> None:
+        """The replica holds these blocks, computed from `ready_at` on (None: already computed). A block it already
+        holds keeps the earlier of its two times: the first request to compute it finishes first."""
+        slot = self.table.slot(replica)
+        bit = 1 << slot
         lru = self._lru.setdefault(replica, OrderedDict())
-        holders = self._holders
+        holders, computing = self._holders, self._computing
         for b in blocks:
             if b in lru:
                 lru.move_to_end(b)
+                if ready_at is not None and b in computing and computing[b].at.get(slot, ready_at) > ready_at:
+                    computing[b].set(slot, ready_at)
             else:
                 lru[b] = None
                 holders[b] = holders.get(b, 0) | bit
+                if ready_at is None:
+                    continue
+                if b in computing:
+                    computing[b].set(slot, ready_at)
+                else:
+                    computing[b] = _Computing(bit, ready_at, ready_at, {slot: ready_at})
         while len(lru) > self.capacity:
             self._release(lru.popitem(last=False)[0], bit)
 
@@ -120,6 +155,28 @@ class PrefixIndex:
             self._holders[block] = left
         else:
             del self._holders[block]
+        pending = self._computing.get(block)
+        if pending is not None and pending.mask & bit:
+            del pending.at[bit.bit_length() - 1]
+            pending.mask &= ~bit
+            if not pending.mask:
+                del self._computing[block]
+
+    def _still(self, block: int, now: float) -> int:
+        """The mask of the replicas still computing `block` at `now` (forgetting those done)."""
+        pending = self._computing.get(block)
+        if pending is None:
+            return 0
+        if pending.earliest > now:
+            return pending.mask
+        if pending.latest > now:
+            pending.at = {slot: at for slot, at in pending.at.items() if at > now}
+            if pending.at:
+                pending.mask = sum(1 << slot for slot in pending.at)
+                pending.earliest, pending.latest = min(pending.at.values()), max(pending.at.values())
+                return pending.mask
+        del self._computing[block]  # every replica holding it has computed it
+        return 0
 
     def _count(self, counts: np.ndarray, mask: int, run: int) -> None:
         """Add `run` to the count of every slot in `mask`: bit by bit for a few replicas, else unpacked at once."""

@@ -55,6 +55,7 @@ from switchpoint.router.scheduling.scorers import SCORERS, ScoringInput
 
 MAX_ALTERNATIVES = 4  # ranked fallbacks inside the chosen pool (the selection keeps at most 4 fallbacks in all)
 DESTINATION_FILTER, PREFILL_FILTER = "decode", "prefill"  # the role filter of each stage of a placement
+BELIEVED_SCORER = "prefix-cache"  # the scorer that reads the blocks believed held, computed or not
 
 log = logging.getLogger("switchpoint.scheduler")
 
@@ -116,14 +117,18 @@ class Scheduler:
         if not len(decoders):
             return None
         blocks = request_blocks(req, candidate.model)
-        matched = self.prefix.matches(blocks) if blocks else None
         now = self.clock()
-        best = self._rank(view, profile, config, decoders, len(blocks), matched, req.input_tokens, now)
+        computed = self.prefix.matches(blocks, now) if blocks else None  # what spares each replica prefill
+        matched = computed  # what GIE's prefix-cache scorer reads: blocks count from the moment they were sent
+        if blocks and any(name == BELIEVED_SCORER for name, _ in profile.weights):
+            matched = self.prefix.matches(blocks)
+        best = self._rank(view, profile, config, decoders, len(blocks), matched, computed, req.input_tokens, now)
         uncached = best.uncached_tokens
         prefill = None
         prefillers = FILTERS[PREFILL_FILTER](view, ready, self.fleet)
         if len(prefillers) and uncached >= config.min_uncached_tokens:
-            ranked = self._rank(view, profile, config, prefillers, len(blocks), matched, req.input_tokens, now)
+            ranked = self._rank(view, profile, config, prefillers, len(blocks), matched, computed, req.input_tokens,
+                                now)
             prefill, uncached = ranked.replicas[0], ranked.uncached_tokens
         return Placement(best.replicas[0], prefill, best.replicas[1:], uncached, blocks, best.scores)
 
@@ -187,13 +192,17 @@ class Scheduler:
         replicas hold its blocks (None: blocks this router cannot read). Replicas the config no longer names
         (after a `retain`) are not remembered."""
         prefilling = prefill or replica
+        now = self.clock()
+        # the blocks are computed once the backlog ahead and this prompt are prefilled (the KV transfer to a decode
+        # replica is left out: milliseconds)
+        ready_at = now + max(1, uncached_tokens) / rate
         if self._remembers(prefilling):
-            self.backlog.add(prefilling, uncached_tokens, self.clock(), rate)
+            ready_at = self.backlog.add(prefilling, uncached_tokens, now, rate)
         if blocks is None:
             return
         for address in (replica, prefill):
             if address and self._remembers(address):
-                self.prefix.record(address, blocks)
+                self.prefix.record(address, blocks, ready_at)
 
     def settled_elsewhere(self, request_id: str) -> None:
         """This router settled a request another one routed (a Report carries its ticket): tell them."""
@@ -243,19 +252,19 @@ class Scheduler:
         return positions
 
     def _rank(self, view: PoolView, profile: Profile, config: SchedulingConfig, positions: np.ndarray,
-              total_blocks: int, matched: np.ndarray | None, prompt_tokens: int, now: float) -> _Ranked:
+              total_blocks: int, matched: np.ndarray | None, computed: np.ndarray | None, prompt_tokens: int,
+              now: float) -> _Ranked:
         n = len(positions)
         every = positions is view.positions  # no filter removed a replica: the slot arrays need no indexing
 
         def slots(of: np.ndarray) -> np.ndarray:
             return of if every else of[positions]
 
-        if matched is None:
-            prefix = np.zeros(n, dtype=np.int64)
+        prefix = np.zeros(n, dtype=np.int64) if matched is None else matched[slots(view.prefix_slots)]
+        if computed is None:
             uncached = np.full(n, max(1, prompt_tokens), dtype=np.int64)
         else:
-            prefix = matched[slots(view.prefix_slots)]
-            uncached = np.maximum(1, prompt_tokens - prefix * TOKENS_PER_BLOCK)
+            uncached = np.maximum(1, prompt_tokens - computed[slots(view.prefix_slots)] * TOKENS_PER_BLOCK)
         scores = None
         if profile.weights:
             rate = config.prefill_tokens_per_second

@@ -3,7 +3,9 @@
 A ScoringInput carries, per candidate replica and as numpy columns, what the router knows:
 scraped metrics (0 when stale or not scraped), its own in-flight count, its prefill backlog
 (tokens), and the prompt tokens the replica would have to prefill for this request (its
-approximate prefix match taken off). Columns no scorer of the profile reads are never gathered.
+approximate prefix match taken off, counting only the blocks it has computed by now: a prompt sent
+while the replica is still prefilling the same prefix finds nothing cached there). Columns no
+scorer of the profile reads are never gathered.
 
 Adding a scorer: a function here, registered with `@SCORERS.register("name")`, and its name in the
 CRD's enum (RoutingPolicy spec.scheduling[].scorers[].name); tests/test_scheduling_registry.py
@@ -38,8 +40,10 @@ class _Column:
 class ScoringInput:
     prefill_tokens_per_second: float
     total_blocks: int  # the request's prefix blocks
-    prefix_blocks: np.ndarray  # leading blocks believed cached, per replica
-    uncached_tokens: np.ndarray  # prompt tokens each replica would prefill
+    # leading blocks believed cached per replica: counted from the moment they were sent for a profile with the
+    # prefix-cache scorer (GIE's view), else only those computed by now (router/scheduling/prefix.py)
+    prefix_blocks: np.ndarray
+    uncached_tokens: np.ndarray  # prompt tokens each replica would prefill: its blocks computed by now taken off
     gather: Callable[[str], np.ndarray]  # the column of that name, per replica; asked at most once per column
 
     backlog_tokens = _Column()  # prefill the router sent and has not seen drain
