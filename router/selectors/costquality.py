@@ -62,7 +62,7 @@ from switchpoint.router.selectors.guard import (
     pick_shares,
     unsure,
 )
-from switchpoint.router.selectors.index import KnnIndex, TextEncoder, embed_dataset
+from switchpoint.router.selectors.index import KnnIndex, TextEncoder, embed_dataset, stride_sample
 from switchpoint.router.selectors.registry import SelectionAlgorithm, SelectorSettings, register
 
 CostBasis = Literal["absolute", "relative"]
@@ -110,7 +110,7 @@ class KnnParams:
     prior_quality: float | None = None
     on_missing: OnMissing = "error"
     guard: GuardParams | None = None  # None: default_guard on the labelled data; GuardParams(): no fallback
-    dims: int | None = None  # the index's search dimensions (KnnIndex): None its size rule, 0 the full embedding
+    lists: int | None = None  # the index's inverted-file lists (KnnIndex): None its size rule, 0 score every row
 
     def __post_init__(self) -> None:
         _check_basis(self.cost_basis)
@@ -124,6 +124,9 @@ class KnnParams:
         if not (math.isfinite(self.prior_strength) and self.prior_strength >= 0):
             raise SelectorError(f"prior_strength must be a finite number >= 0, got {self.prior_strength!r}")
         _check_prior(self.prior_quality)
+        if self.lists is not None and (isinstance(self.lists, bool) or not isinstance(self.lists, int)
+                                       or self.lists < 0):
+            raise SelectorError(f"lists must be an integer >= 0 (0: score every row), got {self.lists!r}")
 
 
 def _check_tradeoff(lam: float | None, share: float | None) -> None:
@@ -224,11 +227,13 @@ class CostQualitySelector:
 
     def choose_batch(self, quality: np.ndarray, weighed: np.ndarray, lam: float, similarity: np.ndarray | None,
                      request_ids: Sequence[str], shares: np.ndarray | None,
-                     uniforms: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                     uniforms: np.ndarray | None = None,
+                     first: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(first choice (n,), fell back (n,) bool): quality - lam x weighed cost, or, where the guard does not
         trust the estimate, a draw at the static shares (the fallback of guard.py). uniforms: the requests'
-        hash_uniforms(request_ids), when the caller has them already (the benchmark's sweeps)."""
-        pick = first_choice(quality, weighed, lam)
+        hash_uniforms(request_ids), when the caller has them already (the benchmark's sweeps); first: the
+        first_choice of the same inputs, when the caller has it (rank(): the head of its cost_quality_order)."""
+        pick = first_choice(quality, weighed, lam) if first is None else first
         if not self.guard.active or shares is None:
             return pick, np.zeros(len(pick), dtype=bool)
         doubt = unsure(self.guard, similarity, quality - lam * weighed)
@@ -306,13 +311,14 @@ class CostQualitySelector:
         lam = self.lambda_for(candidates)
         weighed = decision_costs(cost[:1], self.cost_basis)
         shares = self.shares_for(candidates) if self.guard.active else None
-        first, doubt = self.choose_batch(est.quality[:1], weighed, lam, est.similarity, [request.request_id], shares)
+        ranked = cost_quality_order(est.quality[:1], weighed, lam)
+        first, doubt = self.choose_batch(est.quality[:1], weighed, lam, est.similarity, [request.request_id], shares,
+                                         first=ranked[:, 0])
         fell_back = bool(doubt[0])
-        order = fallback_order(int(first[0]), len(candidates)) if fell_back else \
-            cost_quality_order(est.quality[:1], weighed, lam)[0]
-        scores = {i: CandidateScore(c.key, c.model, float(est.quality[0, i]), float(cost[0, i]),
-                                    float(est.quality[0, i] - lam * weighed[0, i]), bool(est.known[i]))
-                  for i, c in enumerate(candidates)}
+        order = fallback_order(int(first[0]), len(candidates)) if fell_back else ranked[0]
+        quality, usd, known = est.quality[0].tolist(), cost[0].tolist(), est.known.tolist()
+        scores = {i: CandidateScore(c.key, c.model, quality[i], usd[i], quality[i] - lam * w, known[i])
+                  for i, (c, w) in enumerate(zip(candidates, weighed[0].tolist(), strict=True))}
         notes = []
         if fell_back:
             notes.append(self._fallback_note(candidates, est.similarity, est.quality[:1] - lam * weighed, shares))
@@ -344,15 +350,13 @@ class CostQualitySelector:
 def priced(candidates: Sequence[CandidateModel], est: Estimate, input_tokens: np.ndarray,
            output_tokens: np.ndarray) -> np.ndarray:
     """(n, m) predicted USD: the estimate's output tokens per model, the requests' own where it has none."""
-    n = est.quality.shape[0]
-    req_out = np.broadcast_to(np.asarray(output_tokens, dtype=np.float64).reshape(-1, 1), (n, len(candidates)))
+    req_out = np.asarray(output_tokens, dtype=np.float64).reshape(-1, 1)
     out = np.where(np.isnan(est.output_tokens), req_out, est.output_tokens)
-    return candidate_costs(candidates, np.broadcast_to(np.asarray(input_tokens), (n,)), out)
+    return candidate_costs(candidates, np.asarray(input_tokens).reshape(-1), out)
 
 
 def calibration_rows(n: int, limit: int = CALIBRATION_ROWS) -> np.ndarray:
-    """A fixed stride sample of at most `limit` of n rows."""
-    return np.arange(n) if n <= limit else np.linspace(0, n - 1, limit).round().astype(np.int64)
+    return stride_sample(n, limit)
 
 
 def load_labelled(dataset: str | Path, encoder: TextEncoder | None, cache_dir: Path | None,
@@ -366,7 +370,7 @@ def knn_selector(params: KnnParams, encoder: TextEncoder, cache_dir: Path | None
     """The knn algorithm: the index is the dataset's prompts embedded by `encoder` (cached on disk)."""
     data, emb = load_labelled(params.dataset, encoder, cache_dir, params.on_missing)
     assert emb is not None
-    index = KnnIndex.from_dataset(data, emb, encoder.name, params.dims)
+    index = KnnIndex.from_dataset(data, emb, encoder.name, params.lists)
     est = KnnEstimator(index, params.k, params.temperature, params.prior_strength, params.unknown_model,
                        params.prior_quality)
     guard = own_guard(index) if params.guard is None else params.guard

@@ -102,6 +102,7 @@ class KnnEstimator:
         self.mean = index.scores.mean(axis=0)
         self.prior = float(index.scores.mean()) if prior_quality is None else prior_quality
         self.evidence_neighbours = evidence_neighbours
+        self._columns: dict[tuple[str, ...], tuple[list[int | None], np.ndarray]] = {}
 
     def weights(self, sims: np.ndarray) -> np.ndarray:
         """(n, k) neighbour weights summing to 1 per row."""
@@ -133,33 +134,36 @@ class KnnEstimator:
         """The estimate from given neighbours (idx, sims: (n, >= 1) most similar first; only the first k used).
 
         estimate() calls it on the index's answer; the benchmark's tuning calls it on neighbours found once at
-        the largest k of its grid, so every k it scores is this same code."""
+        the largest k of its grid, so every k it scores is this same code. One gather of the neighbours' labels
+        (scores and output tokens side by side), one mean (uniform weights) or matmul (softmax) over them."""
         idx, sims = idx[:, :self.k], sims[:, :self.k]
-        n, m = idx.shape[0], len(cols)
-        quality = np.empty((n, m))
-        out = np.empty((n, m))
-        kc = [c for c in cols if c is not None]
-        known_idx = np.nonzero(known)[0]
-        w = self.weights(sims)[:, None, :]  # (n, 1, k): one matmul per row against the neighbours' labels
-        kk = idx.shape[1]
+        n, kk, m = idx.shape[0], idx.shape[1], len(self.models)
+        w = None if self.temperature == 0 else self.weights(sims)
+        labels = self.index.labels[idx]  # (n, k, 2M)
+        mixed = labels.sum(axis=1) / kk if w is None else np.matmul(w[:, None, :], labels)[:, 0, :]
         a = self.prior_strength
-        every = kc == list(range(len(self.models)))  # the common case: no second gather
-        scores, outs = self.index.scores[idx], self.index.output_tokens[idx]  # (n, k, M)
-        s = np.matmul(w, scores if every else scores[:, :, kc])[:, 0, :]
-        quality[:, known_idx] = (kk * s + a * self.mean[kc]) / (kk + a)
-        out[:, known_idx] = np.matmul(w, outs if every else outs[:, :, kc])[:, 0, :]
+        quality = mixed[:, :m] if a == 0 else (kk * mixed[:, :m] + a * self.mean) / (kk + a)
+        out = mixed[:, m:]
+        if cols != list(range(m)):  # a subset, another order or unknown models: one column per requested model
+            kc = [c if c is not None else 0 for c in cols]
+            quality = np.where(known, quality[:, kc], self.prior)
+            out = np.where(known, out[:, kc], np.nan)
         neighbours: list[tuple[Neighbour, ...]] = []
         if n <= 8:  # evidence only for the router's single requests, not the benchmark's batches
             top = min(self.evidence_neighbours, kk)
-            neighbours = [tuple(Neighbour(self.index.ids[idx[r, j]], round(float(sims[r, j]), 4),
-                                          round(float(w[r, 0, j]), 4)) for j in range(top)) for r in range(n)]
-        unknown_idx = np.nonzero(~known)[0]
-        quality[:, unknown_idx] = self.prior
-        out[:, unknown_idx] = np.nan
+            ws = [[1.0 / kk] * top] * n if w is None else w[:, :top].tolist()
+            ids = self.index.ids
+            neighbours = [tuple(Neighbour(ids[i], round(si, 4), round(wi, 4))
+                                for i, si, wi in zip(idx[r, :top].tolist(), sims[r, :top].tolist(), ws[r], strict=True))
+                          for r in range(n)]
         return Estimate(quality, out, known, neighbours, sims[:, 0].astype(np.float64))
 
     def columns(self, models: Sequence[str]) -> tuple[list[int | None], np.ndarray]:
-        return _columns(self.models, models, self.unknown, f"the kNN dataset {self.index.digest[:12]}")
+        key = tuple(models)
+        if key not in self._columns:
+            source = f"the kNN dataset {self.index.digest[:12]}"
+            self._columns[key] = _columns(self.models, models, self.unknown, source)
+        return self._columns[key]
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
