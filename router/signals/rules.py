@@ -224,7 +224,7 @@ def _token_count(signal: TokenRangeSignal, req: RouteInput) -> int:
 
 def scan_text(req: RouteInput, scope: TextScope, max_chars: int, lower: bool = False) -> str:
     """The text a keyword or regex signal reads: bounded by the policy's textScan.maxChars, so the work of
-    the rule signals does not grow with the prompt (a 1 MB prompt is scanned as its first and last 4 K
+    the rule signals does not grow with the prompt (a 1 MB prompt is scanned as its first and last 2 K
     characters by default)."""
     return req.scan_view(lambda: scoped_text(req, scope), (scope,), max_chars, lower)
 

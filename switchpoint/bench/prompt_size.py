@@ -14,7 +14,7 @@ Two measurements on one router process (pinned to one core, the client on the ot
 The policy is the worst case for prompt-proportional work: keyword and regex decisions are checked before
 anything else (so every request scans its text), the pools accept a million-token context (so a 1 MB
 prompt is routed, not refused for its size), and tokens are estimated for every message. What bounds the
-scans is the policy's `textScan.maxChars` (default 8,192 characters: the head and tail of a longer text).
+scans is the policy's `textScan.maxChars` (default 4,096 characters: the head and tail of a longer text).
 """
 
 from __future__ import annotations

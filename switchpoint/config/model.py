@@ -95,7 +95,7 @@ class KeywordSignal:
     match_all: bool
     case_sensitive: bool
     scope: TextScope
-    scan_chars: int = 8192  # the policy's textScan.maxChars: a longer text is read as its head and tail
+    scan_chars: int = 4096  # the policy's textScan.maxChars: a longer text is read as its head and tail
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ class RegexSignal:
     patterns: tuple[re.Pattern[str], ...]
     match_all: bool
     scope: TextScope
-    scan_chars: int = 8192  # as KeywordSignal's
+    scan_chars: int = 4096  # as KeywordSignal's
 
 
 class TokenCount(enum.Enum):
