@@ -491,6 +491,8 @@ def test_bench_cache_quick_json_layout(tmp_path: Any) -> None:
         assert 0 < e["lookup_p50_ms"] <= e["lookup_p99_ms"]
         assert e["hit_share"] > 0.3  # half the lookups are near-duplicates of stored prompts
     assert r["get_p99_ms"] > 0 and r["writes_per_s"] > 50
+    piped = r["get_pipelined_p99_ms"]
+    assert piped > 0 and r["lookup_target_pipelined_ms"] == round(3 * piped + 1, 3)
     assert r["threshold"] == r["threshold_rederived"]  # the default is what the stated rule picks
     assert r["quality_split"] == "heldout.jsonl" and r["heldout_pairs"] == {"paraphrase": 125, "near_miss": 131}
     assert r["pairs"] == {"paraphrase": 336, "near_miss": 337}
