@@ -79,6 +79,14 @@ def test_evicted_and_forgotten_blocks_leave_no_pending_time():
     assert set(index._computing) == {9, 10, 11, 12}
 
 
+def test_times_passed_are_let_go_of_by_recording_alone():
+    """A router that only hears its peers' commits never looks a prompt up: recording lets go of the past."""
+    index = PrefixIndex()
+    for i in range(100):
+        index.record(A, (i, i + 1000), ready_at=i + 0.5, now=float(i))
+    assert set(index._computing) == {99, 1099} and len(index._due) == 1
+
+
 def test_backlog_add_tells_when_its_tokens_are_prefilled():
     backlog = PrefillBacklog()
     assert backlog.add(A, 1000, 10.0, 5000) == pytest.approx(10.2)

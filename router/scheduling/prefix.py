@@ -10,13 +10,27 @@ The index is kept both ways: per replica its LRU (for eviction), and per block t
 replicas holding it, as a bit mask over the replicas' table slots. A lookup then costs one
 AND per block of the request, whatever the fleet size: the replicas that hold the first d
 blocks are the AND of the first d masks, and the masks only shrink as d grows.
+
+A block is believed held from the moment its request is committed, but the replica computes it
+later: once the prefill queued ahead of that request and the request's own are done. A request
+sent there before then finds nothing cached (the model server matches its prefix cache when it
+admits a request, against blocks already computed) and prefills the prompt again. So `record`
+takes the time the blocks will have been computed (`ready_at`, predicted from the router's prefill
+backlog), and `matches(blocks, now)` counts only the blocks computed by `now`: what spares a replica
+prefill. Without `now`, `matches` counts every block believed held, as GIE's approximate
+prefix-cache scorer does (it records at pick time and scores on that alone). llm-d's precise
+prefix-cache scorer learns of a block only when the model server reports it stored (vLLM's KV
+events), which is where `matches(blocks, now)` stands, predicted rather than reported. A block
+still being computed costs one more mask per block of a lookup (one dict lookup); the times to come
+are a heap, let go of as they pass.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from collections import OrderedDict
 from collections.abc import Collection
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -56,28 +70,18 @@ def _blocks(req: RouteInput, model: str) -> tuple[int, ...]:
     return tuple(out)
 
 
-@dataclass(slots=True)
-class _Computing:
-    """The replicas that hold one block but have not computed it yet, and when each will have."""
-
-    mask: int  # their bits
-    earliest: float  # no time in `at` is earlier (a bound: checking the times is needed only from then on)
-    latest: float  # none is later
-    at: dict[int, float]  # slot -> when that replica will have computed the block
-
-    def set(self, slot: int, at: float) -> None:
-        self.at[slot] = at
-        self.mask |= 1 << slot
-        self.earliest, self.latest = min(self.earliest, at), max(self.latest, at)
-
-
 class PrefixIndex:
     def __init__(self, capacity: int = LRU_BLOCKS):
         self.capacity = capacity
         self.table = ReplicaTable()  # slots only: bit `slot` of a mask is that replica
         self._lru: dict[str, OrderedDict[int, None]] = {}
         self._holders: dict[int, int] = {}  # block hash -> mask of the replicas holding it
-        self._computing: dict[int, _Computing] = {}  # block hash -> the replicas that have not computed it yet
+        # blocks held but not computed yet: per block the mask of those replicas and when each will have computed
+        # it; and the times to come as a heap of (time, order, slot, blocks), let go of as they pass
+        self._computing: dict[int, int] = {}
+        self._ready_at: dict[int, dict[int, float]] = {}
+        self._due: list[tuple[float, int, int, tuple[int, ...]]] = []
+        self._order = itertools.count()
 
     def __len__(self) -> int:
         """Replicas with blocks in the index."""
@@ -87,10 +91,13 @@ class PrefixIndex:
         """Per table slot, how many leading blocks that replica is believed to hold (with `now`: to hold and to have
         computed by then); None when no replica does for the first block."""
         holders = self._holders
-        computing = self._computing if now is not None else None
+        computing = None
+        if now is not None:
+            self._computed(now)
+            computing = self._computing
         held = holders.get(blocks[0], 0) if blocks else 0
         if computing and held:
-            held &= ~self._still(blocks[0], now)
+            held &= ~computing.get(blocks[0], 0)
         if not held:
             return None
         counts = np.zeros(self.table.capacity, dtype=np.int64)
@@ -98,9 +105,7 @@ class PrefixIndex:
         for block in blocks[1:]:
             deeper = held & holders.get(block, 0)
             if computing and deeper:
-                pending = computing.get(block)
-                if pending is not None:
-                    deeper &= ~(pending.mask if pending.earliest > now else self._still(block, now))
+                deeper &= ~computing.get(block, 0)
             if deeper == held:
                 run += 1
                 continue
@@ -117,27 +122,33 @@ class PrefixIndex:
         counts = self.matches(blocks)
         return int(counts[self.table.slot_of[replica]]) if counts is not None and replica in self.table else 0
 
-    def record(self, replica: str, blocks: tuple[int, ...], ready_at: float | None = None) -> None:
+    def record(self, replica: str, blocks: tuple[int, ...], ready_at: float | None = None,
+               now: float | None = None) -> None:
         """The replica holds these blocks, computed from `ready_at` on (None: already computed). A block it already
-        holds keeps the earlier of its two times: the first request to compute it finishes first."""
+        holds keeps the earlier of its two times: the first request to compute it finishes first. `now`: the times
+        before it are let go of (a router that only hears its peers' commits never asks `matches`)."""
+        if now is not None:
+            self._computed(now)
         slot = self.table.slot(replica)
         bit = 1 << slot
         lru = self._lru.setdefault(replica, OrderedDict())
-        holders, computing = self._holders, self._computing
+        holders, computing, ready = self._holders, self._computing, self._ready_at
+        timed = []  # the blocks that take this time
         for b in blocks:
             if b in lru:
                 lru.move_to_end(b)
-                if ready_at is not None and b in computing and computing[b].at.get(slot, ready_at) > ready_at:
-                    computing[b].set(slot, ready_at)
+                if ready_at is not None and ready.get(b, {}).get(slot, ready_at) > ready_at:
+                    ready[b][slot] = ready_at  # still computing there: now sooner
+                    timed.append(b)
             else:
                 lru[b] = None
                 holders[b] = holders.get(b, 0) | bit
-                if ready_at is None:
-                    continue
-                if b in computing:
-                    computing[b].set(slot, ready_at)
-                else:
-                    computing[b] = _Computing(bit, ready_at, ready_at, {slot: ready_at})
+                if ready_at is not None:
+                    computing[b] = computing.get(b, 0) | bit
+                    ready.setdefault(b, {})[slot] = ready_at
+                    timed.append(b)
+        if timed:
+            heapq.heappush(self._due, (ready_at, next(self._order), slot, tuple(timed)))
         while len(lru) > self.capacity:
             self._release(lru.popitem(last=False)[0], bit)
 
@@ -155,28 +166,27 @@ class PrefixIndex:
             self._holders[block] = left
         else:
             del self._holders[block]
-        pending = self._computing.get(block)
-        if pending is not None and pending.mask & bit:
-            del pending.at[bit.bit_length() - 1]
-            pending.mask &= ~bit
-            if not pending.mask:
-                del self._computing[block]
+        self._done(block, bit.bit_length() - 1)
 
-    def _still(self, block: int, now: float) -> int:
-        """The mask of the replicas still computing `block` at `now` (forgetting those done)."""
-        pending = self._computing.get(block)
-        if pending is None:
-            return 0
-        if pending.earliest > now:
-            return pending.mask
-        if pending.latest > now:
-            pending.at = {slot: at for slot, at in pending.at.items() if at > now}
-            if pending.at:
-                pending.mask = sum(1 << slot for slot in pending.at)
-                pending.earliest, pending.latest = min(pending.at.values()), max(pending.at.values())
-                return pending.mask
-        del self._computing[block]  # every replica holding it has computed it
-        return 0
+    def _done(self, block: int, slot: int) -> None:
+        """The replica in `slot` has computed `block` (or let go of it)."""
+        times = self._ready_at.get(block)
+        if times is None or times.pop(slot, None) is None:
+            return
+        left = self._computing[block] & ~(1 << slot)
+        if left:
+            self._computing[block] = left
+        else:
+            del self._computing[block], self._ready_at[block]
+
+    def _computed(self, now: float) -> None:
+        """Let go of the blocks computed by `now` (a time superseded by an earlier one has already passed)."""
+        due = self._due
+        while due and due[0][0] <= now:
+            at, _, slot, blocks = heapq.heappop(due)
+            for block in blocks:
+                if self._ready_at.get(block, {}).get(slot) == at:
+                    self._done(block, slot)
 
     def _count(self, counts: np.ndarray, mask: int, run: int) -> None:
         """Add `run` to the count of every slot in `mask`: bit by bit for a few replicas, else unpacked at once."""

@@ -2,7 +2,8 @@
 
 `place` decides without side effects (the pipeline places every candidate pool to list
 fallbacks); `commit` records the choice once the request is admitted: the prefix index
-learns what the chosen replica now holds, and its prefill backlog grows.
+learns what the chosen replica now holds (and when it will have computed it: a
+prompt sent there before then is counted uncached), and its prefill backlog grows.
 
 For a pool with prefill-role replicas, the decode replica is chosen first (it is the
 destination); a prefill replica is added only when the prompt tokens the decode replica
@@ -202,7 +203,7 @@ class Scheduler:
             return
         for address in (replica, prefill):
             if address and self._remembers(address):
-                self.prefix.record(address, blocks, ready_at)
+                self.prefix.record(address, blocks, ready_at, now)
 
     def settled_elsewhere(self, request_id: str) -> None:
         """This router settled a request another one routed (a Report carries its ticket): tell them."""
