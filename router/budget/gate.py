@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from switchpoint.config.model import Pool, Pricing, RouterConfig
 from switchpoint.router.budget.cost import OutputEstimator, amount, display, limit_units, unit_name
@@ -157,12 +158,12 @@ class BudgetView:
 
 def budget_view(instance: BudgetInstance, state: BudgetState | None, request_units: int = 0) -> BudgetView:
     b = instance.budget
-    view = BudgetView(instance.key, unit_name(b), display(b, limit_units(b)), b.action, display(b, request_units))
+    head = (instance.key, unit_name(b), display(b, limit_units(b)), b.action, display(b, request_units))
     if state is None:
-        return view
-    return replace(view, spent=display(b, state.spent), reserved=display(b, state.reserved),
-                   remaining=display(b, state.remaining), window_ends=rfc3339(state.window_end_ms),
-                   exhausted=state.exhausted)
+        return BudgetView(*head)
+    return BudgetView(*head, spent=display(b, state.spent), reserved=display(b, state.reserved),
+                      remaining=display(b, state.remaining), window_ends=rfc3339(state.window_end_ms),
+                      exhausted=state.exhausted)
 
 
 def admission_views(admission: BudgetAdmission) -> tuple[BudgetView, ...]:
@@ -190,5 +191,6 @@ def _retry_after_s(check: BudgetCheck) -> float | None:
     return max(0.0, state.free_at_ms / 1000 - dt.datetime.now(dt.UTC).timestamp())
 
 
+@functools.lru_cache(maxsize=1024)  # a window's end is the same for every request of the window (~7 us to format)
 def rfc3339(ms: int) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
