@@ -139,7 +139,7 @@ class KnnEstimator:
         idx, sims = idx[:, :self.k], sims[:, :self.k]
         n, kk, m = idx.shape[0], idx.shape[1], len(self.models)
         w = None if self.temperature == 0 else self.weights(sims)
-        labels = self.index.labels[idx]  # (n, k, 2M)
+        labels = np.take(self.index.labels, idx, axis=0)  # (n, k, 2M)
         mixed = labels.sum(axis=1) / kk if w is None else np.matmul(w[:, None, :], labels)[:, 0, :]
         a = self.prior_strength
         quality = mixed[:, :m] if a == 0 else (kk * mixed[:, :m] + a * self.mean) / (kk + a)
