@@ -290,8 +290,27 @@ def targets(results: Results) -> dict:
         ok &= worst[0] <= 0.05
         lines.append(f"largest SLO-attainment shortfall against the best baseline: {worst[0]:+.1%} "
                      f"({worst[1]} @ {worst[2]}; target <= 5 points)")
+    behind = never_behind(results)
+    ok &= not behind
+    lines.append("within a pool, never behind (SLO attainment >= the best baseline's - 1 point, p99 TTFT <= 1.1 x "
+                 "gie_default's): " + ("every cell" if not behind else "NOT met at " + ", ".join(behind)))
     lines.append(f"targets {'met' if ok else 'NOT met'}")
-    return {"met": ok, "lines": lines}
+    return {"met": ok, "lines": lines, "behind": behind}
+
+
+def never_behind(results: Results) -> list[str]:
+    """The cells (workload @ rate) where switchpoint trails the best baseline's SLO attainment by more than one
+    point or gie_default's p99 TTFT by more than 10 % (the joint-decision issue's "within a pool, never behind")."""
+    behind = []
+    for workload, by_rate in results.items():
+        for r, by_policy in by_rate.items():
+            sp = by_policy["switchpoint"]
+            best = max(v["slo_attainment"] for k, v in by_policy.items() if k != "switchpoint")
+            gie = by_policy.get("gie_default")
+            slower = gie is not None and sp["ttft_p99_ms"] > 1.10 * gie["ttft_p99_ms"]
+            if best - sp["slo_attainment"] > 0.01 or slower:
+                behind.append(f"{workload} @ {r}")
+    return behind
 
 
 def _plot(results: dict, path: Path) -> str | None:
