@@ -3,10 +3,10 @@
 Every budgeted Route waits on one ledger script call. Through redis-py's asyncio client that call costs
 ~250-350 µs of the router's CPU before and after Redis's own ~100 µs (pool checkout and release, retry and
 timeout wrappers, command packing, observability hooks: measured with py-spy in `switchpoint bench
-budgets`). This module does only what that call needs: one connection per process to a single Redis
-server, commands written as they come (so concurrent Routes share it, pipelined, instead of each taking a
-pooled connection), replies parsed by hiredis and matched to callers in order, as Redis answers a
-connection's commands in order.
+budgets`). This module does only what that call needs: one connection per user of it (the ledger, the
+cache's lookups, the peer channel's publishes) to a single Redis server, commands written as they come (so
+concurrent Routes share it, pipelined, instead of each taking a pooled connection), replies parsed by
+hiredis and matched to callers in order, as Redis answers a connection's commands in order.
 
 What it guarantees, and what it leaves to redis-py:
 - errors are redis-py's exception types (ConnectionError, TimeoutError, ResponseError: all RedisError), so
