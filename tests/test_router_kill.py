@@ -43,6 +43,7 @@ class Tally:
     unreported: int = 0  # tokens reserved by requests never Reported
     lost_routes: int = 0  # Routes to A cut off by its death (A may have reserved for them)
     open_at_kill: int = 0  # requests routed by A, not yet Reported when A died
+    open_on_a: int = 0  # requests routed by A and not yet Reported, right now
     settled_after_kill: int = 0  # of those, settled by their Report on B
     routed: dict[str, int] = field(default_factory=lambda: {"a": 0, "b": 0})
     errors: list[str] = field(default_factory=list)
@@ -74,6 +75,9 @@ def frontend(stubs: dict[str, router_pb2_grpc.RouterStub], alive: dict[str, bool
             with tally.lock:
                 tally.unreported += reserved
             continue
+        if name == "a":
+            with tally.lock:
+                tally.open_on_a += 1
         was_alive = not killed.is_set()
         time.sleep(rng.uniform(0.01, 0.06))  # the model server works
         used = rng.randint(5, reserved)
@@ -89,6 +93,8 @@ def frontend(stubs: dict[str, router_pb2_grpc.RouterStub], alive: dict[str, bool
                 return
             done, retried = stubs["b"].Report(report, timeout=5), True  # A died first: the same Report to B
         with tally.lock:
+            if name == "a":
+                tally.open_on_a -= 1
             if done.duplicate and not retried:  # (a retried one may have settled on A just before it died)
                 tally.errors.append(f"{d.request_id}: settled twice")
             tally.reported += used
@@ -121,8 +127,9 @@ def test_killing_a_router_mid_load_loses_no_reservation(kill_config, redis_serve
         for t in threads:
             t.start()
         deadline = time.monotonic() + 20
-        while tally.routed["a"] < 40 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        # kill A mid-load, while some of its requests are open (their frontends are between Route and Report)
+        while (tally.routed["a"] < 40 or tally.open_on_a < 2) and time.monotonic() < deadline:
+            time.sleep(0.002)
         assert a.proc is not None
         killed.set()
         a.proc.kill()  # kill -9, mid-load
