@@ -146,15 +146,26 @@ def check_lambda(lam: float, where: str = "lambda") -> float:
     return float(lam)
 
 
-def candidate_costs(candidates: Sequence[CandidateModel], input_tokens: np.ndarray,
-                    output_tokens: np.ndarray) -> np.ndarray:
-    """(n, m) predicted USD: input_tokens (n,), output_tokens (n, m) or (n,)."""
-    pin = np.array([c.input_per_million for c in candidates], dtype=np.float64)
-    pout = np.array([c.output_per_million for c in candidates], dtype=np.float64)
+def candidate_prices(candidates: Sequence[CandidateModel]) -> tuple[np.ndarray, np.ndarray]:
+    """(input, output) USD per 1M tokens, (m,) each: what candidate_costs multiplies (a selector keeps them per
+    candidate set instead of rebuilding them per request)."""
+    return (np.array([c.input_per_million for c in candidates], dtype=np.float64),
+            np.array([c.output_per_million for c in candidates], dtype=np.float64))
+
+
+def costs_at(prices: tuple[np.ndarray, np.ndarray], input_tokens: np.ndarray, output_tokens: np.ndarray) -> np.ndarray:
+    """(n, m) predicted USD at candidate_prices: input_tokens (n,), output_tokens (n, m) or (n,)."""
+    pin, pout = prices
     out = np.asarray(output_tokens, dtype=np.float64)
     if out.ndim == 1:
         out = out[:, None]
     return (np.asarray(input_tokens, dtype=np.float64)[:, None] * pin[None, :] + out * pout[None, :]) / 1e6
+
+
+def candidate_costs(candidates: Sequence[CandidateModel], input_tokens: np.ndarray,
+                    output_tokens: np.ndarray) -> np.ndarray:
+    """(n, m) predicted USD: input_tokens (n,), output_tokens (n, m) or (n,)."""
+    return costs_at(candidate_prices(candidates), input_tokens, output_tokens)
 
 
 COST_BASES = ("absolute", "relative")
@@ -171,18 +182,22 @@ def decision_costs(cost: np.ndarray, basis: str) -> np.ndarray:
     return np.divide(cost, top, out=np.zeros_like(cost), where=top > 0)
 
 
+def order_of(score: Sequence[float], cost: Sequence[float]) -> list[int]:
+    """Candidate indices, best first, by score (quality - lam * cost); ties go to the cheaper, then the declared
+    order. One request's row as plain floats: for the 2-9 candidates of a decision a Python sort costs less than
+    numpy's per-call overhead. The scores are finite (qualities in [0, 1], costs and lambda finite)."""
+    return sorted(range(len(score)), key=lambda j: (-score[j], cost[j], j))
+
+
 def cost_quality_order(quality: np.ndarray, cost: np.ndarray, lam: float) -> np.ndarray:
     """Rows of candidate indices, best first, by quality - lam * cost; ties go to the cheaper, then declared order.
 
-    quality, cost: (n, m). Returns (n, m) int. This one function decides for cost-quality and knn, in the router
-    (n = 1) and in the benchmark harness (n = every test prompt).
+    quality, cost: (n, m). Returns (n, m) int: order_of per row, the function rank() orders its one request with
+    (first_choice is its vectorised first column, for the benchmark harness's n = every test prompt).
     """
     score = quality - lam * cost
-    m = quality.shape[1]
-    # lexsort sorts by the last key first: -score, then cost, then the declared position
-    pos = np.broadcast_to(np.arange(m), score.shape)
-    return np.stack([np.lexsort((pos[i], cost[i], -score[i])) for i in range(score.shape[0])]) if m > 1 \
-        else np.zeros(score.shape, dtype=np.int64)
+    return np.array([order_of(s, c) for s, c in zip(score.tolist(), cost.tolist(), strict=True)],
+                    dtype=np.int64).reshape(score.shape)
 
 
 def first_choice(quality: np.ndarray, cost: np.ndarray, lam: float) -> np.ndarray:

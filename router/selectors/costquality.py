@@ -35,11 +35,13 @@ from switchpoint.router.selectors.base import (
     SelectionRequest,
     SelectorError,
     candidate_costs,
+    candidate_prices,
     check_candidates,
     check_lambda,
-    cost_quality_order,
+    costs_at,
     decision_costs,
     first_choice,
+    order_of,
     ranking,
 )
 from switchpoint.router.selectors.dataset import OnMissing, RoutingDataset, load_dataset
@@ -184,6 +186,17 @@ class Calibration:
     similarity: np.ndarray | None  # (n,) each row's similarity to its nearest other labelled prompt
 
 
+@dataclass
+class CandidateSet:
+    """What rank() needs of one candidate set besides the request: its models (as the estimator knows them) and
+    prices, made when the set is first seen; lambda and the fallback's shares, filled on the first rank()."""
+
+    models: tuple[str, ...]
+    prices: tuple[np.ndarray, np.ndarray]  # candidate_prices
+    lam: float | None = None
+    shares: np.ndarray | None = None
+
+
 class CostQualitySelector:
     """Argmax of predicted quality - lambda x predicted cost, over any Estimator (knn and cost-quality), with the
     do-no-harm fallback of guard.py when `guard` is active."""
@@ -212,6 +225,17 @@ class CostQualitySelector:
         self._lams: dict[tuple[CandidateModel, ...], float] = {}
         self._shares: dict[tuple[CandidateModel, ...], np.ndarray] = {}
         self._calibrations: dict[tuple[CandidateModel, ...], Calibration] = {}
+        self._sets: dict[tuple[CandidateModel, ...], CandidateSet] = {}
+
+    def candidate_set(self, candidates: Sequence[CandidateModel]) -> CandidateSet:
+        """The candidate set, checked, with its models and prices, made once per set (by value: the router
+        builds a new tuple of equal candidates per request). A set that fails the check raises every time."""
+        key = tuple(candidates)
+        found = self._sets.get(key)
+        if found is None:
+            check_candidates(key)
+            found = self._sets[key] = CandidateSet(tuple(c.model for c in key), candidate_prices(key))
+        return found
 
     # -- the decision, shared by rank() and the benchmark harness --------------------------------------
     def estimate_batch(self, candidates: Sequence[CandidateModel], embeddings: np.ndarray | None,
@@ -219,11 +243,15 @@ class CostQualitySelector:
                        exclude: np.ndarray | None = None) -> tuple[Estimate, np.ndarray]:
         """(estimate, predicted cost (n, m)) for a batch of requests; output_tokens (n,) is the requests' own
         expectation, used where the estimator has no figure for a model."""
-        est = self.estimator.estimate(embeddings, [c.model for c in candidates], exclude)
+        return self._estimate(self.candidate_set(candidates), embeddings, input_tokens, output_tokens, exclude)
+
+    def _estimate(self, cs: CandidateSet, embeddings: np.ndarray | None, input_tokens: np.ndarray,
+                  output_tokens: np.ndarray, exclude: np.ndarray | None = None) -> tuple[Estimate, np.ndarray]:
+        est = self.estimator.estimate(embeddings, cs.models, exclude)
         if est.similarity is None and self.coverage is not None and embeddings is not None:
             emb = embeddings[None, :] if embeddings.ndim == 1 else embeddings
             est.similarity = self.coverage.similarities(emb).max(axis=1).astype(np.float64)
-        return est, priced(candidates, est, input_tokens, output_tokens)
+        return est, priced_at(cs.prices, est, input_tokens, output_tokens)
 
     def choose_batch(self, quality: np.ndarray, weighed: np.ndarray, lam: float, similarity: np.ndarray | None,
                      request_ids: Sequence[str], shares: np.ndarray | None,
@@ -232,11 +260,12 @@ class CostQualitySelector:
         """(first choice (n,), fell back (n,) bool): quality - lam x weighed cost, or, where the guard does not
         trust the estimate, a draw at the static shares (the fallback of guard.py). uniforms: the requests'
         hash_uniforms(request_ids), when the caller has them already (the benchmark's sweeps); first: the
-        first_choice of the same inputs, when the caller has it (rank(): the head of its cost_quality_order)."""
+        first_choice of the same inputs, when the caller has it (rank(): the head of its order_of)."""
         pick = first_choice(quality, weighed, lam) if first is None else first
         if not self.guard.active or shares is None:
             return pick, np.zeros(len(pick), dtype=bool)
-        doubt = unsure(self.guard, similarity, quality - lam * weighed)
+        doubt = unsure(self.guard, similarity, quality - lam * weighed if self.guard.min_margin > 0 else None,
+                       len(pick))
         if doubt.any():
             rows = np.nonzero(doubt)[0]
             pick = pick.copy()
@@ -304,28 +333,40 @@ class CostQualitySelector:
         return Calibration(quality, cost, truth, similarity)
 
     def rank(self, candidates: Sequence[CandidateModel], request: SelectionRequest) -> Ranking:
-        check_candidates(candidates)
+        """estimate_batch and choose_batch on one request (what the benchmark harness batches), ordered by order_of.
+
+        A request's decision works on 2-9 candidates, where numpy's per-call overhead (microseconds) costs more
+        than the arithmetic: the order and the evidence are made from plain floats, the candidate set's checks,
+        prices, lambda and fallback shares are looked up once (candidate_set)."""
+        cs = self.candidate_set(candidates)
+        if cs.lam is None:
+            cs.lam = self.lambda_for(candidates)
+        lam = cs.lam
+        if self.guard.active and cs.shares is None:
+            cs.shares = self.shares_for(candidates)
         emb = None if request.embedding is None else np.asarray(request.embedding)[None, :]
-        est, cost = self.estimate_batch(candidates, emb, np.array([request.input_tokens]),
-                                        np.array([request.output_tokens]))
-        lam = self.lambda_for(candidates)
-        weighed = decision_costs(cost[:1], self.cost_basis)
-        shares = self.shares_for(candidates) if self.guard.active else None
-        ranked = cost_quality_order(est.quality[:1], weighed, lam)
-        first, doubt = self.choose_batch(est.quality[:1], weighed, lam, est.similarity, [request.request_id], shares,
-                                         first=ranked[:, 0])
-        fell_back = bool(doubt[0])
-        order = fallback_order(int(first[0]), len(candidates)) if fell_back else ranked[0]
+        est, cost = self._estimate(cs, emb, np.array([request.input_tokens]), np.array([request.output_tokens]))
+        weighed = decision_costs(cost, self.cost_basis)
         quality, usd, known = est.quality[0].tolist(), cost[0].tolist(), est.known.tolist()
-        scores = {i: CandidateScore(c.key, c.model, quality[i], usd[i], quality[i] - lam * w, known[i])
-                  for i, (c, w) in enumerate(zip(candidates, weighed[0].tolist(), strict=True))}
+        w_row = usd if self.cost_basis == "absolute" else weighed[0].tolist()
+        score = [q - lam * w for q, w in zip(quality, w_row, strict=True)]
+        order = order_of(score, w_row)
+        fell_back = False
+        if self.guard.active:
+            first, doubt = self.choose_batch(est.quality[:1], weighed, lam, est.similarity, [request.request_id],
+                                             cs.shares, first=np.array(order[:1]))
+            fell_back = bool(doubt[0])
+            if fell_back:
+                order = fallback_order(int(first[0]), len(candidates))
+        scores = {i: CandidateScore(c.key, c.model, quality[i], usd[i], score[i], known[i])
+                  for i, c in enumerate(candidates)}
         notes = []
         if fell_back:
-            notes.append(self._fallback_note(candidates, est.similarity, est.quality[:1] - lam * weighed, shares))
+            notes.append(self._fallback_note(candidates, est.similarity, est.quality[:1] - lam * weighed, cs.shares))
         if emb is None and self.estimator.name != "mean":
             notes.append("no request embedding: the dataset's mean quality per model")
-        if not est.known.all():
-            unknown = [c.model for c, k in zip(candidates, est.known, strict=True) if not k]
+        if not all(known):
+            unknown = [c.model for c, k in zip(candidates, known, strict=True) if not k]
             notes.append(f"not in the dataset (prior quality): {', '.join(unknown)}")
         if self.share is not None:
             notes.append(f"lambda from target quality share {self.share}")
@@ -350,9 +391,15 @@ class CostQualitySelector:
 def priced(candidates: Sequence[CandidateModel], est: Estimate, input_tokens: np.ndarray,
            output_tokens: np.ndarray) -> np.ndarray:
     """(n, m) predicted USD: the estimate's output tokens per model, the requests' own where it has none."""
+    return priced_at(candidate_prices(candidates), est, input_tokens, output_tokens)
+
+
+def priced_at(prices: tuple[np.ndarray, np.ndarray], est: Estimate, input_tokens: np.ndarray,
+              output_tokens: np.ndarray) -> np.ndarray:
+    """priced() at a candidate set's candidate_prices."""
     req_out = np.asarray(output_tokens, dtype=np.float64).reshape(-1, 1)
     out = np.where(np.isnan(est.output_tokens), req_out, est.output_tokens)
-    return candidate_costs(candidates, np.asarray(input_tokens).reshape(-1), out)
+    return costs_at(prices, np.asarray(input_tokens).reshape(-1), out)
 
 
 def calibration_rows(n: int, limit: int = CALIBRATION_ROWS) -> np.ndarray:

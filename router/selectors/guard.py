@@ -60,13 +60,17 @@ def margins(score: np.ndarray) -> np.ndarray:
     return top2[:, 0] - top2[:, 1]
 
 
-def unsure(guard: GuardParams, similarity: np.ndarray | None, score: np.ndarray) -> np.ndarray:
-    """(n,) bool: the rows on which the selector does not trust its estimate."""
-    out = np.zeros(score.shape[0], dtype=bool)
+def unsure(guard: GuardParams, similarity: np.ndarray | None, score: np.ndarray | None, n: int) -> np.ndarray:
+    """(n,) bool: the rows on which the selector does not trust its estimate. score: (n, m) quality - lambda x
+    cost, read only by the margin rule (None when min_margin is 0)."""
     if guard.min_similarity > -1.0 and similarity is not None:
-        out |= similarity < guard.min_similarity
+        out = np.asarray(similarity) < guard.min_similarity
+    else:
+        out = np.zeros(n, dtype=bool)
     if guard.min_margin > 0.0:
-        out |= margins(score) < guard.min_margin
+        if score is None:
+            raise SelectorError("the margin rule needs the scores")
+        out = out | (margins(score) < guard.min_margin)
     return out
 
 
