@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -35,6 +34,7 @@ from switchpoint.router.cache import (
     system_prompt,
 )
 from switchpoint.router.classifiers.pii import find_pii
+from switchpoint.router.frozen import frozen
 from switchpoint.router.metrics import RouterMetrics
 from switchpoint.router.pipeline import RouteResult
 from switchpoint.router.signals.neural import SignalInference
@@ -45,7 +45,7 @@ EMBED_TIMEOUT_MS = 200
 CHARS_PER_TOKEN = 4  # the encoder window in characters, for the conversation text it embeds
 
 
-@dataclass(frozen=True)
+@frozen
 class CacheWrite:
     """What a miss keeps until its Report, to store the response."""
 
@@ -56,7 +56,7 @@ class CacheWrite:
     decision: str
 
 
-@dataclass(frozen=True)
+@frozen
 class CacheStep:
     outcome: str  # hit | miss | bypass | off | unavailable
     hit: CacheHit | None = None

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from switchpoint.config.model import AllRule, AnyRule, Decision, NotRule, Policy, Rule, SignalRule
+from switchpoint.router.frozen import frozen
 
 
 def describe_rule(rule: Rule) -> str:
@@ -48,7 +48,7 @@ def compiled_decisions(policy: Policy) -> tuple[tuple[Decision, Predicate], ...]
     return tuple((d, compile_rule(d.rule)) for d in policy.decisions if d.rule is not None)
 
 
-@dataclass(frozen=True)
+@frozen
 class DecisionOutcome:
     decision: Decision
     reason: str

@@ -10,13 +10,14 @@ Every call takes the snapshot the request started with (config, models, selector
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from opentelemetry import trace
 
 from switchpoint.config.model import DIRECT_DECISION, Candidate, Decision, Policy, Pool, WorkloadRules
 from switchpoint.router.decision import DecisionOutcome, decide
+from switchpoint.router.frozen import frozen
 from switchpoint.router.refusals import FailedPrecondition, NotFound
 from switchpoint.router.request import RouteInput
 from switchpoint.router.scheduling.scheduler import Scheduler
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     from switchpoint.router.core.snapshot import Snapshot
 
 
-@dataclass(frozen=True)
+@frozen
 class RouteResult:
     request: RouteInput
     policy: Policy | None  # None for a request that named a served model directly

@@ -26,8 +26,8 @@ import hmac
 import json
 import os
 import time
-from dataclasses import dataclass
 
+from switchpoint.router.frozen import frozen
 from switchpoint.router.refusals import InvalidRequest, NotFound
 
 VERSION = "1"
@@ -37,14 +37,14 @@ TICKET_HEADER = "x-switchpoint-ticket"
 _compact = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps(separators=…) builds an encoder per call
 
 
-@dataclass(frozen=True)
+@frozen
 class TicketBudget:
     reservation_id: str
     outcome: str  # admitted, downgraded, observed, unenforced
     lines: tuple[tuple[str, str, int], ...]  # (budget namespace/name, tenant for EachTenant, reserved units)
 
 
-@dataclass(frozen=True)
+@frozen
 class Ticket:
     request_id: str
     expires_ms: int  # wall clock (Unix ms): the routing replica's in-flight TTL

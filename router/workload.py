@@ -13,13 +13,14 @@ The label has four parts, e.g. chat/single/decode/cold: 16 classes, a bounded me
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from switchpoint.config.model import WorkloadRules
+from switchpoint.router.frozen import frozen
 from switchpoint.router.request import RouteInput
 
 
-@dataclass(frozen=True)
+@frozen
 class Workload:
     agent: bool
     multi_turn: bool

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from switchpoint.config.model import Budget
+from switchpoint.router.frozen import frozen
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class BudgetInstance:
         return f"budget {self.name}" + (f" (tenant {self.tenant})" if self.tenant else "")
 
 
-@dataclass(frozen=True)
+@frozen
 class Requester:
     namespace: str
     policy: str  # the RoutingPolicy's name, "" for direct requests

@@ -6,19 +6,20 @@ import math
 from dataclasses import dataclass, field
 
 from switchpoint.router.budget.gate import BudgetAdmission
+from switchpoint.router.frozen import frozen
 from switchpoint.router.refusals import InvalidRequest
 
 OUTCOMES = ("success", "error", "cancelled", "truncated")
 
 
-@dataclass(frozen=True)
+@frozen
 class Target:
     pool: str
     model: str
     replica: str
 
 
-@dataclass(frozen=True)
+@frozen
 class CachedAnswer:
     content: str
     similarity: float  # 1.0 for an exact-match hit
@@ -27,7 +28,7 @@ class CachedAnswer:
     tier: str  # exact | vector
 
 
-@dataclass(frozen=True)
+@frozen
 class Routed:
     """One routing answer. On a cache hit `cached` is set, no replica is named and no settlement is expected."""
 
@@ -49,7 +50,7 @@ class Routed:
     ticket: str = ""  # lets any router replica settle the request (router/tickets.py); none on a cache hit
 
 
-@dataclass(frozen=True)
+@frozen
 class Settlement:
     """What happened to a routed request (a Report, or the end of a response stream)."""
 
@@ -82,7 +83,7 @@ class Settlement:
             raise InvalidRequest(f"quality: must be in [0, 1], got {self.quality}")
 
 
-@dataclass(frozen=True)
+@frozen
 class Settled:
     decision: str
     pool: str

@@ -20,9 +20,12 @@ class PrefillBacklog:
         self.table = ReplicaTable(tokens=0.0, at=0.0)  # tokens owed as of `at`
 
     def tokens(self, replica: str, now: float, rate: float) -> float:
-        if replica not in self.table:
+        """One replica's backlog, drained up to `now` (scalar arithmetic: no array for one value)."""
+        slot = self.table.slot_of.get(replica)
+        if slot is None:
             return 0.0
-        return float(self.tokens_at(np.array([self.table.slot(replica)]), now, rate)[0])
+        c = self.table.columns
+        return max(0.0, float(c["tokens"][slot]) - rate * (now - float(c["at"][slot])))
 
     def tokens_at(self, slots: np.ndarray, now: float, rate: float) -> np.ndarray:
         """The backlog of the replicas in these table slots, drained up to `now`."""

@@ -102,8 +102,9 @@ class PrefixIndex:
             return None
         counts = np.zeros(self.table.capacity, dtype=np.int64)
         run = 1  # how many consecutive depths `held` has been the mask
+        holding = holders.get
         for block in blocks[1:]:
-            deeper = held & holders.get(block, 0)
+            deeper = held & holding(block, 0)
             if computing and deeper:
                 deeper &= ~computing.get(block, 0)
             if deeper == held:
@@ -134,11 +135,13 @@ class PrefixIndex:
         lru = self._lru.setdefault(replica, OrderedDict())
         holders, computing, ready = self._holders, self._computing, self._ready_at
         timed = []  # the blocks that take this time
+        touch = lru.move_to_end
         for b in blocks:
             if b in lru:
-                lru.move_to_end(b)
-                if ready_at is not None and ready.get(b, {}).get(slot, ready_at) > ready_at:
-                    ready[b][slot] = ready_at  # still computing there: now sooner
+                touch(b)
+                if ready_at is not None and (times := ready.get(b)) is not None and \
+                        times.get(slot, ready_at) > ready_at:
+                    times[slot] = ready_at  # still computing there: now sooner
                     timed.append(b)
             else:
                 lru[b] = None

@@ -29,11 +29,11 @@ import random
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
 from switchpoint.config.model import Candidate, Pool, Replica, RouterConfig, SchedulingConfig
+from switchpoint.router.frozen import frozen
 from switchpoint.router.inflight import InflightEntry, InflightLedger
 from switchpoint.router.request import RouteInput
 from switchpoint.router.scheduling.backlog import PrefillBacklog
@@ -61,7 +61,7 @@ BELIEVED_SCORER = "prefix-cache"  # the scorer that reads the blocks believed he
 log = logging.getLogger("switchpoint.scheduler")
 
 
-@dataclass(frozen=True)
+@frozen
 class Placement:
     replica: Replica  # the destination (decodes)
     prefill: Replica | None  # set when the request is disaggregated
@@ -71,7 +71,7 @@ class Placement:
     scores: tuple[tuple[str, float], ...] = ()  # replica -> weighted score of those ranked, for traces
 
 
-@dataclass(frozen=True)
+@frozen
 class _Ranked:
     replicas: tuple[Replica, ...]  # best first
     uncached_tokens: int  # of the first
