@@ -159,7 +159,7 @@ def costs_at(prices: tuple[np.ndarray, np.ndarray], input_tokens: np.ndarray, ou
     out = np.asarray(output_tokens, dtype=np.float64)
     if out.ndim == 1:
         out = out[:, None]
-    return (np.asarray(input_tokens, dtype=np.float64)[:, None] * pin[None, :] + out * pout[None, :]) / 1e6
+    return (np.asarray(input_tokens, dtype=np.float64)[:, None] * pin + out * pout) / 1e6
 
 
 def candidate_costs(candidates: Sequence[CandidateModel], input_tokens: np.ndarray,

@@ -397,8 +397,10 @@ def priced(candidates: Sequence[CandidateModel], est: Estimate, input_tokens: np
 def priced_at(prices: tuple[np.ndarray, np.ndarray], est: Estimate, input_tokens: np.ndarray,
               output_tokens: np.ndarray) -> np.ndarray:
     """priced() at a candidate set's candidate_prices."""
-    req_out = np.asarray(output_tokens, dtype=np.float64).reshape(-1, 1)
-    out = np.where(np.isnan(est.output_tokens), req_out, est.output_tokens)
+    out = est.output_tokens
+    unknown = np.isnan(out)
+    if unknown.any():
+        out = np.where(unknown, np.asarray(output_tokens, dtype=np.float64).reshape(-1, 1), out)
     return costs_at(prices, np.asarray(input_tokens).reshape(-1), out)
 
 

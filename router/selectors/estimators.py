@@ -120,6 +120,8 @@ class KnnEstimator:
             o = np.array([self.index.output_tokens[:, c].mean() if c is not None else np.nan for c in cols])[None, :]
             return Estimate(q, o, known)
         emb = embeddings[None, :] if embeddings.ndim == 1 else embeddings
+        if emb.shape[0] <= CHUNK:
+            return self.estimate_neighbours(*self.index.neighbours(emb, self.k, exclude), cols, known)
         parts = [self.estimate_neighbours(*self.index.neighbours(emb[s:s + CHUNK], self.k,
                                                                   None if exclude is None else exclude[s:s + CHUNK]),
                                           cols, known)
