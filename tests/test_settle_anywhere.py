@@ -9,6 +9,7 @@ refused, naming the cause.
 from __future__ import annotations
 
 import contextlib
+import hmac
 import shutil
 import time
 from collections.abc import Iterator
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import grpc
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from switchpoint.localredis import RedisServer
 from switchpoint.router.refusals import InvalidRequest, NotFound
@@ -48,6 +51,13 @@ TICKET = Ticket(request_id="r-1", expires_ms=2_000_000_000_000, policy="default/
 def test_a_ticket_round_trips():
     signer = TicketSigner(KEY.encode())
     assert signer.open(signer.sign(TICKET), "r-1", now_ms=0) == TICKET
+
+
+@given(st.binary(min_size=16, max_size=200), st.text(st.characters(blacklist_categories=("Cs",)), max_size=600))
+def test_the_signature_is_hmac_sha256_truncated(key: bytes, signed: str):
+    """The signer's precomputed pads give RFC 2104's HMAC, for keys shorter and longer than SHA-256's block."""
+    mac = hmac.digest(key, signed.encode(), "sha256")[:16]
+    assert TicketSigner(key)._mac(signed) == mac
 
 
 def _altered(token: str) -> str:

@@ -23,14 +23,18 @@ class LargeRequestGate:
         self.large_bytes = large_bytes
         self._turn: asyncio.Lock | None = None  # made on first use, on the serving loop
 
+    def turn(self, size: int) -> contextlib.AbstractAsyncContextManager[None]:
+        """Hold while working on a request of `size` bytes (a shared no-op for a short one: nothing to wait for,
+        and no generator to build per request)."""
+        return _NO_WAIT if size <= self.large_bytes else self._large()
+
     @contextlib.asynccontextmanager
-    async def turn(self, size: int) -> AsyncIterator[None]:
-        """Hold while working on a request of `size` bytes (no wait at all for a short one)."""
-        if size <= self.large_bytes:
-            yield
-            return
+    async def _large(self) -> AsyncIterator[None]:
         if self._turn is None:
             self._turn = asyncio.Lock()
         async with self._turn:
             await asyncio.sleep(0)  # short requests that are ready run first
             yield
+
+
+_NO_WAIT = contextlib.nullcontext()
