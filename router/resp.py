@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
 
 import hiredis
@@ -92,19 +92,23 @@ class PipelinedConnection:
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
 
-    async def call(self, *args: Arg) -> object:
-        """The server's reply; raises ResponseError for an error reply, ConnectionError or TimeoutError."""
+    async def call(self, *args: Arg, then: Callable[[], object] | None = None) -> object:
+        """The server's reply; raises ResponseError for an error reply, ConnectionError or TimeoutError.
+        then: work run once the command is written, while Redis computes the reply (what the caller will need
+        of it anyway)."""
         protocol = self._protocol
         if protocol is None or protocol.lost is not None:
             protocol = await self._connect()
-        return await self._send(protocol, args)
+        return await self._send(protocol, args, then)
 
-    async def _send(self, protocol: _Protocol, args: Sequence[Arg]) -> object:
+    async def _send(self, protocol: _Protocol, args: Sequence[Arg], then: Callable[[], object] | None = None) -> object:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         protocol.send(pack(args), future)
         timer = loop.call_later(self.timeout_s, _expire, future, self.address, self.timeout_s)
         try:
+            if then is not None:
+                then()
             reply = await future
         finally:
             timer.cancel()
@@ -160,19 +164,21 @@ class PipelinedScript:
         self.sha = hashlib.sha1(source.encode()).hexdigest()
         self.retries = retries
 
-    async def __call__(self, keys: Sequence[Arg], args: Sequence[Arg]) -> object:
+    async def __call__(self, keys: Sequence[Arg], args: Sequence[Arg],
+                       then: Callable[[], object] | None = None) -> object:
+        """then: as in PipelinedConnection.call, run once (after the first attempt's write)."""
         attempt = 0
         while True:
             try:
-                return await self._run(keys, args)
+                return await self._run(keys, args, then if attempt == 0 else None)
             except RedisConnectionError:
                 if attempt >= self.retries:
                     raise
                 attempt += 1
 
-    async def _run(self, keys: Sequence[Arg], args: Sequence[Arg]) -> object:
+    async def _run(self, keys: Sequence[Arg], args: Sequence[Arg], then: Callable[[], object] | None) -> object:
         try:
-            return await self.connection.call("EVALSHA", self.sha, len(keys), *keys, *args)
+            return await self.connection.call("EVALSHA", self.sha, len(keys), *keys, *args, then=then)
         except ResponseError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise

@@ -180,11 +180,13 @@ class RedisStore:
         min_score = (1.0 + probe.threshold) / 2.0  # VSIM scores cosine similarity as (1 + cos) / 2
         blob = b"" if probe.vector is None or probe.threshold > 1.0 else \
             np.ascontiguousarray(probe.vector, dtype=np.float32).tobytes()
-        reply = await self._lookup(
-            keys=[prefix + "e:" + probe.key, prefix + "v", prefix + "z"],
-            args=[blob, repr(min_score), CANDIDATES, self.query_ef,
-                  -1 if probe.max_tokens is None else probe.max_tokens, prefix + "e:"],
-        )
+        keys = [prefix + "e:" + probe.key, prefix + "v", prefix + "z"]
+        args = [blob, repr(min_score), CANDIDATES, self.query_ef, -1 if probe.max_tokens is None else probe.max_tokens,
+                prefix + "e:"]
+        if self.pipe is not None:  # the request's side of verify() while Redis runs VSIM (~0.5 ms at 100k entries)
+            reply = await self._lookup(keys=keys, args=args, then=probe.prepare if blob else None)
+        else:
+            reply = await self._lookup(keys=keys, args=args)
         tier = reply[0].decode()
         if tier == "miss":
             return None

@@ -20,7 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
-from switchpoint.router.cache.guard import guards_match, salient
+from switchpoint.router.cache.guard import canonical_tokens, guards_match, salient
 from switchpoint.router.cache.scope import CacheScope
 from switchpoint.router.cache.verifier import DEFAULT_TARGET_PRECISION, Verifier, default_verifier
 
@@ -82,6 +82,14 @@ class Probe:
     def guard(self) -> str:
         """Only computed when the vector tier has candidates (memoised in guard.salient)."""
         return salient(self.text)
+
+    def prepare(self) -> None:
+        """The request's side of pick()'s work, memoised (its guard and canonical tokens): a store runs it while
+        it waits for its server's search, on the loop's idle time, so that a candidate hit only pays for the
+        stored texts' side. Texts that verify() would send to a worker thread are left to it."""
+        if len(self.text) <= INLINE_CHARS:
+            salient(self.text)
+            canonical_tokens(self.text)
 
 
 def pick(probe: Probe, candidates: Iterable[tuple[Entry, str, float]],
