@@ -43,9 +43,11 @@ def compile_rule(rule: Rule) -> Predicate:
 
 
 @functools.lru_cache(maxsize=64)
-def compiled_decisions(policy: Policy) -> tuple[tuple[Decision, Predicate], ...]:
-    """A policy's decisions with their compiled rules; cached per policy object (configs are immutable)."""
-    return tuple((d, compile_rule(d.rule)) for d in policy.decisions if d.rule is not None)
+def compiled_decisions(policy: Policy) -> tuple[tuple[Decision, Predicate, str], ...]:
+    """A policy's decisions with their compiled rules and the reason a match gives; cached per policy object
+    (configs are immutable)."""
+    return tuple((d, compile_rule(d.rule), f"decision '{d.name}' (priority {d.priority}) matched "
+                  f"{describe_rule(d.rule)}") for d in policy.decisions if d.rule is not None)
 
 
 @frozen
@@ -59,12 +61,10 @@ class DecisionOutcome:
 def decide(policy: Policy, fired: Callable[[str], bool]) -> DecisionOutcome:
     """The first decision, by descending priority, whose rule holds; else the policy's default."""
     evaluated = []
-    for decision, test in compiled_decisions(policy):
-        assert decision.rule is not None
+    for decision, test, reason in compiled_decisions(policy):
         matched = test(fired)
         evaluated.append((decision.name, matched))
         if matched:
-            reason = f"decision '{decision.name}' (priority {decision.priority}) matched {describe_rule(decision.rule)}"
             if len(evaluated) > 1:
                 reason += f"; {len(evaluated) - 1} higher-priority decision(s) did not match"
             return DecisionOutcome(decision, reason, tuple(evaluated))

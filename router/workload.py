@@ -13,7 +13,7 @@ The label has four parts, e.g. chat/single/decode/cold: 16 classes, a bounded me
 
 from __future__ import annotations
 
-from dataclasses import replace
+import itertools
 
 from switchpoint.config.model import WorkloadRules
 from switchpoint.router.frozen import frozen
@@ -29,18 +29,19 @@ class Workload:
 
     @property
     def label(self) -> str:
-        return "/".join((
-            "agent" if self.agent else "chat",
-            "multi" if self.multi_turn else "single",
-            "prefill" if self.prefill_heavy else "decode",
-            "warm" if self.warm else "cold",
-        ))
+        return LABELS[self.agent, self.multi_turn, self.prefill_heavy, self.warm]
+
+
+# the 16 labels, built once (a Route asks for its label for the metrics, the ticket and the trace)
+LABELS = {(a, m, p, w): "/".join(("agent" if a else "chat", "multi" if m else "single", "prefill" if p else "decode",
+                                  "warm" if w else "cold"))
+          for a, m, p, w in itertools.product((False, True), repeat=4)}
 
 
 def with_cache_state(workload: Workload, rules: WorkloadRules, input_tokens: int, uncached_tokens: int) -> Workload:
     """The Workload once the replica is chosen: warm if enough of the prompt is believed cached there."""
     warm = input_tokens > 0 and (input_tokens - uncached_tokens) >= rules.warm_prefix_share * input_tokens
-    return replace(workload, warm=warm)
+    return Workload(workload.agent, workload.multi_turn, workload.prefill_heavy, warm)
 
 
 def classify(req: RouteInput, rules: WorkloadRules) -> Workload:
