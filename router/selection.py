@@ -6,7 +6,9 @@ fits the request's context and has a ready replica wins. With a TTFT objective (
 candidate is placed on its best replica in that order and its TTFT predicted from live state
 (router/scheduling/predict.py); a candidate is passed over only when it would miss the objective, and the
 first that would meet it wins. A candidate whose predicted quality lies more than the objective's
-maxQualityLoss below the selector's first choice is never taken for latency. When every candidate would
+maxQualityLoss below the selector's first choice is never taken for latency; one within it may take a request
+early, while the first choice still meets the objective, when the first choice's quality lead does not pay for
+the share of the pool's headroom the request's prefill would take (`_keeps`). When every candidate would
 miss, the one predicted fastest wins (the objective is lost either way; the tail is cut). Every candidate's
 prediction and the reason it was passed over are kept for `switchpoint route`, the Decision's reason and
 the trace.
@@ -25,6 +27,7 @@ from switchpoint.router.scheduling.predict import Prediction, predict
 from switchpoint.router.scheduling.scheduler import Placement, Scheduler
 
 MAX_FALLBACKS = 4
+QUALITY_EPS = 1e-9  # predicted qualities are means of labels: 0.9 - 0.2 must not fall below 0.7
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,7 @@ def _select_for_objective(decision: Decision, req: RouteInput, scheduler: Schedu
     quality = list(qualities) if qualities is not None else [None] * len(decision.candidates)
     floor = None
     if objective.max_quality_loss is not None and quality and quality[0] is not None:
-        floor = quality[0] - objective.max_quality_loss
+        floor = quality[0] - objective.max_quality_loss - QUALITY_EPS
     placed: list[tuple[Candidate, Placement, Prediction]] = []
     predicted: list[Predicted] = []
     held: list[tuple[Candidate, Placement]] = []  # placeable but below the quality floor: only if nothing else
@@ -128,11 +131,13 @@ def _select_for_objective(decision: Decision, req: RouteInput, scheduler: Schedu
             skipped.append(f"pool '{cand.pool.name}': predicted TTFT {prediction.describe()} would miss the "
                            f"{objective.ttft_ms} ms objective")
             continue
-        share = _keep_share(objective, quality, decision.candidates, req) if i == 0 else 1.0
-        if share < 1.0 and prediction.misses(target_s * share):
-            skipped.append(f"pool '{cand.pool.name}': predicted TTFT {prediction.describe()} is above {share:.0%} of "
-                           f"the objective, and its quality lead over the next candidate is that share of "
-                           f"maxQualityLoss {objective.max_quality_loss:g}")
+        share = _lead_share(objective, quality, decision.candidates, req) if i == 0 else 1.0
+        if share < 1.0 and not _keeps(prediction, share, target_s):
+            skipped.append(f"pool '{cand.pool.name}': predicted TTFT {prediction.describe()}: its quality lead over "
+                           f"the next candidate, {share:.0%} of maxQualityLoss {objective.max_quality_loss:g}, is "
+                           f"worth less than the {prediction.prefill_s * 1e3:.0f} ms of prefill it would take of "
+                           f"the {max(0.0, target_s - prediction.ttft_s + prediction.prefill_s) * 1e3:.0f} ms "
+                           f"left under the objective")
             continue
         chosen = (cand, placement)
     if chosen is None and placed:  # every candidate would miss: the one predicted fastest
@@ -151,15 +156,11 @@ def _select_for_objective(decision: Decision, req: RouteInput, scheduler: Schedu
                      objective, spilled=first_placed is not None and first_placed is not cand)
 
 
-def _keep_share(objective: Objective, quality: list[float | None], candidates: Sequence[Candidate],
+def _lead_share(objective: Objective, quality: list[float | None], candidates: Sequence[Candidate],
                 req: RouteInput) -> float:
-    """The share of the TTFT objective under which the selector's first choice keeps the request.
-
-    When a cheaper candidate behind it predicts quality within maxQualityLoss, the share is the first choice's
-    quality lead over the best such candidate, as a share of maxQualityLoss: a request the first choice hardly
-    improves spills while that pool still has headroom, which keeps the headroom for the requests it improves
-    most (a pool saturating in a burst otherwise serves them first come, first served). 1 when there is no such
-    candidate, when the first choice does not lead, or when nothing predicts quality."""
+    """The selector's first choice's quality lead over the best cheaper candidate behind it within maxQualityLoss,
+    as a share of maxQualityLoss (in [0, 1]); 1 when there is no such candidate, when the first choice does not
+    lead, or when nothing predicts quality (the first choice then keeps the request up to the objective)."""
     loss = objective.max_quality_loss
     lead = quality[0] if quality else None
     if not loss or lead is None:
@@ -167,8 +168,24 @@ def _keep_share(objective: Objective, quality: list[float | None], candidates: S
     output = max(0, req.context_tokens - req.input_tokens)
     price = candidates[0].pool.pricing.cost(req.input_tokens, output)
     cheaper = [q for c, q in zip(candidates[1:], quality[1:], strict=True)
-               if q is not None and lead - loss <= q < lead and c.pool.pricing.cost(req.input_tokens, output) < price]
-    return 1.0 if not cheaper else (lead - max(cheaper)) / loss
+               if q is not None and lead - loss - QUALITY_EPS <= q < lead
+               and c.pool.pricing.cost(req.input_tokens, output) < price]
+    return 1.0 if not cheaper else min(1.0, (lead - max(cheaper)) / loss)
+
+
+def _keeps(prediction: Prediction, share: float, target_s: float) -> bool:
+    """Whether the first choice keeps a request whose quality lead is `share` of maxQualityLoss.
+
+    maxQualityLoss is the objective's exchange rate: the quality a request may give up to meet it, so the headroom
+    a pool has left under the objective (the objective less the queue ahead of this request) is worth
+    maxQualityLoss to the requests that will need it. The request takes its own prefill out of that headroom, and
+    keeps the pool while its lead pays for the share it takes: lead >= maxQualityLoss x prefill / headroom. So a
+    saturating pool sheds first the requests it improves least per second of its prefill (a long prompt it hardly
+    improves before a short one), keeping its headroom for the requests that need it most, instead of serving
+    them first come, first served. share 1 (a lead of maxQualityLoss or more) keeps it up to the objective.
+    Called only for a prediction that meets the objective (so not KV-saturated)."""
+    headroom = target_s - (prediction.ttft_s - prediction.prefill_s)
+    return prediction.prefill_s <= share * headroom
 
 
 def _place(cand: Candidate, req: RouteInput, scheduler: Scheduler, decided: bool, skipped: list[str],

@@ -170,6 +170,14 @@ def test_the_verdict_checks_the_default_and_the_range_from_the_first_miss_to_twi
     assert not joint.verdict(_rates(r10=served, r20=behind_load_only), "20")["met"]
 
 
+def test_the_verdict_says_when_ten_points_of_slo_over_semantic_only_cannot_be_had():
+    barely_missing = ((0.80, 0.93), (0.70, 1.0), (0.80, 1.0))  # semantic_only misses 7 %: at most +7 points
+    v = joint.verdict(_rates(r20=barely_missing), "20")
+    assert not v["met"] and "unreachable: semantic_only at 93.0%" in v["lines"][0]
+    good = ((0.80, 0.80), (0.70, 0.90), (0.795, 0.95))
+    assert "unreachable" not in joint.verdict(_rates(r20=good), "20")["lines"][0]
+
+
 def test_the_flags_have_one_source_of_defaults():
     scenario = _scenario()
     assert (scenario.rate, scenario.ttft_ms, scenario.strong_replicas, scenario.weak_replicas) == (18.0, 1000, 2, 4)

@@ -109,6 +109,9 @@ def test_a_quality_floor_keeps_a_much_worse_candidate_out():
     assert any("more than maxQualityLoss 0.05 below" in s for s in sel.skipped)
     loose = Decision("d", 1, None, (cand(strong), cand(weak)), objective=Objective(500, None, 0.25))
     assert select_static(loose, req("hello there"), sched, qualities=(0.9, 0.7)).candidate.pool.name == "weak"
+    # a loss of exactly maxQualityLoss is within it, though 0.9 - 0.2 is 0.7000000000000001 in floating point
+    exact = Decision("d", 1, None, (cand(strong), cand(weak)), objective=Objective(500, None, 0.2))
+    assert select_static(exact, req("hello there"), sched, qualities=(0.9, 0.7)).candidate.pool.name == "weak"
 
 
 def test_a_scraped_saturated_kv_cache_spills_even_without_a_backlog():
@@ -134,21 +137,44 @@ def priced(p, price: float):
     return replace(p, pricing=Pricing(price, price))
 
 
-@pytest.mark.parametrize(("qualities", "spills"), [
-    ((0.90, 0.88), True),  # a lead of 0.02 of maxQualityLoss 0.2: kept only under 10% of the objective (50 ms)
-    ((0.90, 0.60), False),  # a lead beyond maxQualityLoss: kept up to the objective itself
-    ((0.88, 0.90), False),  # the cheap candidate predicts better: the first choice won on cost, no trade
-], ids=["small-lead-spills-early", "large-lead-stays", "no-lead-no-trade"])
-def test_a_small_quality_lead_spills_before_the_first_choice_is_full(qualities, spills):
+LONG, SHORT = "word " * 1500, "hello there"  # ~300 ms and ~1 ms of prefill at 5,000 tokens/s
+
+
+@pytest.mark.parametrize(("qualities", "prompt", "spills"), [
+    # ~160 ms of prefill queued ahead, objective 500 ms: ~330 ms of headroom. A lead of 0.02 is 10 % of
+    # maxQualityLoss 0.2: it pays for 33 ms of that headroom, not for a long prompt's 300 ms
+    ((0.90, 0.88), LONG, True),
+    ((0.90, 0.88), SHORT, False),  # the same lead pays for a short prompt's prefill
+    ((0.90, 0.60), LONG, False),  # a lead beyond maxQualityLoss: kept up to the objective
+    ((0.88, 0.90), LONG, False),  # the cheap candidate predicts better: the first choice won on cost, no trade
+], ids=["small-lead-long-prompt-spills-early", "small-lead-short-prompt-stays", "large-lead-stays",
+        "no-lead-no-trade"])
+def test_a_small_quality_lead_spills_before_the_first_choice_is_full(qualities, prompt, spills):
     clock = Clock()
     strong, weak, _, sched = two_pools(clock)
     strong, weak = priced(strong, 10.0), priced(weak, 0.5)
-    commit_load(sched, cand(strong), 200, 2)  # ~100 ms of prefill ahead: well within the 500 ms objective
+    commit_load(sched, cand(strong), 200, 2)  # ~160 ms of prefill ahead: well within the 500 ms objective
     decision = Decision("d", 1, None, (cand(strong), cand(weak)), objective=Objective(500, None, 0.2))
-    sel = select_static(decision, req("hello there"), sched, qualities=qualities)
+    sel = select_static(decision, req(prompt), sched, qualities=qualities)
     assert (sel.candidate.pool.name == "weak") is spills
+    assert not sel.predicted[0].prediction.misses(0.5)  # every spill here is early: the first choice would meet it
     if spills:
-        assert any("quality lead over the next candidate" in s for s in sel.skipped)
+        assert any("worth less than the" in s and "ms of prefill it would take" in s for s in sel.skipped)
+
+
+def test_the_headroom_a_lead_pays_for_shrinks_as_the_queue_grows():
+    """The same request (lead 0.1 of maxQualityLoss 0.2, ~60 ms of prefill) stays on an idle first choice and
+    spills once the queue ahead leaves less than twice its prefill under the objective."""
+    prompt = "word " * 300
+    verdicts = []
+    for queued in (0, 4, 8):
+        clock = Clock()
+        strong, weak, _, sched = two_pools(clock)
+        strong, weak = priced(strong, 10.0), priced(weak, 0.5)
+        commit_load(sched, cand(strong), 200, queued)
+        decision = Decision("d", 1, None, (cand(strong), cand(weak)), objective=Objective(500, None, 0.2))
+        verdicts.append(select_static(decision, req(prompt), sched, qualities=(0.9, 0.8)).candidate.pool.name)
+    assert verdicts == ["strong", "strong", "weak"]
 
 
 def test_a_dearer_candidate_behind_is_taken_only_when_the_first_would_miss():

@@ -18,6 +18,11 @@ On the same arrivals, three strategies, each routed and settled by the router co
 - joint: the same kNN selector and a TTFT objective on the decision (with maxQualityLoss), the
   `switchpoint` profile: a pool predicted to miss the objective is passed over (router/selection.py).
 
+maxQualityLoss is stated in the selector's predicted quality, and the kNN's predicted lead of the strong model
+over the weak one overstates the measured gap about twofold on these prompts (lead 0.2: measured 0.07; 0.4:
+0.19; from arrival seeds 11-13, not the reported 7-9), so the default 0.4 bounds a spill's expected loss near
+0.2 of real quality. It was chosen on seeds 11 and 12 (0.2, 0.4, 0.6, 1.0 tried), not on the reported seeds.
+
 Reported per strategy: mean quality (the dataset's label for the model that answered), USD per 1,000
 requests, SLO attainment (TTFT within the objective, and TPOT if `--tpot-ms`; unfinished = missed) and p99
 TTFT; and the calibration of joint's predictions against what the simulator then measured.
@@ -413,9 +418,12 @@ def verdict(by_rate: dict[str, dict[str, dict[str, float]]], default_rate: str) 
         slo_vs_load = joint["slo_attainment"] - load["slo_attainment"]
         met = slo_gain >= 0.10 and q_loss <= 0.01 and q_gain >= 0.05 and slo_vs_load >= 0
         ok &= met
+        # no strategy can gain 10 points of SLO over a semantic_only that already meets more than 90 %
+        reachable = "" if sem["slo_attainment"] <= 0.90 else \
+            f" (+10 SLO unreachable: semantic_only at {sem['slo_attainment']:.1%})"
         lines.append(f"@ {r} req/s: vs semantic_only SLO {slo_gain:+.1%} (>= +10), quality {-q_loss:+.1%} (>= -1); "
                      f"vs load_only quality {q_gain:+.1%} (>= +5), SLO {slo_vs_load:+.1%} (>= 0): "
-                     f"{'met' if met else 'NOT met'}")
+                     f"{'met' if met else 'NOT met'}{reachable}")
     if first_miss is None:
         lines.append("semantic_only never missed 5% of its objective at the rates run: the range check is empty")
     else:

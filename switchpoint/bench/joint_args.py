@@ -18,7 +18,8 @@ def add_joint_arguments(b: argparse.ArgumentParser) -> None:
     b.add_argument("--period", type=float, default=20.0, help="seconds from one burst's start to the next")
     b.add_argument("--ttft-ms", type=int, default=1000, help="the TTFT objective (joint's decision; every SLO)")
     b.add_argument("--tpot-ms", type=int, default=None, help="a TPOT objective too (counted in SLO attainment)")
-    b.add_argument("--max-quality-loss", type=float, default=0.2, help="joint's objective maxQualityLoss")
+    b.add_argument("--max-quality-loss", type=float, default=0.4,
+                   help="joint's objective maxQualityLoss (in the kNN's predicted quality; see bench/joint.py)")
     b.add_argument("--lambda", dest="lam", type=float, default=10.0,
                    help="the kNN selector's lambda (quality points per USD per request)")
     b.add_argument("--seconds", type=float, default=None, help="seconds of arrivals per run (default and --quick: 60)")
