@@ -189,7 +189,8 @@ class Calibration:
 @dataclass
 class CandidateSet:
     """What rank() needs of one candidate set besides the request: its models (as the estimator knows them) and
-    prices, made when the set is first seen; lambda and the fallback's shares, filled on the first rank()."""
+    prices, made when the set is first seen; the lambda a target share gives and the fallback's shares, filled on
+    the first rank()."""
 
     models: tuple[str, ...]
     prices: tuple[np.ndarray, np.ndarray]  # candidate_prices
@@ -339,9 +340,10 @@ class CostQualitySelector:
         than the arithmetic: the order and the evidence are made from plain floats, the candidate set's checks,
         prices, lambda and fallback shares are looked up once (candidate_set)."""
         cs = self.candidate_set(candidates)
-        if cs.lam is None:
+        if self.lam is None and cs.lam is None:  # a target share: translated once per candidate set
             cs.lam = self.lambda_for(candidates)
-        lam = cs.lam
+        lam = self.lam if self.lam is not None else cs.lam
+        assert lam is not None
         if self.guard.active and cs.shares is None:
             cs.shares = self.shares_for(candidates)
         emb = None if request.embedding is None else np.asarray(request.embedding)[None, :]
