@@ -6,6 +6,7 @@ from typing import Any
 
 from switchpoint.router.decision import describe_rule
 from switchpoint.router.pipeline import RouteResult
+from switchpoint.router.selection import Selection
 
 
 def explanation(result: RouteResult) -> dict[str, Any]:
@@ -36,13 +37,12 @@ def explanation(result: RouteResult) -> dict[str, Any]:
         "fallbacks": [f"{f.candidate.pool.name} {f.replica.address}" for f in sel.fallbacks],
         "skipped": list(sel.skipped),
         "selection": _selection(result),
-        "objective": _objective(result),
+        "objective": objective_evidence(result.selection),
     }
 
 
-def _objective(result: RouteResult) -> dict[str, Any] | None:
+def objective_evidence(sel: Selection) -> dict[str, Any] | None:
     """The joint decision's evidence: the objective, and each candidate's predicted TTFT and verdict."""
-    sel = result.selection
     objective = sel.objective
     if objective is None:
         return None
@@ -59,7 +59,8 @@ def _objective(result: RouteResult) -> dict[str, Any] | None:
              "quality": p.quality,
              "verdict": "chosen" if p.pool == chosen else
              ("passed over: would miss" if target is not None and p.prediction.misses(target / 1000)
-              else "not needed")}
+              # predicted, not chosen, and within the objective: only an early spill passes such a pool over
+              else "passed over: its quality lead does not pay for its prefill in the headroom left")}
             for p in sel.predicted
         ],
     }

@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 
 from switchpoint.config.model import Decision, Objective, Pricing, Replica, Role
+from switchpoint.router.explain import objective_evidence
 from switchpoint.router.inflight import InflightLedger
 from switchpoint.router.scheduling import predict
 from switchpoint.router.scheduling.fleet import FleetState
@@ -160,6 +161,10 @@ def test_a_small_quality_lead_spills_before_the_first_choice_is_full(qualities, 
     assert not sel.predicted[0].prediction.misses(0.5)  # every spill here is early: the first choice would meet it
     if spills:
         assert any("worth less than the" in s and "ms of prefill it would take" in s for s in sel.skipped)
+        evidence = objective_evidence(sel)
+        assert evidence is not None and evidence["spilled"]
+        assert [c["verdict"] for c in evidence["candidates"]] == [
+            "passed over: its quality lead does not pay for its prefill in the headroom left", "chosen"]
 
 
 def test_the_headroom_a_lead_pays_for_shrinks_as_the_queue_grows():
