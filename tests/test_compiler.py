@@ -114,6 +114,8 @@ BAD_MANIFESTS = [
      "RoutingPolicy default/auto", "spec.decisions[0].priority", "is not of type 'integer'"),
     ("value out of range", _set("small-chat.spec.contextTokens", 0),
      "ModelPool default/small-chat", "spec.contextTokens", "less than the minimum"),
+    ("engine chunk out of range", _set("auto.spec.scheduling", [{"pool": "small-chat", "chunkTokens": 8}]),
+     "RoutingPolicy default/auto", "spec.scheduling[0].chunkTokens", "less than the minimum"),
     ("unknown field", _set("small-chat.spec.gpus", 8),
      "ModelPool default/small-chat", "spec.gpus", "unknown field"),
     ("bad enum", _set("large-reasoning.spec.replicas.static.0.role", "encode"),
@@ -235,3 +237,12 @@ def test_workload_thresholds_come_from_the_policy():
     rules = compile_objs(objs).policies["default/auto"].workload
     assert (rules.agent_header, rules.prefill_heavy_ratio, rules.default_output_tokens, rules.warm_prefix_share) == (
         "x-agent", 1.0, 256, 0.9)
+
+
+def test_a_pools_engine_chunk_reaches_its_candidates_scheduling():
+    objs = example_objects()
+    objs["auto"]["spec"]["scheduling"] = [{"pool": "large-reasoning", "chunkTokens": 512},
+                                          {"pool": "small-chat", "prefillTokensPerSecond": 9000}]
+    policy = compile_objs(objs).policies["default/auto"]
+    chunks = {c.pool.name: c.scheduling.chunk_tokens for d in policy.decisions for c in d.candidates}
+    assert chunks == {"large-reasoning": 512, "small-chat": 2048}  # 2048: the CRD's default, vLLM's

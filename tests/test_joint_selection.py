@@ -24,6 +24,8 @@ PREDICTIONS = [
     ("a decoding batch stretches each step", (0, 256, 5000, 64, 0.0, None), 10 + 64 * 0.08 + 256 / 5),
     ("slower prefill rate", (0, 1000, 2000, 0, 0.0, None), 10 + 500),
     ("disaggregated: KV transfer", (0, 1000, 5000, 0, 0.0, 1000), 10 + 200 + 5 + 2),
+    ("a 512-token engine: more steps, a finer granularity", (10_000, 256, 5000, 0, 0.0, None, 512),
+     21 * 10 + 10_256 / 5 + 512 / 5),
 ]
 
 

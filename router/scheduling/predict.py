@@ -6,14 +6,14 @@ objective, and passes over a pool whose best replica would miss it. The model is
 
     TTFT = iterations x (ITERATION_S + DECODE_S_PER_SEQ x running)     engine steps until this prompt is done
          + (backlog + uncached) / prefill rate                          the prefill queued ahead, then its own
-         + min(backlog, CHUNK_TOKENS) / prefill rate                    the step granularity (below)
+         + min(backlog, chunk) / prefill rate                           the step granularity (below)
          + KV transfer                                                  disaggregated: the prefill replica's
                                                                         KV cache moved to the decode replica
 
 where the backlog is the prefill the router has sent to the prefilling replica and not yet seen drain
 (router/scheduling/backlog.py), `uncached` the prompt tokens not believed cached there, `iterations` the
-chunks of CHUNK_TOKENS that backlog and prompt take (vLLM's max_num_batched_tokens) and `running` the
-decoding batch each step carries (scraped, fresh). The granularity term: on a busy replica a new prompt
+chunks that backlog and prompt take (the pool's `chunkTokens`: vLLM's max_num_batched_tokens, 2,048 by
+default) and `running` the decoding batch each step carries (scraped, fresh). The granularity term: on a busy replica a new prompt
 waits for the step in progress, and its own last chunk is finished in a step shared with the work queued
 behind it — about one chunk's time more than the fluid backlog says (the simulator measured 2.5x the fluid
 prediction on a saturated 2,000 tokens/s pool without it). A replica whose fresh KV-cache use is at or above
@@ -27,11 +27,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from switchpoint.config.model import Candidate
+from switchpoint.config.model import Candidate, SchedulingConfig
 from switchpoint.router.scheduling.scheduler import Placement, Scheduler
 from switchpoint.router.scheduling.scorers import ITERATION_S
 
-CHUNK_TOKENS = 2048  # prompt tokens one engine step prefills (vLLM's max_num_batched_tokens default)
 DECODE_S_PER_SEQ = 0.00008  # a step's extra time per decoding sequence (10.1 ms at 1, 15.1 ms at 64)
 KV_TRANSFER_BASE_S = 0.005  # moving a prompt's KV cache from the prefill to the decode replica
 KV_TRANSFER_S_PER_TOKEN = 0.000002
@@ -66,13 +65,13 @@ class Prediction:
 
 
 def ttft(backlog_tokens: float, uncached_tokens: int, rate: float, running: float = 0.0, kv_usage: float = 0.0,
-         transfer_tokens: int | None = None) -> Prediction:
+         transfer_tokens: int | None = None, chunk_tokens: int = SchedulingConfig.chunk_tokens) -> Prediction:
     """The formula of the module docstring. transfer_tokens: the prompt's tokens when disaggregated, else None."""
     work = max(0.0, backlog_tokens) + max(1, uncached_tokens)
-    steps = math.ceil(work / CHUNK_TOKENS) * (ITERATION_S + DECODE_S_PER_SEQ * max(0.0, running))
+    steps = math.ceil(work / chunk_tokens) * (ITERATION_S + DECODE_S_PER_SEQ * max(0.0, running))
     transfer = 0.0 if transfer_tokens is None else KV_TRANSFER_BASE_S + KV_TRANSFER_S_PER_TOKEN * transfer_tokens
     backlog = max(0.0, backlog_tokens)
-    queue, own = (backlog + min(backlog, CHUNK_TOKENS)) / rate, max(1, uncached_tokens) / rate
+    queue, own = (backlog + min(backlog, chunk_tokens)) / rate, max(1, uncached_tokens) / rate
     return Prediction(steps + queue + own + transfer, queue, own, steps, transfer, kv_usage >= KV_SATURATED)
 
 
@@ -88,4 +87,4 @@ def predict(scheduler: Scheduler, candidate: Candidate, placement: Placement, pr
     kv = max((m.kv_usage or 0.0) for m in (fresh, destination) if m is not None) \
         if fresh is not None or destination is not None else 0.0
     return ttft(backlog, placement.uncached_tokens, rate, running, kv,
-                prompt_tokens if placement.prefill is not None else None)
+                prompt_tokens if placement.prefill is not None else None, candidate.scheduling.chunk_tokens)

@@ -187,7 +187,8 @@ def strategy_config(strategy: str, scenario: Scenario, dataset: Path, token_rati
     pools = scenario.pools()
     profile = "switchpoint" if strategy == "joint" else "gie-default"
     scheduling = [{"pool": p.name, "profile": profile,
-                   "prefillTokensPerSecond": round(p.prefill_tokens_per_second(token_ratio), 1)} for p in pools]
+                   "prefillTokensPerSecond": round(p.prefill_tokens_per_second(token_ratio), 1),
+                   "chunkTokens": p.engine.max_batched_tokens} for p in pools]
     selection = {"algorithm": "knn", "dataset": str(dataset), "k": scenario.k, "lambda": scenario.lam}
     policies = []
     if strategy == "load_only":

@@ -403,6 +403,7 @@ class _Reporter:
                 weights=tuple((s["name"], float(s["weight"])) for s in entry.get("scorers") or ()),
                 min_uncached_tokens=entry["disaggregation"]["minUncachedTokens"],
                 prefill_tokens_per_second=float(entry["prefillTokensPerSecond"]),
+                chunk_tokens=int(entry["chunkTokens"]),
             )
         return configs
 

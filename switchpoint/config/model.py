@@ -214,6 +214,7 @@ class SchedulingConfig:
     weights: tuple[tuple[str, float], ...] = ()  # overrides of the profile's scorer weights
     min_uncached_tokens: int = 256  # disaggregate only when this many prompt tokens are not cached
     prefill_tokens_per_second: float = 5000.0  # one replica's prefill rate, for predicted latency
+    chunk_tokens: int = 2048  # prompt tokens one engine step prefills (vLLM's max_num_batched_tokens)
 
 
 @dataclass(frozen=True)
