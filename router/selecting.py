@@ -28,6 +28,7 @@ from switchpoint.config.errors import ConfigError, Problem
 from switchpoint.config.model import Decision, Policy, RouterConfig, SelectionConfig
 from switchpoint.router.classifiers.bank import Models
 from switchpoint.router.classifiers.encoder import EncoderError
+from switchpoint.router.frozen import frozen
 from switchpoint.router.selectors import (
     BanditSelector,
     CandidateModel,
@@ -43,7 +44,7 @@ from switchpoint.router.selectors.factory import make_selector
 SelectorKey = tuple[str, str]  # (policy key, decision name)
 
 
-@dataclass(frozen=True)
+@frozen
 class BanditFeedback:
     """Kept in the in-flight entry of a request a bandit placed, for its Report."""
 

@@ -17,10 +17,10 @@ the trace.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import NoReturn
 
 from switchpoint.config.model import Candidate, Decision, Objective, Replica
+from switchpoint.router.frozen import frozen
 from switchpoint.router.refusals import InvalidRequest, Unavailable
 from switchpoint.router.request import RouteInput
 from switchpoint.router.scheduling.predict import Prediction, predict
@@ -30,13 +30,13 @@ MAX_FALLBACKS = 4
 QUALITY_EPS = 1e-9  # predicted qualities are means of labels: 0.9 - 0.2 must not fall below 0.7
 
 
-@dataclass(frozen=True)
+@frozen
 class Fallback:
     candidate: Candidate
     replica: Replica
 
 
-@dataclass(frozen=True)
+@frozen
 class Predicted:
     """One candidate placed and predicted for a decision with a TTFT objective."""
 
@@ -46,7 +46,7 @@ class Predicted:
     quality: float | None  # the selector's predicted quality (None for static)
 
 
-@dataclass(frozen=True)
+@frozen
 class Selection:
     candidate: Candidate
     placement: Placement

@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 
@@ -39,18 +38,19 @@ from switchpoint.router.budget.ledger import (
     RedisLedger,
 )
 from switchpoint.router.budget.scope import BudgetInstance
+from switchpoint.router.frozen import frozen
 
 log = logging.getLogger("switchpoint.router.budget")
 
 
-@dataclass(frozen=True)
+@frozen
 class BudgetLine:
     instance: BudgetInstance
     units: int  # this request's expected (at Route) or actual (at Report) amount
     state: BudgetState | None = None
 
 
-@dataclass(frozen=True)
+@frozen
 class Settlement:
     """What a settle did: the budgets' states after it (None: queued, the ledger was unreachable), and whether it
     was the request's first settlement (None: not asked, or not known while queued)."""
@@ -59,7 +59,7 @@ class Settlement:
     first: bool | None = None
 
 
-@dataclass(frozen=True)
+@frozen
 class BudgetCheck:
     """admitted | rejected | downgrade | unenforced (store down, all Open) | refused (store down, a Closed budget)."""
 

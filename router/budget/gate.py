@@ -13,13 +13,14 @@ from switchpoint.router.budget.cost import OutputEstimator, amount, display, lim
 from switchpoint.router.budget.enforcer import BudgetCheck, BudgetEnforcer, BudgetLine
 from switchpoint.router.budget.ledger import BudgetState
 from switchpoint.router.budget.scope import BudgetInstance, Requester, applicable
+from switchpoint.router.frozen import frozen
 from switchpoint.router.metrics import RouterMetrics
 from switchpoint.router.pipeline import RouteResult
 from switchpoint.router.refusals import BudgetExhausted, Unavailable
 from switchpoint.router.request import RouteInput
 
 
-@dataclass(frozen=True)
+@frozen
 class BudgetAdmission:
     """What was reserved for one request; kept in its in-flight entry until Report."""
 
@@ -140,7 +141,7 @@ class BudgetGate:
         return [BudgetLine(i, amount(i.budget, input_tokens, output_tokens, pool.pricing)) for i in instances]
 
 
-@dataclass(frozen=True)
+@frozen
 class BudgetView:
     """One budget line as users read it: display units (tokens, or the currency), RFC 3339 window end."""
 

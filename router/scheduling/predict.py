@@ -13,21 +13,22 @@ objective, and passes over a pool whose best replica would miss it. The model is
 where the backlog is the prefill the router has sent to the prefilling replica and not yet seen drain
 (router/scheduling/backlog.py), `uncached` the prompt tokens not believed cached there, `iterations` the
 chunks that backlog and prompt take (the pool's `chunkTokens`: vLLM's max_num_batched_tokens, 2,048 by
-default) and `running` the decoding batch each step carries (scraped, fresh). The granularity term: on a busy replica a new prompt
-waits for the step in progress, and its own last chunk is finished in a step shared with the work queued
-behind it — about one chunk's time more than the fluid backlog says (the simulator measured 2.5x the fluid
-prediction on a saturated 2,000 tokens/s pool without it). A replica whose fresh KV-cache use is at or above
-KV_SATURATED cannot admit a new prefill until decodes free blocks: its prediction is flagged `saturated`
-and counts as a miss, whatever the arithmetic says. Pure functions; the constants are the anchors' reference
-values for an 8B model on one H100 (../shared/ANCHORS.md), the prefill rate the policy's per pool.
+default) and `running` the decoding batch each step carries (scraped, fresh). The granularity term: on a
+busy replica a new prompt waits for the step in progress, and its own last chunk is finished in a step
+shared with the work queued behind it — about one chunk's time more than the fluid backlog says (the
+simulator measured 2.5x the fluid prediction on a saturated 2,000 tokens/s pool without it). A replica whose
+fresh KV-cache use is at or above KV_SATURATED cannot admit a new prefill until decodes free blocks: its
+prediction is flagged `saturated` and counts as a miss, whatever the arithmetic says. Pure functions; the
+constants are the anchors' reference values for an 8B model on one H100 (../shared/ANCHORS.md), the prefill
+rate the policy's per pool.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 from switchpoint.config.model import Candidate, SchedulingConfig
+from switchpoint.router.frozen import frozen
 from switchpoint.router.scheduling.scheduler import Placement, Scheduler
 from switchpoint.router.scheduling.scorers import ITERATION_S
 
@@ -37,7 +38,7 @@ KV_TRANSFER_S_PER_TOKEN = 0.000002
 KV_SATURATED = 0.95  # fresh KV-cache use from which a replica admits no new prefill
 
 
-@dataclass(frozen=True)
+@frozen
 class Prediction:
     """A request's predicted TTFT on one placement, with its terms (seconds) for the evidence."""
 

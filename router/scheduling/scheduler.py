@@ -266,7 +266,8 @@ class Scheduler:
 
         done = held(computed)
         prefix = done if matched is computed else held(matched)  # one gather when both read the same counts
-        uncached = np.maximum(1, prompt_tokens - done * TOKENS_PER_BLOCK)
+        uncached = np.full(n, max(1, prompt_tokens), dtype=np.int64) if computed is None else \
+            np.maximum(1, prompt_tokens - done * TOKENS_PER_BLOCK)  # nothing computed anywhere: the whole prompt
         scores = None
         if profile.weights:
             rate = config.prefill_tokens_per_second

@@ -29,12 +29,13 @@ from switchpoint.config.model import (
     ToolsSignal,
 )
 from switchpoint.router.classifiers.pii import find_pii
+from switchpoint.router.frozen import frozen
 from switchpoint.router.request import RouteInput
 
 NeuralSignal = ClassifierSignal | SimilaritySignal | PiiSignal  # computed off the event loop (signals/neural.py)
 
 
-@dataclass(frozen=True)
+@frozen
 class SignalResult:
     name: str
     kind: str
@@ -42,7 +43,7 @@ class SignalResult:
     evidence: str  # what the signal saw, for traces and `switchpoint route`
 
 
-@dataclass(frozen=True)
+@frozen
 class Inferred:
     """The outcome of a classifier or similarity signal (see signals/neural.py)."""
 
