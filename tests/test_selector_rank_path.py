@@ -17,7 +17,6 @@ from switchpoint.router.selectors.base import (
     SelectorError,
     candidate_costs,
     candidate_prices,
-    cost_quality_order,
     costs_at,
     first_choice,
     order_of,
@@ -45,14 +44,7 @@ def test_order_of_is_the_lexsort_rule_including_ties(row, lam):
     quality, cost = np.array(row[0]), np.array(row[1])
     score = quality - lam * cost
     assert order_of(score.tolist(), cost.tolist()) == lexsort_order(score, cost)
-    batched = cost_quality_order(quality[None, :], cost[None, :], lam)
-    assert batched[0].tolist() == lexsort_order(score, cost)
-    assert first_choice(quality[None, :], cost[None, :], lam)[0] == batched[0, 0]
-
-
-def test_cost_quality_order_keeps_its_shape_for_no_rows_and_one_candidate():
-    assert cost_quality_order(np.zeros((0, 3)), np.zeros((0, 3)), 1.0).shape == (0, 3)
-    assert cost_quality_order(np.ones((4, 1)), np.ones((4, 1)), 1.0).tolist() == [[0]] * 4
+    assert first_choice(quality[None, :], cost[None, :], lam)[0] == lexsort_order(score, cost)[0]
 
 
 def test_normalising_one_row_is_the_batch_arithmetic_bit_for_bit():

@@ -30,7 +30,7 @@ from switchpoint.router.selectors import (
     knn_selector,
     load_dataset,
 )
-from switchpoint.router.selectors.base import cost_quality_order, decision_costs, first_choice
+from switchpoint.router.selectors.base import decision_costs, first_choice, order_of
 from switchpoint.router.selectors.costquality import lambda_for_share
 from switchpoint.router.selectors.estimators import KnnEstimator, LinearEstimator, MeanEstimator
 from switchpoint.router.selectors.index import KnnIndex, cache_path, embed_dataset
@@ -127,13 +127,20 @@ def test_candidates_must_be_unique_and_priced_sanely():
 
 
 # -- the cost-quality decision -----------------------------------------------------------------------------
-def test_cost_quality_order_trades_quality_against_cost():
+def full_order(quality: np.ndarray, cost: np.ndarray, lam: float) -> np.ndarray:
+    """order_of on every row: the order rank() gives one request, for n requests."""
+    score = quality - lam * cost
+    return np.array([order_of(s, c) for s, c in zip(score.tolist(), cost.tolist(), strict=True)],
+                    dtype=np.int64).reshape(score.shape)
+
+
+def test_the_cost_quality_order_trades_quality_against_cost():
     q = np.array([[0.5, 0.9]])
     c = np.array([[0.0, 0.001]])
-    assert cost_quality_order(q, c, 0.0)[0].tolist() == [1, 0]  # quality only
-    assert cost_quality_order(q, c, 399.0)[0].tolist() == [1, 0]  # 0.9 - 0.399 > 0.5
-    assert cost_quality_order(q, c, 401.0)[0].tolist() == [0, 1]  # 0.9 - 0.401 < 0.5
-    assert cost_quality_order(q, c, 400.0)[0].tolist() == [0, 1]  # a tie goes to the cheaper
+    assert full_order(q, c, 0.0)[0].tolist() == [1, 0]  # quality only
+    assert full_order(q, c, 399.0)[0].tolist() == [1, 0]  # 0.9 - 0.399 > 0.5
+    assert full_order(q, c, 401.0)[0].tolist() == [0, 1]  # 0.9 - 0.401 < 0.5
+    assert full_order(q, c, 400.0)[0].tolist() == [0, 1]  # a tie goes to the cheaper
 
 
 def test_first_choice_agrees_with_the_full_order_including_ties():
@@ -141,7 +148,7 @@ def test_first_choice_agrees_with_the_full_order_including_ties():
     q = rng.integers(0, 3, (500, 4)) / 2.0  # many exact ties
     c = rng.integers(0, 3, (500, 4)) * 1e-4
     for lam in (0.0, 1e3, 5e3, 1e5):
-        assert (first_choice(q, c, lam) == cost_quality_order(q, c, lam)[:, 0]).all()
+        assert (first_choice(q, c, lam) == full_order(q, c, lam)[:, 0]).all()
 
 
 def test_relative_cost_basis_weighs_price_ratios_not_prompt_length():

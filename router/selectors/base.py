@@ -189,19 +189,9 @@ def order_of(score: Sequence[float], cost: Sequence[float]) -> list[int]:
     return sorted(range(len(score)), key=lambda j: (-score[j], cost[j], j))
 
 
-def cost_quality_order(quality: np.ndarray, cost: np.ndarray, lam: float) -> np.ndarray:
-    """Rows of candidate indices, best first, by quality - lam * cost; ties go to the cheaper, then declared order.
-
-    quality, cost: (n, m). Returns (n, m) int: order_of per row, the function rank() orders its one request with
-    (first_choice is its vectorised first column, for the benchmark harness's n = every test prompt).
-    """
-    score = quality - lam * cost
-    return np.array([order_of(s, c) for s, c in zip(score.tolist(), cost.tolist(), strict=True)],
-                    dtype=np.int64).reshape(score.shape)
-
-
 def first_choice(quality: np.ndarray, cost: np.ndarray, lam: float) -> np.ndarray:
-    """(n,) the index cost_quality_order puts first, vectorised for large n (the same tie rule)."""
+    """(n,) the index order_of puts first in each row of quality - lam * cost, vectorised for the benchmark
+    harness's n = every test prompt (the same tie rule: the cheaper, then the declared order)."""
     score = quality - lam * cost
     best = score.max(axis=1, keepdims=True)
     tied = score == best  # among the rows' maxima, the cheapest, then the earliest

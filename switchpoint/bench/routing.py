@@ -248,7 +248,7 @@ def outcome(data: RoutingDataset, pick: np.ndarray) -> tuple[float, float]:
 
 def sweep_cost_quality(data: RoutingDataset, quality: np.ndarray, cost: np.ndarray,
                        lams: np.ndarray) -> list[tuple[float, float, float, float]]:
-    """(lambda, cost, quality, strong share) per lambda: the first choice of cost_quality_order for each row."""
+    """(lambda, cost, quality, strong share) per lambda: the first choice of each row (first_choice)."""
     strong = strong_index(data)
     out = []
     for lam in lams:
