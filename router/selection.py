@@ -136,8 +136,8 @@ def _select_for_objective(decision: Decision, req: RouteInput, scheduler: Schedu
             skipped.append(f"pool '{cand.pool.name}': predicted TTFT {prediction.describe()}: its quality lead over "
                            f"the next candidate, {share:.0%} of maxQualityLoss {objective.max_quality_loss:g}, is "
                            f"worth less than the {prediction.prefill_s * 1e3:.0f} ms of prefill it would take of "
-                           f"the {max(0.0, target_s - prediction.ttft_s + prediction.prefill_s) * 1e3:.0f} ms "
-                           f"left under the objective")
+                           f"the {max(0.0, _headroom_s(prediction, target_s)) * 1e3:.0f} ms left under the "
+                           f"objective")
             continue
         chosen = (cand, placement)
     if chosen is None and placed:  # every candidate would miss: the one predicted fastest
@@ -184,8 +184,12 @@ def _keeps(prediction: Prediction, share: float, target_s: float) -> bool:
     improves before a short one), keeping its headroom for the requests that need it most, instead of serving
     them first come, first served. share 1 (a lead of maxQualityLoss or more) keeps it up to the objective.
     Called only for a prediction that meets the objective (so not KV-saturated)."""
-    headroom = target_s - (prediction.ttft_s - prediction.prefill_s)
-    return prediction.prefill_s <= share * headroom
+    return prediction.prefill_s <= share * _headroom_s(prediction, target_s)
+
+
+def _headroom_s(prediction: Prediction, target_s: float) -> float:
+    """What the objective leaves once the queue ahead of this request (its prediction less its own prefill)."""
+    return target_s - (prediction.ttft_s - prediction.prefill_s)
 
 
 def _place(cand: Candidate, req: RouteInput, scheduler: Scheduler, decided: bool, skipped: list[str],

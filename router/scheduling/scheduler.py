@@ -261,13 +261,13 @@ class Scheduler:
         def slots(of: np.ndarray) -> np.ndarray:
             return of if every else of[positions]
 
-        def held(counts: np.ndarray | None) -> np.ndarray:  # leading blocks per candidate (None: nobody holds any)
-            return np.zeros(n, dtype=np.int64) if counts is None else counts[slots(view.prefix_slots)]
-
-        done = held(computed)
-        prefix = done if matched is computed else held(matched)  # one gather when both read the same counts
-        uncached = np.full(n, max(1, prompt_tokens), dtype=np.int64) if computed is None else \
-            np.maximum(1, prompt_tokens - done * TOKENS_PER_BLOCK)  # nothing computed anywhere: the whole prompt
+        # leading blocks per candidate (None: nobody holds any); one gather when both read the same counts
+        prefix = np.zeros(n, dtype=np.int64) if matched is None else matched[slots(view.prefix_slots)]
+        if computed is None:  # nothing computed anywhere: the whole prompt
+            uncached = np.full(n, max(1, prompt_tokens), dtype=np.int64)
+        else:
+            done = prefix if computed is matched else computed[slots(view.prefix_slots)]
+            uncached = np.maximum(1, prompt_tokens - done * TOKENS_PER_BLOCK)
         scores = None
         if profile.weights:
             rate = config.prefill_tokens_per_second
