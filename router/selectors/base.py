@@ -71,7 +71,6 @@ class CandidateScore:
 class Neighbour:
     id: str
     similarity: float
-    weight: float
 
 
 @dataclass(frozen=True)

@@ -153,10 +153,9 @@ class KnnEstimator:
         neighbours: list[tuple[Neighbour, ...]] = []
         if n <= 8:  # evidence only for the router's single requests, not the benchmark's batches
             top = min(self.evidence_neighbours, kk)
-            ws = [[1.0 / kk] * top] * n if w is None else w[:, :top].tolist()
             ids = self.index.ids
-            neighbours = [tuple(Neighbour(ids[i], round(si, 4), round(wi, 4))
-                                for i, si, wi in zip(idx[r, :top].tolist(), sims[r, :top].tolist(), ws[r], strict=True))
+            neighbours = [tuple(Neighbour(ids[i], round(si, 4))
+                                for i, si in zip(idx[r, :top].tolist(), sims[r, :top].tolist(), strict=True))
                           for r in range(n)]
         return Estimate(quality, out, known, neighbours, sims[:, 0].astype(np.float64))
 
