@@ -11,7 +11,8 @@ hiredis and matched to callers in order, as Redis answers a connection's command
 What it guarantees, and what it leaves to redis-py:
 - errors are redis-py's exception types (ConnectionError, TimeoutError, ResponseError: all RedisError), so
   callers' failure handling does not change; a call that times out fails alone, and its late reply is
-  still consumed in order; a lost connection fails every call waiting on it, and the next call reconnects;
+  still consumed in order; a lost connection fails every call waiting on it, and the next call reconnects
+  (one attempt at a time, which outlives a call that stops waiting for it: `_connect`);
 - a script is called by EVALSHA and, when the server answers NOSCRIPT (restarted, flushed), by EVAL, which
   loads it again;
 - plain `redis://` URLs (host, port, db, user, password). Redis Cluster (slot routing, MOVED) and TLS or
@@ -33,6 +34,7 @@ from redis.exceptions import InvalidResponse, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 Arg = str | bytes | int | float
+CONNECT_TIMEOUT_S = 2.0  # a connection attempt's own bound (a call waits for it at most its own timeout)
 
 
 def pack(args: Sequence[Arg]) -> bytes:
@@ -117,17 +119,31 @@ class PipelinedConnection:
         return reply
 
     async def _connect(self) -> _Protocol:
-        if self._connecting is None or self._connecting.done():  # one attempt at a time; concurrent callers share it
+        """The connection, waited for at most timeout_s. One attempt at a time, shared by concurrent callers and
+        bounded by CONNECT_TIMEOUT_S, not by a call's timeout: a caller that gives up leaves it running, so on a
+        loaded machine (a connect can take longer than the ledger's 0.25 s) the next call finds the connection
+        made instead of starting, and losing, an attempt of its own."""
+        if self._connecting is None or self._connecting.done():
             self._connecting = asyncio.ensure_future(self._open())
-        return await asyncio.shield(self._connecting)
+            self._connecting.add_done_callback(_retrieved)
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._connecting), self.timeout_s)
+        except TimeoutError:
+            raise RedisConnectionError(f"cannot connect to Redis at {self.address}: no connection within "
+                                       f"{self.timeout_s:g}s (still trying for up to {self._open_timeout_s:g}s)"
+                                       ) from None
+
+    @property
+    def _open_timeout_s(self) -> float:
+        return max(self.timeout_s, CONNECT_TIMEOUT_S)
 
     async def _open(self) -> _Protocol:
         loop = asyncio.get_running_loop()
         try:
             _, protocol = await asyncio.wait_for(
-                loop.create_connection(lambda: _Protocol(self.address), self._host, self._port), self.timeout_s)
+                loop.create_connection(lambda: _Protocol(self.address), self._host, self._port), self._open_timeout_s)
         except OSError as exc:  # TimeoutError included
-            cause = str(exc) or "timed out"
+            cause = str(exc) or f"timed out after {self._open_timeout_s:g}s"
             raise RedisConnectionError(f"cannot connect to Redis at {self.address}: {cause}") from None
         try:
             if self._auth:
@@ -145,6 +161,13 @@ class PipelinedConnection:
         protocol, self._protocol = self._protocol, None
         if protocol is not None and protocol.transport is not None:
             protocol.transport.close()
+
+
+def _retrieved(attempt: asyncio.Future) -> None:
+    """Marks a connection attempt's failure as seen: the callers that waited got their own error, and one that
+    failed after they gave up is reported by the next call's attempt."""
+    if not attempt.cancelled():
+        attempt.exception()
 
 
 def _expire(future: asyncio.Future, address: str, timeout_s: float) -> None:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import threading
 
 import pytest
 import redis
@@ -145,3 +148,70 @@ def test_the_url_database_and_password_are_used(tmp_path) -> None:  # type: igno
 @pytest.mark.parametrize("url", ["rediss://127.0.0.1:6380/0", "unix:///tmp/redis.sock"])
 def test_urls_it_does_not_speak_are_left_to_redis_py(url: str) -> None:
     assert resp.for_url(url, 1.0) is None
+
+
+class _SlowListener:
+    """A TCP relay to a real Redis whose accept queue (backlog 0) is kept full, so a new client's SYN goes
+    unanswered and the kernel sends it again ~1 s later: a connect that takes longer than a call's timeout, as
+    on a loaded machine. `admit_one()` makes room for one connection for 1.4 s, relays the one that comes (if any)
+    to Redis, and then fills the queue again."""
+
+    def __init__(self, server: RedisServer):
+        self.server = server
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(0)
+        self.port = self.sock.getsockname()[1]
+        self.fillers = [socket.create_connection(("127.0.0.1", self.port))]  # completes, waits in the queue
+        self.admitted: list[socket.socket] = []
+
+    def admit_one(self) -> None:
+        threading.Thread(target=self._admit, daemon=True).start()
+
+    def _admit(self) -> None:
+        self.sock.accept()[0].close()  # the filler: room for one, for 1.4 s
+        self.sock.settimeout(1.4)
+        try:
+            client, _ = self.sock.accept()  # a SYN sent again within that time
+        except TimeoutError:
+            client = None
+        self.fillers.append(socket.create_connection(("127.0.0.1", self.port)))  # full again
+        if client is None:
+            return
+        upstream = socket.create_connection(("127.0.0.1", self.server.port))
+        self.admitted += [client, upstream]
+        for a, b in ((client, upstream), (upstream, client)):
+            threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+
+    def close(self) -> None:
+        for s in (*self.fillers, *self.admitted, self.sock):
+            s.close()
+
+
+def test_a_connect_slower_than_the_call_timeout_is_not_abandoned(redis_server: RedisServer) -> None:
+    """The first call gives up after its timeout, naming the cause; the connection attempt goes on and a later call
+    uses it, although a new attempt would still not get through."""
+    assert resp.CONNECT_TIMEOUT_S > 1.8
+    slow = _SlowListener(redis_server)
+
+    async def main() -> object:
+        conn = resp.PipelinedConnection("127.0.0.1", slow.port, timeout_s=0.2)
+        try:
+            with pytest.raises(RedisConnectionError, match=r"no connection within 0\.2s \(still trying"):
+                await conn.call("PING")
+            slow.admit_one()
+            await asyncio.sleep(1.8)  # the SYN is sent again ~1 s after the first: within the attempt's own bound
+            return await conn.call("PING")
+        finally:
+            await conn.close()
+
+    try:
+        assert asyncio.run(main()) == b"PONG"
+    finally:
+        slow.close()
