@@ -53,7 +53,7 @@ demo: $(STAMP) $(MODELS_STAMP)
 
 test: $(STAMP) $(BIN)/helm $(MODELS_STAMP) $(BIN)/kube-apiserver $(BIN)/etcd
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
