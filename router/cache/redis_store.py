@@ -66,6 +66,25 @@ Why VSIM stays inside the script (measured at 100k entries, bench cache's vector
   against an exhaustive search (VSIM TRUTH): the same outcome (hit on the same entry, or a miss) for 95.9 / 97.2
   / 98.1 / 98.7 / 99.4 % of lookups at EF 16 / 24 / 32 / 40 / 64, Redis p50 0.43 / 0.51 / 0.54 / 0.66 ms at
   16 / 24 / 32 / 40.
+
+VADD's graph settings, tried and rejected (helper-14; bench cache's 100k vectors, one vector set per setting in one
+Redis, filled with the store's VADD options; 6,000 lookups in the bench's mix (its own 2,000 at 100k and two more sets
+drawn alike), each run on every set in a rotating order through a script that is VSIM alone, one EF per set per pass;
+time in Redis from SLOWLOG; "same outcome" against VSIM TRUTH on today's set, then store.pick; medians of 3 runs,
+load 1.1-2.3 with other benchmarks running):
+- M (links per node, 2 x M on layer 0). Same outcome for M 16: 97.7 / 98.3 / 98.5 / 99.2 % at EF 32 / 40 / 48 / 64
+  (98.75 % at EF 40 on bench cache's own 2,000, as above); M 12: 98.0 / 98.4 / 98.5 / 98.8 % at EF 48 / 56 / 64 / 80;
+  M 8: 97.1 / 97.8 / 98.4 % at EF 64 / 96 / 128; M 24: 97.7 / 98.2 / 98.55 / 98.9 % at EF 24 / 28 / 32 / 40;
+  M 32: 97.9 / 98.4 / 98.8 / 99.3 % at EF 16 / 20 / 24 / 32.
+  At matched outcomes, Redis p50 / p99 in one pass: M 16 / EF 40 0.74 / 1.44 ms, M 12 / EF 64 0.86 / 1.59, M 8 /
+  EF 128 1.14 / 2.06, M 24 / EF 32 0.77 / 1.54, M 32 / EF 24 0.75 / 1.55. The closest, in a pass of their own: M 16 /
+  EF 40 0.72 / 1.38, M 24 / EF 28 0.68 / 1.34, M 32 / EF 20 0.66 / 1.38 ms: 6-8 % at p50, 0-3 % at p99, for fewer
+  inserts (paired at 100k, EF 100: 386 / 313 per second against 454 for M 16; M 12 529, M 8 615) and more memory
+  (117 / 131 against 103 MiB per 100k). The walk costs about EF x links: fewer links need a larger EF, more links
+  allow a smaller one, for about the same time.
+- REDUCE 128 / 192 (random projection): VSIM then scores in the projected space, so the threshold sees other numbers:
+  the same outcome for 90.5 / 92.5 % at EF 40, and slower (0.94 / 0.97 against 0.75 ms p50).
+- NOQUANT (float32): 1.25 / 2.45 against 0.75 / 1.50 ms p50 / p99 at EF 40 (4 x the bytes per distance), 212 MiB.
 """
 
 from __future__ import annotations
