@@ -10,7 +10,8 @@ Disaggregated prefill as llm-d does it: a decode replica that receives the
 completions call with `kv_transfer_params.do_remote_decode` and max_tokens 1), then
 decodes itself after the KV-transfer delay.
 
-Faults for tests and demos: POST /sim/fault {"metrics": "garbage" | "hang" | null}.
+Faults for tests and demos: POST /sim/fault {"metrics": "garbage" | "hang" | null}; a hung /metrics answers once
+the fault is cleared (so a stopped simulator does not wait on it).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class SimReplica:
         self.legacy_metrics = legacy_metrics  # expose vllm:gpu_cache_usage_perc, as older vLLM did
         self.default_max_tokens = default_max_tokens
         self.metrics_fault: str | None = None
+        self._recovered = asyncio.Event()  # set when a "hang" fault is cleared: the hung scrapes then answer
         self._pending: dict[str, _Pending] = {}
         self._work = asyncio.Event()
         self._ids = itertools.count()
@@ -212,8 +214,8 @@ class SimReplica:
                 "created": int(time.time()), "model": self.model, "choices": [choice], "usage": usage}
 
     async def metrics(self, _: web.Request) -> web.Response:
-        if self.metrics_fault == "hang":
-            await asyncio.sleep(3600)
+        if self.metrics_fault == "hang":  # until the fault is cleared, as a replica that recovers
+            await self._recovered.wait()
         if self.metrics_fault == "garbage":
             return web.Response(text="vllm:num_requests_waiting{{{ not prometheus at all\n\x00\x01")
         e = self.engine
@@ -237,6 +239,10 @@ class SimReplica:
         if error:
             return error
         self.metrics_fault = body.get("metrics")
+        if self.metrics_fault == "hang":
+            self._recovered.clear()
+        else:
+            self._recovered.set()
         return web.json_response({"metrics": self.metrics_fault})
 
 
