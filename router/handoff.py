@@ -163,13 +163,13 @@ def entry_from(ticket: Ticket, snapshot: Snapshot, cache: CacheWrite | None) -> 
     if ticket.budget is not None:
         budgets = {f"{b.namespace}/{b.name}": b for b in snapshot.config.budgets}
         lines = []
-        for key, tenant, units in ticket.budget.lines:
+        for key, tenant, units, lease in ticket.budget.lines:
             budget = budgets.get(key)
             if budget is None:
                 log.warning("Report for %s names budget %s, which this router's config does not have",
                             ticket.request_id[:64], key)
                 continue
-            lines.append(BudgetLine(BudgetInstance(budget, tenant), units))
+            lines.append(BudgetLine(BudgetInstance(budget, tenant), units, lease=lease))
         admission = BudgetAdmission(ticket.budget.reservation_id, ticket.budget.outcome, None, tuple(lines), pricing)
     bandit = None
     if ticket.bandit is not None:

@@ -75,6 +75,7 @@ class RouterServer:
         extproc_settings: ExtProcSettings | None = None,
         kubeconfig: str | None = None,
         peer_channel: str | None = CHANNEL,
+        budget_leases: bool = True,
     ):
         self.config_paths = list(config_paths)
         self.host = host
@@ -93,6 +94,7 @@ class RouterServer:
         self.budget_ledger: RedisLedger | None = None
         self.peer_channel = peer_channel  # where the routers on this Redis tell each other what they place
         self.peering: PeerChannel | None = None
+        self.budget_leases = budget_leases  # router/budget/lease.py
         self.core: RouterCore | None = None
         self.server: grpc.aio.Server | None = None
         self.health = HealthServicer()
@@ -146,7 +148,7 @@ class RouterServer:
                 await asyncio.wait_for(self.cache.backend.connect(), 2.0)
         self.handoff = self._handoff()
         self.core = RouterCore(snapshot, RoutePipeline(self.scheduler, tracer, self.inference), self.ledger,
-                               self.metrics, tracer, BudgetGate(enforcer, self.metrics),
+                               self.metrics, tracer, BudgetGate(enforcer, self.metrics, self.budget_leases),
                                CacheStage(self.cache, self.inference, self.metrics), bank=self.bank,
                                health=self.fleet.health, handoff=self.handoff)
         self.discovery.update(config)  # NoCredentials if a pool selects pods and there are none
@@ -257,6 +259,9 @@ class RouterServer:
             self._metrics_http.server_close()
         if self.peering is not None:
             await self.peering.close()
+        if self.core is not None:  # the leases' unused budget goes back before the ledger's connection closes
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.core.budgets.leases.close(), 2.0)
         if self.budget_ledger is not None:
             await self.budget_ledger.close()
         if self.core is not None:

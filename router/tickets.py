@@ -43,7 +43,8 @@ _compact = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps(separato
 class TicketBudget:
     reservation_id: str
     outcome: str  # admitted, downgraded, observed, unenforced
-    lines: tuple[tuple[str, str, int], ...]  # (budget namespace/name, tenant for EachTenant, reserved units)
+    # (budget namespace/name, tenant for EachTenant, reserved units, the lease they came from or "")
+    lines: tuple[tuple[str, str, int, str], ...]
 
 
 @frozen
@@ -75,7 +76,8 @@ class Ticket:
         tb = None
         if budget is not None:
             res_id, outcome, lines = budget
-            tb = TicketBudget(str(res_id), str(outcome), tuple((str(k), str(t), int(u)) for k, t, u in lines))
+            tb = TicketBudget(str(res_id), str(outcome), tuple((str(k), str(t), int(u), str(lease))
+                                                               for k, t, u, lease in lines))
         return Ticket(str(rid), int(expires), str(policy), str(decision), str(pool), str(model), str(replica),
                       str(prefill), str(workload), (float(pricing[0]), float(pricing[1]), str(pricing[2])), tb,
                       None if bandit is None else (str(bandit[0]), str(bandit[1])), bool(cache))

@@ -84,6 +84,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--inflight-ttl", type=_positive_seconds, default=None, metavar="SECONDS",
                    help="how long a routed request may go unreported before it expires and its reservation is "
                         "charged in full (default: $SWITCHPOINT_INFLIGHT_TTL_S or 600)")
+    p.add_argument("--budget-leases", action=argparse.BooleanOptionalAction, default=True,
+                   help="admit budgeted requests from budget this router leases from the ledger, without a Redis "
+                        "call each (off: every budgeted Route reserves on its own, and BudgetStatus's reserved is "
+                        "exactly what requests in flight hold)")
     p.add_argument("--peer-channel", default="switchpoint:peers", metavar="NAME",
                    help="Redis pub/sub channel on which the routers on --redis tell each other what they place "
                         "(their schedulers then act as one); empty: off")
@@ -310,7 +314,8 @@ def _router(args: argparse.Namespace) -> int:
                           redis_url=args.redis, redis_timeout_s=args.redis_timeout_ms / 1000,
                           models_dir=args.models, classifier_threads=args.classifier_threads,
                           extproc_port=args.extproc_port, kubeconfig=args.kubeconfig,
-                          peer_channel=args.peer_channel, inflight_ttl_s=args.inflight_ttl)
+                          peer_channel=args.peer_channel, inflight_ttl_s=args.inflight_ttl,
+                          budget_leases=args.budget_leases)
 
     async def serve() -> None:
         await server.start()

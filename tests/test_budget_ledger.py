@@ -9,7 +9,7 @@ import pytest
 
 from switchpoint.config.model import Budget
 from switchpoint.router.budget.enforcer import BudgetEnforcer, BudgetLine
-from switchpoint.router.budget.ledger import ADMITTED, DOWNGRADE, REJECTED, RedisLedger
+from switchpoint.router.budget.ledger import ADMITTED, DOWNGRADE, DUPLICATE, REJECTED, RedisLedger
 from switchpoint.router.budget.scope import BudgetInstance
 
 
@@ -166,3 +166,70 @@ def test_a_reserve_whose_reply_was_lost_is_released_when_the_ledger_answers_agai
     check, flushed, after = run(body())
     assert check.outcome == "unenforced" and flushed == 1
     assert (after.states[0].spent, after.states[0].reserved) == (0, 0)
+
+
+# -- leases (router/budget/lease.py): one reservation a router admits many requests from -----------------------------
+
+def test_a_lease_takes_what_was_asked_or_an_eighth_of_what_is_free_and_a_retried_grant_takes_nothing_more(redis_url):
+    b = budget(limit=8000)
+
+    async def body(ledger: RedisLedger):
+        first = await ledger.grant("L1", 60_000, b, 500)
+        again = await ledger.grant("L1", 60_000, b, 500)  # the client's retry of a dropped call
+        capped = await ledger.grant("L2", 60_000, b, 5000)  # (8000 - 500) / 8
+        small = await ledger.grant("L3", 60_000, b, 5000, least=1000)  # an eighth of the rest is less: none
+        return first, again, capped, small
+
+    first, again, capped, small = run(_with_ledger(redis_url, body))
+    assert (first.granted, first.states[0].reserved) == ((500,), 500)
+    assert (again.granted, again.states[0].reserved) == ((500,), 500)
+    assert (capped.granted, capped.states[0].reserved) == ((937,), 1437)
+    assert (small.granted, small.states[0].reserved) == ((0,), 1437)
+
+
+def test_requests_admitted_from_a_lease_settle_their_share_and_its_release_gives_back_only_the_rest(redis_url):
+    """Three requests of 100 take their shares of a 1000 lease; one settles before the router gives the unused
+    700 back, one after; the third never reports and is charged in full when what the lease still holds expires."""
+    b = budget(limit=100_000)
+
+    async def body(ledger: RedisLedger):
+        await ledger.grant("L", 300, b, 1000)
+        early = await ledger.settle("r1", 300, [(b, 80)], once=True, via=[("L", 100)])
+        released = await ledger.release("L", 300, b, 700)
+        again = await ledger.release("L", 300, b, 700)  # a retried release gives back nothing more
+        late = await ledger.settle("r2", 300, [(b, 130)], once=True, via=[("L", 100)])
+        twice = await ledger.settle("r2", 300, [(b, 130)], once=True, via=[("L", 100)])
+        await asyncio.sleep(0.4)  # r3 never reports: the lease's hold expires
+        return early, released, again, late, twice, await ledger.peek([b])
+
+    early, released, again, late, twice, expired = run(_with_ledger(redis_url, body))
+    state = lambda reply: (reply.states[0].spent, reply.states[0].reserved)  # noqa: E731
+    assert state(early) == (80, 900)
+    assert state(released) == (80, 200) and state(again) == (80, 200)
+    assert state(late) == (210, 100) and twice.status == DUPLICATE
+    assert state(expired) == (310, 0)
+
+
+def test_a_settle_whose_lease_already_expired_counts_nothing_more(redis_url):
+    """The router died holding the lease: it was charged in full when it expired, the request's share with it."""
+    b = budget(limit=100_000)
+
+    async def body(ledger: RedisLedger):
+        await ledger.grant("L", 50, b, 400)
+        await asyncio.sleep(0.1)
+        await ledger.peek([b])  # the expiry is charged by the next call
+        return await ledger.settle("r", 50, [(b, 90)], once=True, via=[("L", 100)])
+
+    after = run(_with_ledger(redis_url, body))
+    assert (after.states[0].spent, after.states[0].reserved) == (400, 0)
+
+
+def test_no_lease_is_granted_from_a_spent_budget(redis_url):
+    b = budget(limit=100)
+
+    async def body(ledger: RedisLedger):
+        await ledger.reserve("r", 60_000, [(b, 95)], False)
+        return await ledger.grant("L", 60_000, b, 3200)
+
+    reply = run(_with_ledger(redis_url, body))
+    assert reply.granted == (0,) and reply.states[0].reserved == 95

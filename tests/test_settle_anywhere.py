@@ -42,7 +42,7 @@ spec:
 
 TICKET = Ticket(request_id="r-1", expires_ms=2_000_000_000_000, policy="default/assistant", decision="chat",
                 pool="small-chat", model="m", replica="127.0.0.1:8101", workload="chat/single/decode/cold",
-                pricing=(0.5, 1.5, "USD"), budget=TicketBudget("abc:r-1", "admitted", (("default/acme", "", 600),)),
+                pricing=(0.5, 1.5, "USD"), budget=TicketBudget("abc:r-1", "admitted", (("default/acme", "", 600, ""),)),
                 bandit=("global", "m"), cache=True)
 
 
@@ -104,10 +104,12 @@ def test_the_settle_key_may_be_a_file(tmp_path):
 
 # -- two routers, one Redis ----------------------------------------------------------------------------------------
 # A pair of routers serves every test of a module-scoped fixture; each test has a tenant of its own (the budget
-# is EachTenant), so their spend never mixes.
+# is EachTenant), so their spend never mixes. These tests read each request's own reservation in the ledger, so the
+# routers reserve per request (no budget leases: tests/test_budget_leases.py settles lease-admitted requests anywhere).
 
 @contextlib.contextmanager
 def routers(config, redis_url: str, **kwargs) -> Iterator[tuple[ThreadedRouter, ThreadedRouter]]:
+    kwargs.setdefault("budget_leases", False)
     with ThreadedRouter(config_paths=[config], redis_url=redis_url, peer_channel=None, **kwargs) as a, \
             ThreadedRouter(config_paths=[config], redis_url=redis_url, peer_channel=None, **kwargs) as b:
         yield a, b

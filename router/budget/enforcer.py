@@ -48,6 +48,8 @@ class BudgetLine:
     instance: BudgetInstance
     units: int  # this request's expected (at Route) or actual (at Report) amount
     state: BudgetState | None = None
+    lease: str = ""  # the lease (router/budget/lease.py) the request was admitted from; "": it reserved on its own
+    share: int = 0  # at Report, for a request admitted from a lease: what it took of the lease at Route
 
 
 @frozen
@@ -82,6 +84,7 @@ class BudgetEnforcer:
         self._down_until = 0.0
         self.store_errors = 0
         self.pending: deque[tuple[str, list[BudgetLine], bool]] = deque(maxlen=self.MAX_PENDING)
+        self.releases: deque[tuple[str, BudgetInstance, int]] = deque(maxlen=self.MAX_PENDING)  # lease, unused
 
     @property
     def store_up(self) -> bool:
@@ -121,8 +124,33 @@ class BudgetEnforcer:
             return Settlement(None, first=False)
         return Settlement(reply.states, first=True if once else None)
 
+    async def grant(self, lease: str, instance: BudgetInstance, want: int,
+                    least: int) -> tuple[int, BudgetState] | None:
+        """Lease up to `want` of a budget instance, if at least `least`: (granted, its standing then); None when the
+        ledger could not be reached (a grant whose reply was lost is given back, in full, when it answers again)."""
+        try:
+            reply = await self._call(lambda ledger: ledger.grant(lease, self.ttl_ms, instance, want, least))
+        except _StoreDown as down:
+            if down.attempted:
+                self.releases.append((lease, instance, want))
+            return None
+        return reply.granted[0], reply.states[0]
+
+    async def release(self, lease: str, instance: BudgetInstance, unused: int) -> None:
+        """Give back a lease's unused part (queued while the ledger is unreachable)."""
+        self.releases.append((lease, instance, unused))
+        await self.flush_pending()
+
     async def flush_pending(self) -> int:
-        """Settle queued Reports while the ledger answers; returns how many were settled."""
+        """Give back queued lease remainders and settle queued Reports while the ledger answers; returns how many
+        Reports were settled."""
+        while self.releases and self.store_up:
+            item = self.releases.popleft()  # taken before awaiting, as below
+            try:
+                await self._call(lambda ledger, item=item: ledger.release(item[0], self.ttl_ms, *item[1:]))
+            except _StoreDown:
+                self.releases.appendleft(item)
+                break
         done = 0
         while self.pending and self.store_up:
             item = self.pending.popleft()  # taken before awaiting: concurrent flushers take different items
@@ -136,7 +164,8 @@ class BudgetEnforcer:
 
     async def _settle(self, rid: str, lines: list[BudgetLine], once: bool = False) -> LedgerReply:
         units = [(ln.instance, ln.units) for ln in lines]
-        return await self._call(lambda ledger: ledger.settle(rid, self.ttl_ms, units, once))
+        via = [(ln.lease, ln.share) for ln in lines] if any(ln.lease for ln in lines) else None
+        return await self._call(lambda ledger: ledger.settle(rid, self.ttl_ms, units, once, via))
 
     async def peek(self, instances: list[BudgetInstance]) -> tuple[BudgetState, ...] | None:
         if not instances:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from switchpoint.config.model import Pool, Pricing, RouterConfig
 from switchpoint.router.budget.cost import OutputEstimator, amount, display, limit_units, unit_name
 from switchpoint.router.budget.enforcer import BudgetCheck, BudgetEnforcer, BudgetLine
+from switchpoint.router.budget.lease import LeaseBook
 from switchpoint.router.budget.ledger import BudgetState
 from switchpoint.router.budget.scope import BudgetInstance, Requester, applicable
 from switchpoint.router.frozen import frozen
@@ -44,11 +45,12 @@ class BudgetStanding:
 
 
 class BudgetGate:
-    def __init__(self, enforcer: BudgetEnforcer, metrics: RouterMetrics):
+    def __init__(self, enforcer: BudgetEnforcer, metrics: RouterMetrics, leases: bool = True):
         self.enforcer = enforcer
         self.estimator = OutputEstimator()
         self.metrics = metrics
         self.instance_id = os.urandom(6).hex()  # keeps reservation ids of different routers apart
+        self.leases = LeaseBook(enforcer, self.instance_id, enabled=leases)
 
     async def admit(self, config: RouterConfig, req: RouteInput, result: RouteResult,
                     downgrade: Callable[[RouteResult, Pool, str], RouteResult],
@@ -66,7 +68,14 @@ class BudgetGate:
             return result, None
         rid = f"{self.instance_id}:{req.request_id}"
         expected_output = self.estimator.expected(result.outcome.decision.name, req.max_tokens)
-        check = await self.enforcer.reserve(rid, self._lines(instances, req.input_tokens, expected_output, pool))
+        lines = self._lines(instances, req.input_tokens, expected_output, pool)
+        leased = self.leases.take(lines)
+        if leased is not None:  # within this router's leases: admitted without a ledger call
+            for line in leased:
+                self.metrics.budget_outcome(line.instance.name, "admitted")
+            return result, BudgetAdmission(rid, "admitted", None, tuple(leased), pool.pricing)
+        check = await self.enforcer.reserve(rid, lines)
+        self.leases.reserved(check.lines)
         outcome = check.outcome
         if check.outcome == "downgrade":
             assert check.deciding is not None and check.deciding.budget.downgrade_to is not None
@@ -113,10 +122,12 @@ class BudgetGate:
         if not admission.reserved or not admission.lines:
             return None  # admitted unenforced while the ledger was down: nothing was reserved, nothing is counted
         if success and not prompt_tokens and not completion_tokens:
-            lines = list(admission.lines)  # no usage reported: charge what was reserved
+            # no usage reported: charge what was reserved
+            lines = [BudgetLine(ln.instance, ln.units, lease=ln.lease, share=ln.units) for ln in admission.lines]
         else:
             lines = [BudgetLine(ln.instance, amount(ln.instance.budget, prompt_tokens, completion_tokens,
-                                                    admission.pricing)) for ln in admission.lines]
+                                                    admission.pricing), lease=ln.lease, share=ln.units)
+                     for ln in admission.lines]
         done = await self.enforcer.settle(admission.reservation_id, lines, once=True)
         if done.states:
             self._publish([BudgetLine(ln.instance, ln.units, st) for ln, st in zip(lines, done.states, strict=True)])

@@ -11,17 +11,28 @@
 -- use 60 buckets, so the spend of "the last duration" is exact to 1/60 of it.
 -- Amounts are integers (tokens, or nano-units of money). The clock is Redis's own TIME.
 --
--- ARGV[1] = op: "reserve" | "settle" | "settle_once" | "peek"
+-- ARGV[1] = op: "reserve" | "settle" | "settle_once" | "peek" | "grant" | "release"
 --   settle_once: settle, unless the request's settle-once mark (the last key, in the same slot) is already
 --   taken; takes it (for the reservation ttl) in the same atomic step, so exactly one Report of a request,
 --   on any router replica, settles it and learns from it.
--- ARGV[2] = reservation id, ARGV[3] = reservation ttl (ms), ARGV[4] = force_soft (0/1)
--- then per budget i (KEYS[4i-3..4i]): limit, amount, bucket_ms, nbuckets, action
+--   grant: a lease (ARGV[2] is its id) for one router to admit requests from without a call each: up to
+--   `amount`, and at most 1/LEASE_SHARE of what is free, so routers near the limit get less; none when that is
+--   less than `share` (the least worth holding), and every request then reserves on its own again. A lease is a reservation like
+--   any other (held in `res` and `reserved`, charged in full if it expires, i.e. its router died).
+--   release: give back `amount` of a lease (its router's unused part): what stays held is exactly the share of
+--   its requests still in flight, each settled by its Report (below) or charged with the lease when it expires.
+--   grant and release are each done once per lease id, so the client's retry of a dropped call is harmless.
+-- ARGV[2] = reservation (or lease) id, ARGV[3] = reservation ttl (ms), ARGV[4] = force_soft (0/1)
+-- then per budget i (KEYS[4i-3..4i]): limit, amount, bucket_ms, nbuckets, action, lease, share
 --   action: 0 Observe, 1 Downgrade, 2 Reject
--- Returns {status, index, {spent, reserved, limit, window_end_ms, free_at_ms, exhausted}...}
+--   lease, share (settle): the lease the request was admitted from and the share it took; "" and 0 for a
+--   request that reserved on its own. share (grant): the least lease worth granting. A settle releases the request's own reservation, or else its share of the
+--   lease, and records actual usage; neither live (expired, so already charged in full): it does nothing.
+-- Returns {status, index, {spent, reserved, limit, window_end_ms, free_at_ms, exhausted, granted}...}
 --   status: 0 admitted (reserved in every budget), 1 rejected by budget `index`,
---           2 downgrade required by budget `index` (nothing reserved); settle/peek: 0;
+--           2 downgrade required by budget `index` (nothing reserved); settle/peek/grant/release: 0;
 --           settle_once: 0, or 3 (no states) when the request was already settled.
+--   granted: what a grant added to the lease (0 for the other ops).
 
 local op = ARGV[1]
 local rid = ARGV[2]
@@ -39,6 +50,9 @@ local t = redis.call("TIME")
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local n = nkeys / 4
 local EXPIRE_BATCH = 100
+local LEASE_SHARE = 8
+local STRIDE = 7
+local RELEASED = "/released"
 
 local function charge_expired(spend, res, resexp, reserved, cur)
   -- A reservation never settled is charged in full: the request was admitted and probably ran.
@@ -77,12 +91,14 @@ local states = {}
 local verdict, culprit = 0, 0
 for i = 1, n do
   local spend, res, resexp, reserved = KEYS[4 * i - 3], KEYS[4 * i - 2], KEYS[4 * i - 1], KEYS[4 * i]
-  local base = 4 + (i - 1) * 5
+  local base = 4 + (i - 1) * STRIDE
   local limit = tonumber(ARGV[base + 1])
   local amount = tonumber(ARGV[base + 2])
   local bucket_ms = tonumber(ARGV[base + 3])
   local nbuckets = tonumber(ARGV[base + 4])
   local action = tonumber(ARGV[base + 5])
+  local lease = ARGV[base + 6]
+  local share = tonumber(ARGV[base + 7])
   local cur = math.floor(now / bucket_ms)
 
   charge_expired(spend, res, resexp, reserved, cur)
@@ -110,13 +126,31 @@ for i = 1, n do
     end
   end
   states[i] = {spend, res, resexp, reserved, amount, bucket_ms, nbuckets, cur,
-               {spent, held, limit, (cur + 1) * bucket_ms, free_at, exhausted}}
+               {spent, held, limit, (cur + 1) * bucket_ms, free_at, exhausted, 0}, lease, share}
+end
+
+local function release(res, resexp, reserved, id, amt, s)
+  -- Give back up to `amt` of reservation `id` (one that holds nothing any more goes); returns what it still holds.
+  local held = tonumber(redis.call("HGET", res, id) or "0")
+  local give = math.min(amt, held)
+  if give > 0 then
+    redis.call("DECRBY", reserved, give)
+    s[9][2] = s[9][2] - give
+  end
+  if held - give > 0 then
+    redis.call("HINCRBY", res, id, -give)
+  else
+    redis.call("HDEL", res, id)
+    redis.call("ZREM", resexp, id)
+  end
+  return held - give
 end
 
 for i = 1, n do
   local s = states[i]
   local spend, res, resexp, reserved, amount, bucket_ms, nbuckets, cur = s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8]
   local keep = nbuckets * bucket_ms + ttl
+  local lease, share = s[10], s[11]
   if op == "reserve" and verdict == 0 and redis.call("HEXISTS", res, rid) == 0 then
     redis.call("HSET", res, rid, amount)
     redis.call("ZADD", resexp, now + ttl, rid)
@@ -132,6 +166,40 @@ for i = 1, n do
       redis.call("HINCRBY", spend, cur, amount)
       s[9][1] = s[9][1] + amount
       s[9][2] = s[9][2] - tonumber(amt)
+    elseif lease ~= "" then
+      local from = redis.call("HEXISTS", res, lease) == 1 and lease
+                   or redis.call("HEXISTS", res, lease .. RELEASED) == 1 and lease .. RELEASED
+      if from then
+        release(res, resexp, reserved, from, share, s)
+        redis.call("HINCRBY", spend, cur, amount)
+        s[9][1] = s[9][1] + amount
+      end
+    end
+  elseif op == "grant" then
+    -- once per lease id: a retried grant answers what the first one granted
+    local held = redis.call("HGET", res, rid)
+    if held then
+      s[9][7] = tonumber(held)
+    else
+      local free = s[9][3] - s[9][1] - s[9][2]
+      local granted = math.min(amount, math.floor(free / LEASE_SHARE))
+      if granted >= math.max(1, share) then
+        redis.call("HSET", res, rid, granted)
+        redis.call("ZADD", resexp, now + ttl, rid)
+        redis.call("INCRBY", reserved, granted)
+        s[9][2] = s[9][2] + granted
+        s[9][7] = granted
+      end
+    end
+  elseif op == "release" then
+    -- Once per lease: what stays (the share of requests still in flight) moves to `<id>/released`, so a retried
+    -- release finds nothing to give back; it is held until the reservation ttl after the release.
+    local left = release(res, resexp, reserved, rid, amount, s)
+    if left > 0 then
+      redis.call("HDEL", res, rid)
+      redis.call("ZREM", resexp, rid)
+      redis.call("HSET", res, rid .. RELEASED, left)
+      redis.call("ZADD", resexp, now + ttl, rid .. RELEASED)
     end
   end
   if op ~= "peek" then

@@ -51,6 +51,7 @@ class LedgerReply:
     status: int
     culprit: int | None  # index of the budget that rejected or asks for a downgrade
     states: tuple[BudgetState, ...]
+    granted: tuple[int, ...] = ()  # per budget, what a grant added to the lease
 
 
 def key_base(instance: BudgetInstance) -> str:
@@ -87,10 +88,20 @@ class RedisLedger:
         return await self._run("reserve", rid, ttl_ms, lines, force_soft)
 
     async def settle(self, rid: str, ttl_ms: int, lines: list[tuple[BudgetInstance, int]],
-                     once: bool = False) -> LedgerReply:
+                     once: bool = False, via: list[tuple[str, int]] | None = None) -> LedgerReply:
         """once: take the request's settle-once mark in the same atomic call; status DUPLICATE (nothing done)
-        when another Report already took it."""
-        return await self._run("settle_once" if once else "settle", rid, ttl_ms, lines, False)
+        when another Report already took it. via: per line, the lease the request was admitted from and the
+        share it took ("", 0: it reserved on its own)."""
+        return await self._run("settle_once" if once else "settle", rid, ttl_ms, lines, False, via)
+
+    async def grant(self, lease: str, ttl_ms: int, instance: BudgetInstance, want: int, least: int = 1) -> LedgerReply:
+        """Lease up to `want` of a budget instance for this router: less near the limit, nothing when that would be
+        less than `least` (`granted` says)."""
+        return await self._run("grant", lease, ttl_ms, [(instance, want)], False, [("", least)])
+
+    async def release(self, lease: str, ttl_ms: int, instance: BudgetInstance, unused: int) -> LedgerReply:
+        """Give back a lease's unused part; the shares of its requests in flight stay held until they settle."""
+        return await self._run("release", lease, ttl_ms, [(instance, unused)], False)
 
     async def peek(self, instances: list[BudgetInstance]) -> LedgerReply:
         """The standing of budgets of any namespaces: one script call per namespace (one slot each)."""
@@ -110,14 +121,16 @@ class RedisLedger:
         await redisconn.close(self.client)
 
     async def _run(self, op: str, rid: str, ttl_ms: int, lines: list[tuple[BudgetInstance, int]],
-                   force_soft: bool) -> LedgerReply:
+                   force_soft: bool, via: list[tuple[str, int]] | None = None) -> LedgerReply:
         keys: list[str] = []
         args: list[str | int] = [op, rid, ttl_ms, int(force_soft)]
-        for instance, units in lines:
+        for i, (instance, units) in enumerate(lines):
             base = key_base(instance)
             keys += [base + "spend", base + "res", base + "resexp", base + "reserved"]
             bucket_ms, nbuckets = window(instance.budget)
-            args += [limit_units(instance.budget), units, bucket_ms, nbuckets, ACTIONS[instance.budget.action]]
+            lease, share = via[i] if via else ("", 0)
+            args += [limit_units(instance.budget), units, bucket_ms, nbuckets, ACTIONS[instance.budget.action],
+                     lease, share]
         if op == "settle_once":
             keys.append(mark_key(lines[0][0], rid))
         raw = await self.script(keys=keys, args=args)
@@ -127,4 +140,5 @@ class RedisLedger:
             culprit=int(culprit) - 1 if int(culprit) else None,
             states=tuple(BudgetState(int(s[0]), int(s[1]), int(s[2]), int(s[3]), int(s[4]), bool(int(s[5])))
                          for s in states),
+            granted=tuple(int(s[6]) for s in states),
         )

@@ -305,10 +305,12 @@ class RouterCore:
         return await self.pipeline.route(self._snapshot, req, all_signals=True)
 
     async def sweep(self) -> None:
-        """Expire in-flight entries past their TTL and flush queued budget settlements (a background task)."""
+        """Expire in-flight entries past their TTL, give back budget leases past their period and flush queued budget
+        settlements (a background task)."""
         expired = self.ledger.expire()
         if expired:
             self.metrics.expired.inc(expired)
+        self.budgets.leases.sweep()
         await self.budgets.enforcer.flush_pending()
 
     async def sweep_forever(self, interval_s: float) -> None:
@@ -322,7 +324,7 @@ def _ticket(result: RouteResult, admission: BudgetAdmission | None, cache: bool,
     pool = sel.candidate.pool
     budget = None if admission is None else TicketBudget(
         admission.reservation_id, admission.outcome,
-        tuple((ln.instance.name, ln.instance.tenant, ln.units) for ln in admission.lines))
+        tuple((ln.instance.name, ln.instance.tenant, ln.units, ln.lease) for ln in admission.lines))
     bandit = None if result.bandit is None else (result.bandit.context, result.bandit.model)
     return Ticket(
         request_id=result.request.request_id, expires_ms=expires_ms,

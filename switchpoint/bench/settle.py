@@ -32,8 +32,8 @@ SAMPLE = Ticket(request_id="3f1c2a9e-5b7d-4c1e-9a0b-7e6d5c4b3a21", expires_ms=in
                 model="meta-llama/Llama-3.1-8B-Instruct", replica="10.0.3.17:8000", workload="chat/single/decode/cold",
                 pricing=(0.2, 0.6, "USD"),
                 budget=TicketBudget("a1b2c3d4e5f6:3f1c2a9e-5b7d-4c1e-9a0b-7e6d5c4b3a21", "admitted",
-                                    (("default/bench-tenant-tokens", "", 612),
-                                     ("default/every-tenant-spend", "bench", 196_000))))
+                                    (("default/bench-tenant-tokens", "", 612, "a1b2c3d4e5f6:lease:41"),
+                                     ("default/every-tenant-spend", "bench", 196_000, "a1b2c3d4e5f6:lease:42"))))
 
 
 def _p50_us(fn, n: int) -> float:  # type: ignore[no-untyped-def]
