@@ -85,8 +85,9 @@ def test_bench_budgets_prints_the_documented_json():
     out = switchpoint("bench", "budgets", "--config", str(EXAMPLES), "--calls", "30", "--json")
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
-    for key in ("route_p50_ms", "route_p99_ms", "baseline_p50_ms", "baseline_p99_ms"):
+    for key in ("route_p50_ms", "route_p99_ms", "baseline_p50_ms", "baseline_p99_ms", "unleased_p50_ms"):
         assert result[key] > 0
+    assert "added_paired_p50_ms" in result and "unleased_added_p50_ms" in result
     assert 0 <= result["overspend_ratio"] <= result["bound_ratio"] + 1e-9
 
 
