@@ -30,6 +30,7 @@ from switchpoint.router.discovery import NoCredentials, ReplicaDiscovery, router
 from switchpoint.router.frontdoors.extproc.service import ExtProcFrontDoor
 from switchpoint.router.frontdoors.extproc.settings import ExtProcSettings
 from switchpoint.router.frontdoors.grpc_router import SERVICE_NAME, RouterService
+from switchpoint.router.frontdoors.h2grpc import H2GrpcServer
 from switchpoint.router.handoff import Handoff
 from switchpoint.router.inflight import InflightLedger
 from switchpoint.router.metrics import RouterMetrics
@@ -106,7 +107,7 @@ class RouterServer:
         self.extproc_port = extproc_port  # the Envoy ext_proc front door's own port (None: off)
         self.extproc_settings = extproc_settings
         self.extproc: ExtProcFrontDoor | None = None
-        self.extproc_server: grpc.aio.Server | None = None
+        self.extproc_server: H2GrpcServer | None = None
         self.inference: SignalInference | None = None
         self.cache: SemanticCache | None = None
         # Selector pools' replicas come from watching their pods; the client is made on the first selector pool,
@@ -214,10 +215,13 @@ class RouterServer:
         """The Envoy external processing front door on its own port (GIE's pickers use 9002), on the same core."""
         assert self.core is not None and self.extproc_port is not None
         self.extproc = ExtProcFrontDoor(self.core, self.extproc_settings, self.limits)
-        self.extproc_server = grpc.aio.server(options=self.extproc.server_options())
-        self.extproc.add_to_server(self.extproc_server)
-        self.extproc_port = _bind(self.extproc_server, self.host, self.extproc_port, "ext_proc")
-        await self.extproc_server.start()
+        # gRPC on the event loop's own thread (router/frontdoors/h2grpc.py: why not grpcio for this port)
+        self.extproc_server = H2GrpcServer(self.extproc.methods(), 2 * self.extproc.settings.max_request_bytes
+                                           + (1 << 20))
+        try:
+            self.extproc_port = await self.extproc_server.start(self.host, self.extproc_port)
+        except OSError as exc:
+            raise StartError(f"cannot bind the ext_proc port {self.extproc_port} on {self.host}: {exc}") from exc
         await self.extproc.start()
 
     async def _apply(self, snapshot: Snapshot) -> None:

@@ -31,7 +31,7 @@ from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from google.protobuf import struct_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
 
 from switchpoint.router.core.answers import Routed, Settlement
@@ -45,6 +45,7 @@ from switchpoint.router.frontdoors.extproc.openai import (
 )
 from switchpoint.router.frontdoors.extproc.settings import EXTPROC_SERVICE, ExtProcSettings
 from switchpoint.router.frontdoors.extproc.usage import ResponseReader
+from switchpoint.router.frontdoors.h2grpc import Method
 from switchpoint.router.frontdoors.headers import DESTINATION_HEADER
 from switchpoint.router.refusals import InvalidRequest, Refusal
 from switchpoint.router.request import RequestLimits, RouteInput, route_input
@@ -75,17 +76,12 @@ class ExtProcFrontDoor(pb_grpc.ExternalProcessorServicer):
         self.health = HealthServicer()
         self._settling: set[asyncio.Task] = set()  # settlements that outlive the stream that started them
 
-    def add_to_server(self, server: grpc.aio.Server) -> None:
-        """Register the ExternalProcessor service and gRPC health (for "", the service name, liveness and
-        readiness, as GIE's picker answers); call `start` once the server runs."""
-        pb_grpc.add_ExternalProcessorServicer_to_server(self, server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-
-    def server_options(self) -> list[tuple[str, int]]:
-        """gRPC server options this service needs: a BUFFERED body arrives as one message."""
-        return [("grpc.max_receive_message_length", 2 * self.settings.max_request_bytes + (1 << 20)),
-                ("grpc.max_send_message_length", 2 * self.settings.max_request_bytes + (1 << 20)),
-                ("grpc.so_reuseport", 0)]
+    def methods(self) -> dict[str, Method]:
+        """The ExternalProcessor service and gRPC health (for "", the service name, liveness and readiness, as GIE's
+        picker answers), for the port's server (router/frontdoors/h2grpc.py); call `start` once it runs."""
+        return {f"/{EXTPROC_SERVICE}/Process": Method(pb.ProcessingRequest, self.Process, streaming=True),
+                "/grpc.health.v1.Health/Check": Method(health_pb2.HealthCheckRequest, self.health.Check,
+                                                       streaming=False)}
 
     async def start(self) -> None:
         for name in HEALTH_NAMES:

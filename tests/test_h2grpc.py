@@ -1,0 +1,130 @@
+"""The ext_proc port's gRPC server (router/frontdoors/h2grpc.py) against grpcio's own client: streams, unary calls,
+flow control with messages larger than a window, status codes, cancellation and a graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+
+from switchpoint.router.frontdoors.h2grpc import H2GrpcServer, Method
+
+Request, Reply = health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse
+ECHO, FAIL, HEALTH = "/test.Echo/Stream", "/test.Echo/Fail", "/grpc.health.v1.Health/Check"
+LIMIT = 4 << 20
+
+
+class Served:
+    """The server on its own event loop thread, as the router runs it; handlers record what they saw."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.cancelled = threading.Event()
+        self.health = HealthServicer()
+        self.server = H2GrpcServer({
+            ECHO: Method(Request, self.echo, streaming=True),
+            FAIL: Method(Request, self.fail, streaming=True),
+            HEALTH: Method(Request, self.health.Check, streaming=False),
+        }, max_message_bytes=LIMIT)
+
+    async def echo(self, requests, context):  # type: ignore[no-untyped-def]
+        """One answer per request, the service name echoed (and as long)."""
+        try:
+            async for request in requests:
+                if request.service == "slow":
+                    await asyncio.sleep(0.3)
+                yield Reply(status=Reply.SERVING) if request.service == "slow" else Request(service=request.service)
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+
+    async def fail(self, requests, context):  # type: ignore[no-untyped-def]
+        async for _ in requests:
+            raise ValueError("the handler broke")
+        yield Reply()
+
+    def call(self, coro, timeout: float = 10):  # type: ignore[no-untyped-def]
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[Served, grpc.Channel]]:
+    s = Served()
+    s.thread.start()
+    port = s.call(s.server.start("127.0.0.1", 0))
+    s.call(s.health.set("", Reply.SERVING))
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.max_receive_message_length", LIMIT)])
+    try:
+        yield s, channel
+    finally:
+        channel.close()
+        s.call(s.server.stop(1.0))
+        s.loop.call_soon_threadsafe(s.loop.stop)
+        s.thread.join(5)
+
+
+def _stream(channel: grpc.Channel, path: str = ECHO):  # type: ignore[no-untyped-def]
+    return channel.stream_stream(path, request_serializer=Request.SerializeToString,
+                                 response_deserializer=Request.FromString)
+
+
+def test_a_stream_answers_each_message_in_order_and_ends_ok(served):
+    _, channel = served
+    call = _stream(channel)(iter([Request(service=f"m{i}") for i in range(5)]), timeout=5)
+    assert [r.service for r in call] == [f"m{i}" for i in range(5)]
+    assert call.code() == grpc.StatusCode.OK
+
+
+def test_messages_larger_than_the_flow_control_windows_go_both_ways(served):
+    """3 MB each way: over grpcio's 64 KiB stream window, so the server waits for WINDOW_UPDATEs to send."""
+    _, channel = served
+    big = "x" * (3 << 20)
+    [answer] = list(_stream(channel)(iter([Request(service=big)]), timeout=10))
+    assert answer.service == big
+
+
+def test_unary_health_checks_answer_as_grpcs_own_health_service(served):
+    _, channel = served
+    stub = health_pb2_grpc.HealthStub(channel)
+    assert stub.Check(Request(service=""), timeout=5).status == Reply.SERVING
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Check(Request(service="no-such-service"), timeout=5)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize(("path", "message", "code", "fragment"), [
+    ("/test.Echo/Nothing", "hi", grpc.StatusCode.UNIMPLEMENTED, "unknown method /test.Echo/Nothing"),
+    (ECHO, "x" * (LIMIT + 1), grpc.StatusCode.RESOURCE_EXHAUSTED, f"over the limit of {LIMIT}"),
+    (FAIL, "hi", grpc.StatusCode.UNKNOWN, "ValueError: the handler broke"),
+])
+def test_refusals_and_failures_end_the_call_with_a_status_that_names_the_cause(served, path, message, code, fragment):
+    _, channel = served
+    with pytest.raises(grpc.RpcError) as err:
+        list(_stream(channel, path)(iter([Request(service=message)]), timeout=5))
+    assert err.value.code() == code and fragment in (err.value.details() or "")
+
+
+def test_a_client_that_cancels_mid_stream_cancels_the_handler(served):
+    s, channel = served
+    call = _stream(channel)(iter([Request(service="first"), Request(service="slow")]), timeout=5)
+    assert next(call).service == "first"
+    call.cancel()
+    assert s.cancelled.wait(5)
+
+
+def test_a_stop_lets_a_call_in_flight_finish_and_refuses_new_connections(served):
+    s, channel = served
+    call = _stream(channel)(iter([Request(service="first"), Request(service="slow")]), timeout=5)
+    assert next(call).service == "first"  # the call is in flight
+    stopping = asyncio.run_coroutine_threadsafe(s.server.stop(2.0), s.loop)
+    assert [r.service for r in call] == [""]  # the slow answer (a Reply read as a Request: no service)
+    stopping.result(5)
+    with pytest.raises(grpc.RpcError) as err:
+        list(_stream(grpc.insecure_channel(f"127.0.0.1:{s.server.port}"))(iter([Request(service="late")]), timeout=2))
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
