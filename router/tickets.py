@@ -76,8 +76,9 @@ class Ticket:
         tb = None
         if budget is not None:
             res_id, outcome, lines = budget
-            tb = TicketBudget(str(res_id), str(outcome), tuple((str(k), str(t), int(u), str(lease))
-                                                               for k, t, u, lease in lines))
+            # a line without a lease comes from a router of the version before leases (a rolling upgrade)
+            tb = TicketBudget(str(res_id), str(outcome), tuple((str(k), str(t), int(u), str(lease[0]) if lease else "")
+                                                               for k, t, u, *lease in lines))
         return Ticket(str(rid), int(expires), str(policy), str(decision), str(pool), str(model), str(replica),
                       str(prefill), str(workload), (float(pricing[0]), float(pricing[1]), str(pricing[2])), tb,
                       None if bandit is None else (str(bandit[0]), str(bandit[1])), bool(cache))

@@ -53,6 +53,14 @@ def test_a_ticket_round_trips():
     assert signer.open(signer.sign(TICKET), "r-1", now_ms=0) == TICKET
 
 
+def test_a_ticket_from_a_router_before_leases_still_opens():
+    """Budget lines of three fields (no lease) are what a router of the previous version signs: during a rolling
+    upgrade their Reports reach new routers, which settle them as the reservations of their own they are."""
+    raw = TICKET.as_list()
+    raw[10][2] = [line[:3] for line in raw[10][2]]
+    assert Ticket.from_list(raw).budget == TicketBudget("abc:r-1", "admitted", (("default/acme", "", 600, ""),))
+
+
 @given(st.binary(min_size=16, max_size=200), st.text(st.characters(blacklist_categories=("Cs",)), max_size=600))
 def test_the_signature_is_hmac_sha256_truncated(key: bytes, signed: str):
     """The signer's precomputed pads give RFC 2104's HMAC, for keys shorter and longer than SHA-256's block."""
