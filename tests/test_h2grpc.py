@@ -128,3 +128,34 @@ def test_a_stop_lets_a_call_in_flight_finish_and_refuses_new_connections(served)
     with pytest.raises(grpc.RpcError) as err:
         list(_stream(grpc.insecure_channel(f"127.0.0.1:{s.server.port}"))(iter([Request(service="late")]), timeout=2))
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_client_goaway_lets_its_streams_in_flight_finish(served):
+    """Envoy drains an upstream connection with GOAWAY (NO_ERROR) and expects the streams already open to be answered
+    (RFC 9113, 6.8). A raw HTTP/2 client: a slow call, then GOAWAY, then the answer and an OK status still arrive."""
+    import socket
+
+    import h2.config
+    import h2.connection
+    import h2.events
+    import hyperframe.frame
+
+    s, _ = served
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    client.initiate_connection()
+    client.send_headers(1, [(b":method", b"POST"), (b":scheme", b"http"), (b":path", ECHO.encode()),
+                            (b":authority", b"test"), (b"content-type", b"application/grpc"), (b"te", b"trailers")])
+    body = Request(service="slow").SerializeToString()
+    client.send_data(1, len(body).to_bytes(5, "big") + body, end_stream=True)
+    goaway = hyperframe.frame.GoAwayFrame(0)
+    goaway.last_stream_id = 0  # the client opened no server push: NO_ERROR, nothing of ours to refuse
+    with socket.create_connection(("127.0.0.1", s.server.port), timeout=5) as sock:
+        sock.sendall(client.data_to_send() + goaway.serialize())
+        events: list = []
+        while not any(isinstance(e, h2.events.StreamEnded) for e in events):
+            data = sock.recv(65_536)
+            assert data, f"the server closed the connection before answering: {events}"
+            events += client.receive_data(data)
+    answer = b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived))
+    trailers = dict(next(e.headers for e in events if isinstance(e, h2.events.TrailersReceived)))
+    assert Reply.FromString(answer[5:]).status == Reply.SERVING and trailers[b"grpc-status"] == b"0"

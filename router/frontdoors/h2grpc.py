@@ -155,6 +155,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, _Stream] = {}
         self._window_open = asyncio.Event()
+        self._draining = False  # the client sent GOAWAY: its open streams finish, then the connection closes
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
 
@@ -209,10 +210,19 @@ class _Connection(asyncio.Protocol):
             stream = self.streams.pop(event.stream_id, None)
             if stream is not None and stream.task is not None:
                 stream.task.cancel()
+            self._close_if_drained()
         elif isinstance(event, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
             self._window_open.set()
         elif isinstance(event, h2.events.ConnectionTerminated):
-            self.abort()
+            # Envoy drains a connection with GOAWAY (NO_ERROR): the streams in flight still finish. h2 closes its
+            # connection state machine on any GOAWAY received, which would refuse their answers (RFC 9113 6.8 lets
+            # them finish), so it is reopened; the connection closes once they are done.
+            self._draining = True
+            if event.error_code:
+                self.abort()
+            else:
+                self.h2.state_machine.state = h2.connection.ConnectionState.SERVER_OPEN
+            self._close_if_drained()
 
     def _request(self, event: h2.events.RequestReceived) -> None:
         headers = {bytes(k): bytes(v) for k, v in event.headers or ()}
@@ -241,7 +251,10 @@ class _Connection(asyncio.Protocol):
                 self._window_open.clear()
                 await self._window_open.wait()
                 continue
-            self.h2.send_data(stream.id, view[:room].tobytes())
+            try:
+                self.h2.send_data(stream.id, view[:room].tobytes())
+            except h2.exceptions.ProtocolError:
+                raise asyncio.CancelledError from None  # the stream or the connection closed under us
             view = view[room:]
             self._flush()
 
@@ -258,9 +271,14 @@ class _Connection(asyncio.Protocol):
             else:
                 self.h2.send_headers(stream.id, [(b":status", b"200"), (b"content-type", b"application/grpc"),
                                                  *status], end_stream=True)
-        except h2.exceptions.StreamClosedError:
+        except h2.exceptions.ProtocolError:  # the stream or the connection closed under us
             return
         self._flush()
+        self._close_if_drained()
+
+    def _close_if_drained(self) -> None:
+        if self._draining and not self.streams:
+            self.abort()
 
     def _headers(self, stream: _Stream) -> None:
         if not stream.headers_sent:
