@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -15,7 +16,8 @@ from grpc_health.v1._async import HealthServicer
 from switchpoint.router.frontdoors.h2grpc import H2GrpcServer, Method
 
 Request, Reply = health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse
-ECHO, FAIL, HEALTH = "/test.Echo/Stream", "/test.Echo/Fail", "/grpc.health.v1.Health/Check"
+ECHO, BIG, FAIL, HEALTH = "/test.Echo/Stream", "/test.Echo/Big", "/test.Echo/Fail", "/grpc.health.v1.Health/Check"
+BIG_ANSWER = Request(service="y" * (3 << 20))
 LIMIT = 4 << 20
 
 
@@ -26,9 +28,11 @@ class Served:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.cancelled = threading.Event()
+        self.answered = 0  # answers the echo handler has produced
         self.health = HealthServicer()
         self.server = H2GrpcServer({
             ECHO: Method(Request, self.echo, streaming=True),
+            BIG: Method(Request, self.big, streaming=True),
             FAIL: Method(Request, self.fail, streaming=True),
             HEALTH: Method(Request, self.health.Check, streaming=False),
         }, max_message_bytes=LIMIT)
@@ -39,10 +43,17 @@ class Served:
             async for request in requests:
                 if request.service == "slow":
                     await asyncio.sleep(0.3)
+                self.answered += 1
                 yield Reply(status=Reply.SERVING) if request.service == "slow" else Request(service=request.service)
         except asyncio.CancelledError:
             self.cancelled.set()
             raise
+
+    async def big(self, requests, context):  # type: ignore[no-untyped-def]
+        """A 3 MB answer to each request."""
+        async for _ in requests:
+            self.answered += 1
+            yield BIG_ANSWER
 
     async def fail(self, requests, context):  # type: ignore[no-untyped-def]
         async for _ in requests:
@@ -159,3 +170,51 @@ def test_a_client_goaway_lets_its_streams_in_flight_finish(served):
     answer = b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived))
     trailers = dict(next(e.headers for e in events if isinstance(e, h2.events.TrailersReceived)))
     assert Reply.FromString(answer[5:]).status == Reply.SERVING and trailers[b"grpc-status"] == b"0"
+
+
+def _raw_client(path: str):  # type: ignore[no-untyped-def]
+    """An HTTP/2 client that lets the server send as much as it likes (the largest windows): what bounds the
+    server's writes is then only the socket, not flow control."""
+    import h2.config
+    import h2.connection
+    import h2.settings
+
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    client.initiate_connection()
+    client.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 2**31 - 1})
+    client.increment_flow_control_window(2**31 - 1 - 65_535)
+    client.send_headers(1, [(b":method", b"POST"), (b":scheme", b"http"), (b":path", path.encode()),
+                            (b":authority", b"test"), (b"content-type", b"application/grpc"), (b"te", b"trailers")])
+    return client
+
+
+def test_a_client_that_stops_reading_holds_the_handler_back_and_loses_nothing(served):
+    """Ten 3 MB answers to a client that reads none of them for a while: the handler waits for the socket instead of
+    piling the answers up in the process; once the client reads, all ten arrive."""
+    import socket
+
+    import h2.events
+
+    s, _ = served
+    client = _raw_client(BIG)
+    small = Request(service="more").SerializeToString()
+    big = BIG_ANSWER.SerializeToString()
+    with socket.create_connection(("127.0.0.1", s.server.port), timeout=10) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+        for i in range(10):
+            client.send_data(1, len(small).to_bytes(5, "big") + small, end_stream=i == 9)
+        sock.sendall(client.data_to_send())
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline and s.answered < 10:
+            time.sleep(0.05)
+        held = s.answered
+        answers, ended = 0, False
+        while not ended:
+            data = sock.recv(1 << 20)
+            assert data, "the server closed the connection"
+            for event in client.receive_data(data):
+                if isinstance(event, h2.events.DataReceived):
+                    answers += len(event.data)
+                ended = ended or isinstance(event, h2.events.StreamEnded)
+    assert held <= 4, f"{held} answers produced while the client read nothing"
+    assert answers == 10 * (5 + len(big))

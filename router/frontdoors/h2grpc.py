@@ -156,6 +156,8 @@ class _Connection(asyncio.Protocol):
         self.streams: dict[int, _Stream] = {}
         self._window_open = asyncio.Event()
         self._draining = False  # the client sent GOAWAY: its open streams finish, then the connection closes
+        self._writable = asyncio.Event()  # cleared while the transport's buffer is over its high-water mark
+        self._writable.set()
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
 
@@ -183,13 +185,21 @@ class _Connection(asyncio.Protocol):
             self._dispatch(event)
         self._flush()
 
+    def pause_writing(self) -> None:
+        """The client stopped reading and the socket's buffer filled: handlers wait before sending more."""
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.server._connections.discard(self)
         for stream in list(self.streams.values()):
             if stream.task is not None:
                 stream.task.cancel()
         self.streams.clear()
-        self._window_open.set()  # writers waiting for a window learn the connection is gone
+        self._window_open.set()  # writers waiting for a window or a buffer learn the connection is gone
+        self._writable.set()
 
     # -- events ----------------------------------------------------------------------------------
 
@@ -241,6 +251,8 @@ class _Connection(asyncio.Protocol):
     # -- writing ---------------------------------------------------------------------------------
 
     async def write(self, stream: _Stream, frame: bytes) -> None:
+        if not self._writable.is_set():
+            await self._writable.wait()
         self._headers(stream)
         view = memoryview(frame)
         while view:
