@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 
 from redis.exceptions import RedisError
 
@@ -41,6 +42,8 @@ from switchpoint.router.budget.scope import BudgetInstance
 from switchpoint.router.frozen import frozen
 
 log = logging.getLogger("switchpoint.router.budget")
+
+LedgerCall = Callable[[RedisLedger], Awaitable[LedgerReply]]
 
 
 @frozen
@@ -83,8 +86,8 @@ class BudgetEnforcer:
         self.breaker_s = breaker_s
         self._down_until = 0.0
         self.store_errors = 0
-        self.pending: deque[tuple[str, list[BudgetLine], bool]] = deque(maxlen=self.MAX_PENDING)
-        self.releases: deque[tuple[str, BudgetInstance, int]] = deque(maxlen=self.MAX_PENDING)  # lease, unused
+        # ledger calls to make once it answers again: settlements, orphaned reservations' and leases' releases
+        self.pending: deque[LedgerCall] = deque(maxlen=self.MAX_PENDING)
 
     @property
     def store_up(self) -> bool:
@@ -98,7 +101,7 @@ class BudgetEnforcer:
                 rid, self.ttl_ms, [(ln.instance, ln.units) for ln in lines], force_soft))
         except _StoreDown as down:
             if down.attempted:
-                self.pending.append((rid, [BudgetLine(ln.instance, 0) for ln in lines], False))
+                self.pending.append(self._settle_call(rid, [BudgetLine(ln.instance, 0) for ln in lines]))
             return self._unreachable(lines)
         with_state = tuple(BudgetLine(ln.instance, ln.units, st) for ln, st in zip(lines, reply.states, strict=True))
         if reply.status == ADMITTED:
@@ -114,10 +117,11 @@ class BudgetEnforcer:
         if not lines:
             return Settlement(())
         await self.flush_pending()
+        call = self._settle_call(rid, lines, once)
         try:
-            reply = await self._settle(rid, lines, once)
+            reply = await self._call(call)
         except _StoreDown:
-            self.pending.append((rid, lines, once))
+            self.pending.append(call)
             log.warning("budget settle for %s queued: ledger unreachable (%d waiting)", rid, len(self.pending))
             return Settlement(None)
         if reply.status == DUPLICATE:
@@ -132,40 +136,32 @@ class BudgetEnforcer:
             reply = await self._call(lambda ledger: ledger.grant(lease, self.ttl_ms, instance, want, least))
         except _StoreDown as down:
             if down.attempted:
-                self.releases.append((lease, instance, want))
+                self.pending.append(lambda ledger: ledger.release(lease, self.ttl_ms, instance, want))
             return None
         return reply.granted[0], reply.states[0]
 
     async def release(self, lease: str, instance: BudgetInstance, unused: int) -> None:
         """Give back a lease's unused part (queued while the ledger is unreachable)."""
-        self.releases.append((lease, instance, unused))
+        self.pending.append(lambda ledger: ledger.release(lease, self.ttl_ms, instance, unused))
         await self.flush_pending()
 
     async def flush_pending(self) -> int:
-        """Give back queued lease remainders and settle queued Reports while the ledger answers; returns how many
-        Reports were settled."""
-        while self.releases and self.store_up:
-            item = self.releases.popleft()  # taken before awaiting, as below
-            try:
-                await self._call(lambda ledger, item=item: ledger.release(item[0], self.ttl_ms, *item[1:]))
-            except _StoreDown:
-                self.releases.appendleft(item)
-                break
+        """Make the queued ledger calls while the ledger answers; returns how many were made."""
         done = 0
         while self.pending and self.store_up:
-            item = self.pending.popleft()  # taken before awaiting: concurrent flushers take different items
+            call = self.pending.popleft()  # taken before awaiting: concurrent flushers take different calls
             try:
-                await self._settle(*item)
+                await self._call(call)
             except _StoreDown:
-                self.pending.appendleft(item)
+                self.pending.appendleft(call)
                 break
             done += 1
         return done
 
-    async def _settle(self, rid: str, lines: list[BudgetLine], once: bool = False) -> LedgerReply:
+    def _settle_call(self, rid: str, lines: list[BudgetLine], once: bool = False) -> LedgerCall:
         units = [(ln.instance, ln.units) for ln in lines]
-        via = [(ln.lease, ln.share) for ln in lines] if any(ln.lease for ln in lines) else None
-        return await self._call(lambda ledger: ledger.settle(rid, self.ttl_ms, units, once, via))
+        via = [(ln.lease, ln.share) for ln in lines]
+        return lambda ledger: ledger.settle(rid, self.ttl_ms, units, once, via)
 
     async def peek(self, instances: list[BudgetInstance]) -> tuple[BudgetState, ...] | None:
         if not instances:
@@ -175,7 +171,7 @@ class BudgetEnforcer:
         except _StoreDown:
             return None
 
-    async def _call(self, op):  # type: ignore[no-untyped-def]
+    async def _call(self, op: LedgerCall) -> LedgerReply:
         if not self.store_up:
             raise _StoreDown(attempted=False)
         assert self.ledger is not None

@@ -30,11 +30,11 @@ log = logging.getLogger("switchpoint.router.h2grpc")
 
 WINDOW = 1 << 24  # bytes Envoy may send ahead on the connection and on each stream
 HEADER = 5  # a gRPC message's prefix: compressed flag, 4-byte big-endian length
-OK, CANCELLED, UNKNOWN, RESOURCE_EXHAUSTED, UNIMPLEMENTED, INTERNAL = 0, 1, 2, 8, 12, 13
+RESPONSE_HEADERS = [(b":status", b"200"), (b"content-type", b"application/grpc")]
 
 
 class GrpcError(Exception):
-    def __init__(self, code: int, message: str = ""):
+    def __init__(self, code: grpc.StatusCode, message: str = ""):
         super().__init__(message)
         self.code = code
         self.message = message
@@ -44,7 +44,7 @@ class Context:
     """The part of grpc.aio's ServicerContext the handlers here use."""
 
     async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
-        raise GrpcError(code.value[0], details)
+        raise GrpcError(code, details)
 
 
 @dataclass(frozen=True)
@@ -99,11 +99,12 @@ class _Stream:
         self.pending += data
         while len(self.pending) >= HEADER:
             if self.pending[0]:
-                self.error = GrpcError(UNIMPLEMENTED, "compressed messages are not accepted")
+                self.error = GrpcError(grpc.StatusCode.UNIMPLEMENTED, "compressed messages are not accepted")
             size = int.from_bytes(self.pending[1:HEADER], "big")
-            if size > self.conn.server.max_message_bytes:
-                self.error = GrpcError(RESOURCE_EXHAUSTED, f"message of {size} bytes over the limit of "
-                                                           f"{self.conn.server.max_message_bytes}")
+            limit = self.conn.server.max_message_bytes
+            if size > limit:
+                self.error = GrpcError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                       f"message of {size} bytes over the limit of {limit}")
             if self.error is not None:
                 self.pending.clear()
                 self.inbox.put_nowait(None)
@@ -132,16 +133,16 @@ class _Stream:
             else:
                 raw = await self.inbox.get()
                 if raw is None:
-                    raise self.error or GrpcError(INTERNAL, "a unary call without its request message")
+                    raise self.error or GrpcError(grpc.StatusCode.INTERNAL, "a unary call without its request message")
                 await self.send(await self.method.handler(self.method.request.FromString(raw), context))
-            self.conn.end(self, OK, "")
+            self.conn.end(self, grpc.StatusCode.OK, "")
         except GrpcError as exc:
             self.conn.end(self, exc.code, exc.message)
         except asyncio.CancelledError:
             return  # the client reset the stream or went away: nothing more to send
         except Exception as exc:
             log.exception("gRPC handler failed")
-            self.conn.end(self, UNKNOWN, f"{type(exc).__name__}: {exc}")
+            self.conn.end(self, grpc.StatusCode.UNKNOWN, f"{type(exc).__name__}: {exc}")
 
     async def send(self, message: Any) -> None:
         data = message.SerializeToString()
@@ -239,9 +240,8 @@ class _Connection(asyncio.Protocol):
         path = headers.get(b":path", b"").decode("latin-1")
         method = self.server.methods.get(path)
         if method is None or headers.get(b":method") != b"POST":
-            self.h2.send_headers(event.stream_id, [(b":status", b"200"), (b"content-type", b"application/grpc"),
-                                                   (b"grpc-status", str(UNIMPLEMENTED).encode()),
-                                                   (b"grpc-message", f"unknown method {path}".encode())],
+            self.h2.send_headers(event.stream_id, [*RESPONSE_HEADERS, *_status(grpc.StatusCode.UNIMPLEMENTED,
+                                                                                 f"unknown method {path}")],
                                  end_stream=True)
             return
         stream = _Stream(self, event.stream_id, method)
@@ -270,19 +270,14 @@ class _Connection(asyncio.Protocol):
             view = view[room:]
             self._flush()
 
-    def end(self, stream: _Stream, code: int, message: str) -> None:
+    def end(self, stream: _Stream, code: grpc.StatusCode, message: str) -> None:
         """Trailers with the call's status (a trailers-only response when nothing was sent), and the stream is done."""
         if self.streams.pop(stream.id, None) is None:
             return
-        status = [(b"grpc-status", str(code).encode())]
-        if message:
-            status.append((b"grpc-message", _percent(message)))
+        status = _status(code, message)
         try:
-            if stream.headers_sent:
-                self.h2.send_headers(stream.id, status, end_stream=True)
-            else:
-                self.h2.send_headers(stream.id, [(b":status", b"200"), (b"content-type", b"application/grpc"),
-                                                 *status], end_stream=True)
+            self.h2.send_headers(stream.id, status if stream.headers_sent else [*RESPONSE_HEADERS, *status],
+                                 end_stream=True)
         except h2.exceptions.ProtocolError:  # the stream or the connection closed under us
             return
         self._flush()
@@ -294,7 +289,7 @@ class _Connection(asyncio.Protocol):
 
     def _headers(self, stream: _Stream) -> None:
         if not stream.headers_sent:
-            self.h2.send_headers(stream.id, [(b":status", b"200"), (b"content-type", b"application/grpc")])
+            self.h2.send_headers(stream.id, RESPONSE_HEADERS)
             stream.headers_sent = True
 
     def _flush(self) -> None:
@@ -323,8 +318,13 @@ class _Connection(asyncio.Protocol):
             self.transport.close()
 
 
+def _status(code: grpc.StatusCode, message: str) -> list[tuple[bytes, bytes]]:
+    status = [(b"grpc-status", str(code.value[0]).encode())]
+    return [*status, (b"grpc-message", _percent(message))] if message else status
+
+
 def _percent(message: str) -> bytes:
-    """grpc-message is percent-encoded UTF-8 (gRPC over HTTP/2: printable ASCII but '%' stays as it is)."""
+    """grpc-message is percent-encoded UTF-8 (gRPC over HTTP/2): printable ASCII but '%' as it is, the rest escaped."""
     out = bytearray()
     for byte in message.encode("utf-8"):
         out += bytes([byte]) if 0x20 <= byte <= 0x7E and byte != 0x25 else f"%{byte:02X}".encode()
