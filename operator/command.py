@@ -59,8 +59,13 @@ async def serve_with(connection: Connection, args: argparse.Namespace, stop: asy
     from switchpoint.operator.reconciler import Reconciler
     from switchpoint.operator.settings import load_settings
 
+    try:
+        settings = load_settings(args.router_settings)
+    except ValueError as exc:
+        log.error("switchpoint operator: cannot start: %s (%s)", exc, args.router_settings)
+        return 2
     api = KubeApi(connection)
-    reconciler = Reconciler(api, load_settings(args.router_settings), nudge=args.nudge, resync_s=args.resync_seconds,
+    reconciler = Reconciler(api, settings, nudge=args.nudge, resync_s=args.resync_seconds,
                             debounce_s=args.debounce_seconds)
     registry = kopf.OperatorRegistry()
     register(registry, reconciler, connection)

@@ -57,6 +57,8 @@ def config_map(policy: dict[str, Any], config_yaml: str, digest: str) -> dict[st
 def router_args(settings: RouterSettings) -> list[str]:
     args = ["--log-level", settings.log_level, "router", "--config", CONFIG_MOUNT, "--host", "0.0.0.0",
             "--port", str(GRPC_PORT), "--metrics-port", str(METRICS_PORT)]
+    if not settings.budget_leases:
+        args.append("--no-budget-leases")
     if settings.otlp_endpoint:
         args += ["--otlp-endpoint", settings.otlp_endpoint]
     return args

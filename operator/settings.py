@@ -44,6 +44,7 @@ class RouterSettings:
     settle_key_secret: dict[str, str] | None = None
     otlp_endpoint: str | None = None
     log_level: str = "info"
+    budget_leases: bool = True  # False: the routers run with --no-budget-leases
     image_pull_secrets: tuple[str, ...] = ()
     node_selector: dict[str, str] = field(default_factory=dict)
     tolerations: tuple[dict[str, Any], ...] = ()
@@ -77,10 +78,18 @@ def settings_from_dict(raw: dict[str, Any]) -> RouterSettings:
         settle_key_secret=raw.get("settleKey") or None,
         otlp_endpoint=raw.get("otlpEndpoint") or None,
         log_level=raw.get("logLevel") or defaults.log_level,
+        budget_leases=_flag(raw, "budgetLeases", defaults.budget_leases),
         image_pull_secrets=tuple(raw.get("imagePullSecrets") or ()),
         node_selector=dict(raw.get("nodeSelector") or {}),
         tolerations=tuple(raw.get("tolerations") or ()),
     )
+
+
+def _flag(raw: dict[str, Any], key: str, default: bool) -> bool:
+    value = raw.get(key, default)
+    if not isinstance(value, bool):
+        raise ValueError(f"router settings: {key} must be true or false, got {value!r}")
+    return value
 
 
 def for_policy(defaults: RouterSettings, annotations: dict[str, str]) -> tuple[RouterSettings, list[tuple[str, str]]]:

@@ -68,6 +68,7 @@ autoscaling:
 resources:
   {{- toYaml .Values.router.resources | nindent 2 }}
 logLevel: {{ .Values.router.logLevel }}
+budgetLeases: {{ .Values.router.budgetLeases }}
 redis:
   url: {{ include "switchpoint.redisUrl" . | quote }}
   {{- if .Values.redis.existingSecret.name }}
