@@ -1,13 +1,16 @@
 """Killing a router loses nothing: `kill -9` one of two router processes mid-load and count the reservations.
 
-Two `switchpoint router` processes share one real Redis and one settle key, with a short in-flight TTL (3 s,
-so reservations expire after 6 s). Frontends alternate their Routes between the two and hold each request
-open a little before Reporting to the other router; a few requests routed by the victim are never reported
-(their frontend "died" with it). Mid-load, router A gets SIGKILL. Then:
+Two `switchpoint router` processes share one real Redis and one settle key, with a short in-flight TTL: 3 s, so
+reservations expire after 6 s and the routers reserve every request on its own (a lease needs >= 10 s); or 5 s, so
+they expire after 10 s and most requests are admitted from the routers' budget leases. Frontends alternate their
+Routes between the two and hold each request open a little before Reporting to the other router; a few requests
+routed by the victim are never reported (their frontend "died" with it). Mid-load, router A gets SIGKILL. Then:
 
 * every request A routed that was still open when it died is settled by its Report on B (with the ticket);
 * once the Reports are in, the only reservations held are those never reported, to the unit;
-* after their TTL, none is held, and each was charged in full once: spend = reported usage + their amounts.
+* after their TTL, none is held, and each was charged in full once: spend = reported usage + their amounts
+  (with leases, + what was left of the lease A held when it died: up to LEASE_REQUESTS requests' worth, charged when
+  it expires, as a reservation never reported is).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import grpc
 import pytest
 
 from switchpoint.localproc import RouterProcess
+from switchpoint.router.budget.lease import LEASE_PERIOD_S, LEASE_REQUESTS
+from switchpoint.router.tickets import TicketSigner
 from switchpoint.v1 import router_pb2, router_pb2_grpc
 
 BUDGET = """
@@ -32,8 +37,7 @@ spec:
   window: {duration: 1h}
   limit: {tokens: 1000000000}
 """
-TTL_S = 3.0
-RESERVATION_TTL_S = 2 * TTL_S  # server.reservation_ttl_s: the TTL + min(60 s, the TTL)
+SETTLE_KEY = "the-kill-test-settle-key-0123"
 MAX_RESERVATION = 100  # tokens: a short prompt's estimate + max_tokens <= 60
 
 
@@ -46,6 +50,7 @@ class Tally:
     open_on_a: int = 0  # requests routed by A and not yet Reported, right now
     settled_after_kill: int = 0  # of those, settled by their Report on B
     routed: dict[str, int] = field(default_factory=lambda: {"a": 0, "b": 0})
+    leased: dict[str, int] = field(default_factory=lambda: {"a": 0, "b": 0})  # of those, admitted from a lease
     errors: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -53,6 +58,7 @@ class Tally:
 def frontend(stubs: dict[str, router_pb2_grpc.RouterStub], alive: dict[str, bool], killed: threading.Event,
              stop: threading.Event, tally: Tally, seed: int) -> None:
     rng = random.Random(seed)
+    signer = TicketSigner(SETTLE_KEY.encode())
     i = 0
     while not stop.is_set():
         i += 1
@@ -68,8 +74,10 @@ def frontend(stubs: dict[str, router_pb2_grpc.RouterStub], alive: dict[str, bool
                 continue
             tally.errors.append(f"Route on {name}: {exc.code()} {exc.details()}")
             return
+        ticket = signer.open(d.ticket, d.request_id).budget
         with tally.lock:
             tally.routed[name] += 1
+            tally.leased[name] += ticket is not None and bool(ticket.lines[0][3])
         reserved = int(d.budget.budgets[0].request)
         if name == "a" and rng.random() < 0.1:  # this frontend never reports (it died with the router)
             with tally.lock:
@@ -114,9 +122,12 @@ def kill_config(config_dir):
     return config_dir
 
 
-def test_killing_a_router_mid_load_loses_no_reservation(kill_config, redis_server, monkeypatch):
-    monkeypatch.setenv("SWITCHPOINT_SETTLE_KEY", "the-kill-test-settle-key-0123")
-    monkeypatch.setenv("SWITCHPOINT_INFLIGHT_TTL_S", str(TTL_S))
+@pytest.mark.parametrize("ttl_s", [3.0, 5.0], ids=["reservations", "leases"])
+def test_killing_a_router_mid_load_loses_no_reservation(kill_config, redis_server, monkeypatch, ttl_s):
+    reservation_ttl_s = 2 * ttl_s  # server.reservation_ttl_s: the TTL + min(60 s, the TTL)
+    leases = reservation_ttl_s >= 10
+    monkeypatch.setenv("SWITCHPOINT_SETTLE_KEY", SETTLE_KEY)
+    monkeypatch.setenv("SWITCHPOINT_INFLIGHT_TTL_S", str(ttl_s))
     tally = Tally()
     with RouterProcess([kill_config], metrics=False, extra=["--redis", redis_server.url, "--peer-channel", ""]) as a, \
             RouterProcess([kill_config], metrics=False, extra=["--redis", redis_server.url, "--peer-channel", ""]) as b:
@@ -145,12 +156,19 @@ def test_killing_a_router_mid_load_loses_no_reservation(kill_config, redis_serve
         assert tally.open_at_kill > 0, "no request of the killed router was open when it died: the test proves nothing"
         assert tally.settled_after_kill == tally.open_at_kill
         assert tally.unreported > 0
+        # leases or none, as the TTL says (a lease's grant is 1/8 of what is free and the limit is large: A's Routes
+        # after the first few of each period come from leases)
+        assert (tally.leased["a"] > tally.routed["a"] // 2) if leases else (tally.leased == {"a": 0, "b": 0})
+        if leases:
+            time.sleep(LEASE_PERIOD_S + 0.5)  # B gives its own last lease's unused part back
         # every Report settled; what else is held (or, past its TTL, charged) is the never-reported requests'
-        # reservations, and those of Routes A made but could not answer (at most MAX_RESERVATION each)
+        # reservations, those of Routes A made but could not answer (at most MAX_RESERVATION each), and with
+        # leases what was left of the lease A held (at most LEASE_REQUESTS requests' worth)
         counted = tally.reported + tally.unreported
         spent, held = standing(stubs["b"])
-        assert counted <= spent + held <= counted + tally.lost_routes * MAX_RESERVATION
-        time.sleep(max(0.0, last_route + RESERVATION_TTL_S + 0.5 - time.monotonic()))
+        slack = tally.lost_routes * MAX_RESERVATION + (LEASE_REQUESTS * MAX_RESERVATION if leases else 0)
+        assert counted <= spent + held <= counted + slack
+        time.sleep(max(0.0, last_route + reservation_ttl_s + 0.5 - time.monotonic()))
         after, reserved = standing(stubs["b"])
         assert reserved == 0, "a reservation was held past its TTL"
         assert after == spent + held  # each held reservation charged once, in full
