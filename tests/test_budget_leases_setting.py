@@ -3,43 +3,28 @@ picker's) as --no-budget-leases, with the real helm binary; a value that is not 
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
-import yaml
 
 from switchpoint.cli import _parser
 from switchpoint.operator.objects import router_args
 from switchpoint.operator.settings import settings_from_dict
-from tests.conftest import ROOT
-
-CHART = ROOT / "charts" / "switchpoint"
-HELM = ROOT / ".venv" / "bin" / "helm"
+from tests.test_chart import HELM, find, render, router_settings
 
 pytestmark = pytest.mark.skipif(not HELM.exists(), reason="helm not installed (make test installs it)")
+PICKER = {"endpointPicker": {"enabled": True, "policy": "auto"}}
 
 
-def rendered(*sets: str) -> list[dict]:
-    args = [str(HELM), "template", "sp", str(CHART), "--namespace", "default",
-            "--set", "endpointPicker.enabled=true", "--set", "endpointPicker.policy=auto"]
-    for s in sets:
-        args += ["--set", s]
-    done = subprocess.run(args, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    return [d for d in yaml.safe_load_all(done.stdout) if d]
-
-
-@pytest.mark.parametrize(("sets", "leases"), [((), True), (("router.budgetLeases=true",), True),
-                                               (("router.budgetLeases=false",), False)])
-def test_the_value_reaches_operator_and_picker_routers(sets: tuple[str, ...], leases: bool) -> None:
-    objects = rendered(*sets)
-    config_map = next(o for o in objects if o["kind"] == "ConfigMap"
-                      and o["metadata"]["name"] == "sp-switchpoint-router-settings")
-    settings = settings_from_dict(yaml.safe_load(config_map["data"]["router-settings.yaml"]))
+@pytest.mark.parametrize(("values", "leases"), [({}, True), ({"router": {"budgetLeases": True}}, True),
+                                                 ({"router": {"budgetLeases": False}}, False)])
+def test_the_value_reaches_operator_and_picker_routers(tmp_path: Path, values: dict[str, Any], leases: bool) -> None:
+    objects = render(tmp_path, PICKER | values)
+    settings = settings_from_dict(router_settings(objects))
     assert settings.budget_leases is leases
     assert ("--no-budget-leases" in router_args(settings)) is not leases
-    picker = next(o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"].endswith("-picker"))
+    picker = next(o for o in find(objects, "Deployment") if o["metadata"]["name"].endswith("-picker"))
     args = picker["spec"]["template"]["spec"]["containers"][0]["args"]
     assert ("--no-budget-leases" in args) is not leases
     assert _parser().parse_args(args).budget_leases is leases  # a flag of the router command, where it stands

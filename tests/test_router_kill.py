@@ -24,7 +24,8 @@ import grpc
 import pytest
 
 from switchpoint.localproc import RouterProcess
-from switchpoint.router.budget.lease import LEASE_PERIOD_S, LEASE_REQUESTS
+from switchpoint.router.budget.lease import LEASE_PERIOD_S, LEASE_REQUESTS, leases_allowed
+from switchpoint.router.server import reservation_ttl_s as reservation_ttl_of
 from switchpoint.router.tickets import TicketSigner
 from switchpoint.v1 import router_pb2, router_pb2_grpc
 
@@ -124,8 +125,8 @@ def kill_config(config_dir):
 
 @pytest.mark.parametrize("ttl_s", [3.0, 5.0], ids=["reservations", "leases"])
 def test_killing_a_router_mid_load_loses_no_reservation(kill_config, redis_server, monkeypatch, ttl_s):
-    reservation_ttl_s = 2 * ttl_s  # server.reservation_ttl_s: the TTL + min(60 s, the TTL)
-    leases = reservation_ttl_s >= 10
+    reservation_ttl_s = reservation_ttl_of(ttl_s)
+    leases = leases_allowed(reservation_ttl_s)
     monkeypatch.setenv("SWITCHPOINT_SETTLE_KEY", SETTLE_KEY)
     monkeypatch.setenv("SWITCHPOINT_INFLIGHT_TTL_S", str(ttl_s))
     tally = Tally()

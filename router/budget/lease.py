@@ -41,6 +41,12 @@ REFILL_AT = 0.25  # with less than this fraction of a lease left, the next one i
 MIN_MARGIN_S = 8.0  # leases only when the reservation ttl leaves this long after a lease's period to give it back
 
 
+def leases_allowed(reservation_ttl_s: float) -> bool:
+    """Whether a lease can be given back well before the ledger would charge it as expired (its ttl: the
+    reservations')."""
+    return reservation_ttl_s >= LEASE_PERIOD_S + MIN_MARGIN_S
+
+
 @dataclass
 class Lease:
     id: str
@@ -60,8 +66,7 @@ class LeaseBook:
     def __init__(self, enforcer: BudgetEnforcer, owner: str, clock: Callable[[], float] = time.monotonic,
                  enabled: bool = True):
         self.enforcer = enforcer
-        # a lease must be given back well before the ledger would charge it as expired (its ttl: the reservations')
-        self.enabled = enabled and enforcer.ttl_ms / 1000 >= LEASE_PERIOD_S + MIN_MARGIN_S
+        self.enabled = enabled and leases_allowed(enforcer.ttl_ms / 1000)
         self.owner = owner  # this router's id: lease ids never collide across routers
         self.clock = clock
         self.leases: dict[BudgetInstance, Lease] = {}
