@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -136,7 +137,7 @@ def test_the_selector_knows_only_the_train_rows(data):
 def test_a_short_run_places_every_request_and_spills_nothing_when_idle(data):
     scenario = _scenario("--rate", "2", "--seconds", "10")
     preparer = Preparer(ModelBank(), SelectorBank())
-    snapshots = joint.prepare_snapshots(preparer, scenario, data, data.token_ratio())
+    snapshots = joint.prepare_snapshots(preparer, scenario, data, joint.measured_prefill_rates(scenario, data))
     from switchpoint.router.signals.neural import SignalInference
 
     inference = SignalInference(1)
@@ -182,3 +183,19 @@ def test_the_flags_have_one_source_of_defaults():
     scenario = _scenario()
     assert (scenario.rate, scenario.ttft_ms, scenario.strong_replicas, scenario.weak_replicas) == (18.0, 1000, 2, 4)
     assert Path(joint.DATASET).is_file()
+
+
+def test_the_prefill_rate_is_measured_under_load_below_the_step_formula(data):
+    """Each pool's prefillTokensPerSecond comes from a load test of one replica, counted as the router counts
+    uncached tokens: decodes take their token of each step's budget, so a busy replica computes less than the
+    formula's full chunks; the same measurement is reproducible and scales with the engine's speed."""
+    strong, weak = _scenario().pools()
+    for pool in (strong, weak):
+        measured = joint.measured_prefill_rate(pool, data, prompts=200)
+        assert measured == joint.measured_prefill_rate(pool, data, prompts=200)
+        assert 0.8 * joint.nominal_prefill_rate(pool) < measured < joint.nominal_prefill_rate(pool)
+    e = strong.engine
+    faster = replace(strong, engine=replace(e, iteration_base_ms=e.iteration_base_ms / 2,
+                                            prefill_ms_per_token=e.prefill_ms_per_token / 2))
+    ratio = joint.measured_prefill_rate(faster, data, prompts=200) / joint.measured_prefill_rate(strong, data, 200)
+    assert ratio == pytest.approx(2.0, rel=0.05)

@@ -78,6 +78,7 @@ SERVED = 0.95  # semantic_only "misses its objective" below 95% attainment
 DEFAULT_RATES = (12, 16, 20, 24, 28, 32, 36)
 QUICK_RATES = (12, 18, 24, 36)
 CALIBRATION_BINS_MS = (0, 100, 250, 500, 1000, 2000, 4000, math.inf)
+CALIBRATION_PROMPTS, CALIBRATION_LOAD, CALIBRATION_SEED = 600, 1.25, 0  # measured_prefill_rate's load test
 SPLIT_SALT, TEST_SHARE = "switchpoint-routing-split", 0.3  # bench routing's split: the same prompts are test rows
 
 
@@ -89,14 +90,6 @@ class PoolSpec:
     engine: EngineConfig
     input_per_million: float
     output_per_million: float
-
-    def prefill_tokens_per_second(self, token_ratio: float) -> float:
-        """The policy's prefillTokensPerSecond: what an operator measures as the replica's prefill throughput when
-        it is busy (full chunks, each with its step overhead), counted in the router's token estimates
-        (token_ratio: the router's estimate per token the server counts, on these prompts)."""
-        e = self.engine
-        chunk = e.max_batched_tokens
-        return token_ratio * 1000.0 * chunk / (e.iteration_base_ms + e.prefill_ms_per_token * chunk)
 
     def addresses(self) -> list[str]:
         return [f"{self.name}-{i}:8000" for i in range(self.replicas)]
@@ -182,13 +175,17 @@ def _pool_manifest(p: PoolSpec) -> dict:
                      "replicas": {"static": [{"address": a} for a in p.addresses()]}}}
 
 
-def strategy_config(strategy: str, scenario: Scenario, dataset: Path, token_ratio: float = 1.0) -> RouterConfig:
-    """The RoutingPolicy each strategy routes with, compiled by the production compiler."""
+def _scheduling(p: PoolSpec, profile: str, prefill_rate: float) -> dict:
+    return {"pool": p.name, "profile": profile, "prefillTokensPerSecond": round(prefill_rate, 1),
+            "chunkTokens": p.engine.max_batched_tokens}
+
+
+def strategy_config(strategy: str, scenario: Scenario, dataset: Path, prefill_rates: dict[str, float]) -> RouterConfig:
+    """The RoutingPolicy each strategy routes with, compiled by the production compiler; prefill_rates: each pool's
+    prefillTokensPerSecond (measured_prefill_rate)."""
     pools = scenario.pools()
     profile = "switchpoint" if strategy == "joint" else "gie-default"
-    scheduling = [{"pool": p.name, "profile": profile,
-                   "prefillTokensPerSecond": round(p.prefill_tokens_per_second(token_ratio), 1),
-                   "chunkTokens": p.engine.max_batched_tokens} for p in pools]
+    scheduling = [_scheduling(p, profile, prefill_rates[p.name]) for p in pools]
     selection = {"algorithm": "knn", "dataset": str(dataset), "k": scenario.k, "lambda": scenario.lam}
     policies = []
     if strategy == "load_only":
@@ -212,22 +209,14 @@ def strategy_config(strategy: str, scenario: Scenario, dataset: Path, token_rati
 class Data:
     rows: RoutingDataset
     test: np.ndarray  # row indices the arrivals draw from
-    train_file: Path  # the rows the selector knows
+    train: np.ndarray  # row indices of the rows the selector knows
+    train_file: Path  # those rows, as the selector's dataset file
 
     def messages(self, row: int) -> tuple[ChatTurn, ...]:
         """The row as MMLU sends it: the subject's header, then the question."""
         subject = self.rows.tasks[row].split("/", 1)[-1].replace("_", " ")
         return (ChatTurn("system", f"The following are multiple choice questions (with answers) about {subject}."),
                 ChatTurn("user", self.rows.prompts[row]))
-
-    def token_ratio(self) -> float:
-        """The router's token estimate over the simulator's count, summed over the test prompts."""
-        estimated = counted = 0
-        for row in self.test.tolist():
-            messages = self.messages(row)
-            estimated += RouteInput(request_id="-", model="-", messages=messages).input_tokens
-            counted += token_count(_served_text(messages))
-        return estimated / counted
 
 
 def _served_text(messages: tuple[ChatTurn, ...]) -> str:
@@ -246,7 +235,7 @@ def load_data(folder: Path, train_rows: int | None = None) -> Data:
         raise ValueError(f"{DATASET}: {len(lines)} lines for {len(data.prompts)} rows")
     train_file = folder / "routellm_mmlu.train.jsonl"
     train_file.write_text("\n".join(lines[i] for i in train[:train_rows]) + "\n", encoding="utf-8")
-    return Data(data, test, train_file)
+    return Data(data, test, train[:train_rows], train_file)
 
 
 def arrivals(scenario: Scenario, data: Data, rng: random.Random) -> list[Arrival]:
@@ -276,9 +265,68 @@ def arrivals(scenario: Scenario, data: Data, rng: random.Random) -> list[Arrival
                            {m: int(data.rows.output_tokens[row, j]) for j, m in enumerate(models)}))
 
 
-def prepare_snapshots(preparer: Preparer, scenario: Scenario, data: Data, token_ratio: float) -> dict[str, Snapshot]:
+def nominal_prefill_rate(pool: PoolSpec) -> float:
+    """The prefill throughput the engine's step formula gives for full chunks, in server tokens per second: where
+    measured_prefill_rate starts (an operator's first guess), not what a busy replica sustains."""
+    e = pool.engine
+    return 1000.0 * e.max_batched_tokens / (e.iteration_base_ms + e.prefill_ms_per_token * e.max_batched_tokens)
+
+
+def measured_prefill_rate(pool: PoolSpec, data: Data, prompts: int = CALIBRATION_PROMPTS) -> float:
+    """The pool's prefillTokensPerSecond as an operator measures it, in the router's own count: one replica of the
+    pool's engine under a load test of train-split prompts (never the arrivals'), in MMLU's form, with the model's
+    output lengths, sent through the router's scheduler at CALIBRATION_LOAD x what the replica can take (so it is
+    busy throughout); the rate is the uncached tokens the scheduler counted for those requests per busy second
+    (first arrival to last first token).
+
+    Measured, not derived from the step formula (nominal_prefill_rate): decoding sequences take their token of every
+    step's budget, and the router's count of a prompt's uncached tokens (its estimate less the blocks it believes
+    cached) is not the server's; the formula with a whole-prompt token ratio said about 4 % more than the replica
+    does, and the router's fluid backlog then fell behind the replica through every burst (joint's misses)."""
+    one = replace(pool, replicas=1)
+    nominal = nominal_prefill_rate(pool)
+    policy = {"apiVersion": API_VERSION, "kind": "RoutingPolicy", "metadata": {"name": "calibration"},
+              "spec": {"aliases": ["calibration"], "default": {"pools": [{"pool": one.name}]},
+                       "scheduling": [_scheduling(one, "switchpoint", nominal)]}}
+    config = compile_manifests([Manifest("bench-joint-calibration", m) for m in (_pool_manifest(one), policy)])
+    candidate = config.aliases["calibration"].default.candidates[0]
+    [address] = one.addresses()
+    fleet = VirtualFleet([])
+    fleet.engines[address] = Engine(pool.engine)
+    scheduler = Scheduler(InflightLedger(), FleetState(), clock=lambda: fleet.now, rng=random.Random(CALIBRATION_SEED))
+    column = list(data.rows.models).index(pool.model)
+    rows = random.Random(CALIBRATION_SEED).sample(data.train.tolist(), min(prompts, len(data.train)))
+    texts = [_served_text(data.messages(row)) for row in rows]
+    gap_s = sum(map(token_count, texts)) / len(texts) / (CALIBRATION_LOAD * nominal)
+    sent: list[EngineRequest] = []
+    counted = 0
+
+    def arrive(i: int) -> None:
+        nonlocal counted
+        row = rows[i]
+        req = RouteInput(request_id=str(i), model="calibration", messages=data.messages(row))
+        placement = scheduler.place(candidate, req)
+        assert placement is not None
+        scheduler.commit(candidate, placement)
+        counted += placement.uncached_tokens
+        sent.append(EngineRequest(str(i), token_count(texts[i]), int(data.rows.output_tokens[row, column]),
+                                  prompt_blocks(texts[i])))
+        fleet.submit(address, sent[-1])
+
+    for i in range(len(rows)):
+        fleet.at(i * gap_s, "arrival", i)
+    fleet.run(math.inf, arrive, lambda _: None, lambda *_: None)
+    return counted / max(r.first_token_at or 0.0 for r in sent)
+
+
+def measured_prefill_rates(scenario: Scenario, data: Data) -> dict[str, float]:
+    return {p.name: measured_prefill_rate(p, data) for p in scenario.pools()}
+
+
+def prepare_snapshots(preparer: Preparer, scenario: Scenario, data: Data,
+                      prefill_rates: dict[str, float]) -> dict[str, Snapshot]:
     """Each strategy's snapshot, each with selectors of its own (a selector may keep state across requests)."""
-    return {s: preparer.prepare(strategy_config(s, scenario, data.train_file, token_ratio)) for s in STRATEGIES}
+    return {s: preparer.prepare(strategy_config(s, scenario, data.train_file, prefill_rates)) for s in STRATEGIES}
 
 
 def run_once(strategy: str, snapshot: Snapshot, scenario: Scenario, data: Data, requests: list[Arrival],
@@ -456,8 +504,8 @@ def run(args: argparse.Namespace) -> int:
         with tempfile.TemporaryDirectory(prefix="switchpoint-bench-joint-") as tmp:
             data = load_data(Path(tmp))
             preparer = Preparer(ModelBank(), SelectorBank())
-            ratio = data.token_ratio()
-            snapshots = prepare_snapshots(preparer, scenario, data, ratio)
+            prefill_rates = measured_prefill_rates(scenario, data)
+            snapshots = prepare_snapshots(preparer, scenario, data, prefill_rates)
             pooled = {f"{r:g}": run_rate(replace(scenario, rate=float(r)), snapshots, data, seeds, inference)
                       for r in rates}
     finally:
@@ -466,7 +514,9 @@ def run(args: argparse.Namespace) -> int:
     default = f"{scenario.rate:g}"
     cal = calibration(pooled[default]["joint"].calibration, scenario.ttft_ms)
     result = {"strategies": by_rate[default], "rates": by_rate, "calibration": cal,
-              "targets": verdict(by_rate, default), "scenario": _scenario_json(scenario, seeds),
+              "targets": verdict(by_rate, default),
+              "scenario": {**_scenario_json(scenario, seeds),
+                           "prefill_tokens_per_second": {k: round(v, 1) for k, v in prefill_rates.items()}},
               "seconds": round(time.monotonic() - started, 1)}
     plot = None if args.no_plot else _plot(by_rate, Path(args.plot), scenario)
     result["plot"] = plot
