@@ -88,11 +88,9 @@ class RedisServer:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 break
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+            if _answers_ping(self.port):
                 return
-            except OSError:
-                time.sleep(0.05)
+            time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"redis-server did not start on port {self.port}: {' '.join(self.command())}")
 
@@ -111,6 +109,21 @@ class RedisServer:
         self.stop()
         if self._tmp is not None:
             self._tmp.cleanup()
+
+
+def _answers_ping(port: int) -> bool:
+    """True once the server on `port` answers PING with PONG.
+
+    An open port is not enough: a restarted server accepts connections while it replays its append-only file and
+    answers every command with a LOADING error until it has, so a caller that starts it and writes at once loses
+    the write.
+    """
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2) as conn:
+            conn.sendall(b"PING\r\n")
+            return conn.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
 
 
 class RedisClusterServer:
