@@ -112,7 +112,7 @@ class RedisServer:
 
 
 def _answers_ping(port: int) -> bool:
-    """True once the server on `port` answers PING with PONG.
+    """True once the server on `port` answers PING with anything but LOADING.
 
     An open port is not enough: a restarted server accepts connections while it replays its append-only file and
     answers every command with a LOADING error until it has, so a caller that starts it and writes at once loses
@@ -121,7 +121,8 @@ def _answers_ping(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.2) as conn:
             conn.sendall(b"PING\r\n")
-            return conn.recv(64).startswith(b"+PONG")
+            reply = conn.recv(64)
+            return bool(reply) and not reply.startswith(b"-LOADING")  # PONG, or NOAUTH from a password-protected one
     except OSError:
         return False
 
