@@ -115,8 +115,8 @@ def _answers_ping(port: int) -> bool:
     """True once the server on `port` answers PING with anything but LOADING.
 
     An open port is not enough: a restarted server accepts connections while it replays its append-only file and
-    answers every command with a LOADING error until it has, so a caller that starts it and writes at once loses
-    the write.
+    answers every command with a LOADING error until it has, so a caller that starts it and writes at once gets
+    that error instead of an answer.
     """
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.2) as conn:
