@@ -106,7 +106,8 @@ def _scenario(*flags: str) -> joint.Scenario:
 
 
 @pytest.mark.parametrize("flags", [("--burst-share", "0.5", "--burst-factor", "3"), ("--burst-share", "1"),
-                                   ("--burst-factor", "0.5"), ("--rate", "0"), ("--strong-replicas", "0")])
+                                   ("--burst-factor", "0.5"), ("--rate", "0"), ("--strong-replicas", "0"),
+                                   ("--k", "0")])
 def test_a_scenario_that_cannot_be_run_is_refused(flags):
     with pytest.raises(ValueError):
         _scenario(*flags).check()
@@ -115,6 +116,13 @@ def test_a_scenario_that_cannot_be_run_is_refused(flags):
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> joint.Data:
     return joint.load_data(tmp_path_factory.mktemp("joint"), train_rows=1500)  # a smaller kNN index: seconds
+
+
+def test_the_selectors_neighbours_are_a_flag_that_reaches_the_policy(data):
+    config = joint.strategy_config("joint", _scenario("--k", "25"), data.train_file, {"strong": 1000, "weak": 2000})
+    decision = config.aliases["auto"].default
+    assert decision.selection.algorithm == "knn"
+    assert decision.selection.k == 25
 
 
 def test_arrivals_burst_around_the_mean_rate_and_repeat_per_seed(data):

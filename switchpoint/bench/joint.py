@@ -113,7 +113,7 @@ class Scenario:
     max_quality_loss: float
     lam: float
     duration_s: float
-    k: int = 10
+    k: int = 10  # the kNN selector's neighbours
 
     def pools(self) -> tuple[PoolSpec, PoolSpec]:
         return (PoolSpec("strong", STRONG_MODEL, self.strong_replicas, STRONG_ENGINE, 10.0, 30.0),
@@ -128,6 +128,8 @@ class Scenario:
             raise ValueError("--rate, --seconds and --period must be above 0")
         if self.strong_replicas < 1 or self.weak_replicas < 1:
             raise ValueError("each pool needs at least one replica")
+        if self.k < 1:
+            raise ValueError(f"--k {self.k} must be at least 1 (the kNN selector's neighbours)")
 
 
 @dataclass(frozen=True)
@@ -487,7 +489,7 @@ def scenario_from(args: argparse.Namespace) -> Scenario:
     return Scenario(rate=args.rate, strong_replicas=args.strong_replicas, weak_replicas=args.weak_replicas,
                     burst_factor=args.burst_factor, burst_share=args.burst_share, period_s=args.period,
                     ttft_ms=args.ttft_ms, tpot_ms=args.tpot_ms, max_quality_loss=args.max_quality_loss,
-                    lam=args.lam, duration_s=args.seconds or 60.0)
+                    lam=args.lam, duration_s=args.seconds or 60.0, k=args.k)
 
 
 def run(args: argparse.Namespace) -> int:

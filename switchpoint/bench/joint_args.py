@@ -22,6 +22,7 @@ def add_joint_arguments(b: argparse.ArgumentParser) -> None:
                    help="joint's objective maxQualityLoss (in the kNN's predicted quality; see bench/joint.py)")
     b.add_argument("--lambda", dest="lam", type=float, default=10.0,
                    help="the kNN selector's lambda (quality points per USD per request)")
+    b.add_argument("--k", type=int, default=10, help="the kNN selector's neighbours")
     b.add_argument("--seconds", type=float, default=None, help="seconds of arrivals per run (default and --quick: 60)")
     b.add_argument("--seeds", type=int, nargs="+", help="arrival seeds, pooled (default 7 8 9; --quick: 7)")
     b.add_argument("--quick", action="store_true", help="four rates, one seed")
