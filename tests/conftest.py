@@ -14,12 +14,21 @@ import grpc
 import pytest
 
 from switchpoint.localredis import RedisServer
+from switchpoint.router import redisconn
 from switchpoint.router.server import RouterServer
 from switchpoint.v1 import router_pb2, router_pb2_grpc
 from tests.apiserver_support import control_plane  # noqa: F401  (session fixture: etcd + kube-apiserver)
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "deploy" / "examples"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_redis_kinds() -> None:
+    """The router remembers per URL whether a Redis is a cluster (router/redisconn.py), for the process's life. The
+    tests start many servers on OS-chosen ports, and a port comes back: a cluster node on the port of an earlier
+    test's single server must not be taken for one (a CI run failed that way)."""
+    redisconn._kinds.clear()
 
 
 def pytest_configure(config: pytest.Config) -> None:
