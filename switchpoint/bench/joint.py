@@ -113,7 +113,7 @@ class Scenario:
     max_quality_loss: float
     lam: float
     duration_s: float
-    k: int = 10  # the kNN selector's neighbours
+    k: int  # the kNN selector's neighbours
 
     def pools(self) -> tuple[PoolSpec, PoolSpec]:
         return (PoolSpec("strong", STRONG_MODEL, self.strong_replicas, STRONG_ENGINE, 10.0, 30.0),
