@@ -41,6 +41,11 @@ class ThreadedRouter:
 
     def __init__(self, **kwargs: Any):
         kwargs.setdefault("metrics_port", 0)
+        # The product's 0.25 s Redis deadline is for a quiet production Redis. A CI host under load stalls longer
+        # now and then, and a router's first budgeted Route then finds the ledger "unreachable" (a lease test failed
+        # so). These routers wait longer; a dead or stopped Redis still fails at once (connection refused), and the
+        # deadline itself is tested where it is the subject (test_resp.py, test_cache.py).
+        kwargs.setdefault("redis_timeout_s", 2.0)
         self.server = RouterServer(**kwargs)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
