@@ -40,7 +40,12 @@ from typing import Any
 
 import yaml
 
-from switchpoint.router.frontdoors.extproc.settings import DEFAULT_PORT, EXTPROC_SERVICE, ExtProcSettings
+from switchpoint.router.frontdoors.extproc.settings import (
+    DEFAULT_PORT,
+    EXTPROC_SERVICE,
+    PHASES_METADATA,
+    ExtProcSettings,
+)
 from switchpoint.router.frontdoors.headers import DESTINATION_HEADER, PREFILLER_HEADER
 
 MODES = ("split", "duplex", "buffered")
@@ -221,7 +226,10 @@ def _extproc_filters(cfg: GatewayConfig) -> list[dict[str, Any]]:
                 "response_attributes": ["response.code"], "deferred_close_timeout": "2s"}
     observer.pop("status_on_error", None)
     observer.pop("metadata_options")
-    return [{"name": "switchpoint.extproc", "typed_config": {**base, "processing_mode": route}},
+    # the route filter sends nothing of the response: it says so, and the router ends its stream with the body answer
+    router_service = {**base["grpc_service"], "initial_metadata": [{"key": PHASES_METADATA, "value": "request"}]}
+    return [{"name": "switchpoint.extproc",
+             "typed_config": {**base, "grpc_service": router_service, "processing_mode": route}},
             {"name": "switchpoint.observe", "typed_config": observer}]
 
 

@@ -43,6 +43,9 @@ class Served:
             async for request in requests:
                 if request.service == "slow":
                     await asyncio.sleep(0.3)
+                if request.service == "metadata":  # the call's own metadata, as the handler sees it
+                    request = Request(service=";".join(f"{k}={v}" for k, v in context.invocation_metadata()
+                                                       if k.startswith("x-")))
                 self.answered += 1
                 yield Reply(status=Reply.SERVING) if request.service == "slow" else Request(service=request.service)
         except asyncio.CancelledError:
@@ -90,6 +93,14 @@ def test_a_stream_answers_each_message_in_order_and_ends_ok(served):
     call = _stream(channel)(iter([Request(service=f"m{i}") for i in range(5)]), timeout=5)
     assert [r.service for r in call] == [f"m{i}" for i in range(5)]
     assert call.code() == grpc.StatusCode.OK
+
+
+def test_the_calls_metadata_reaches_the_handler_without_the_pseudo_headers(served):
+    _, channel = served
+    call = _stream(channel)(iter([Request(service="metadata")]), timeout=5,
+                            metadata=(("x-switchpoint-extproc-phases", "request"), ("x-other", "two")))
+    [answer] = list(call)
+    assert answer.service == "x-switchpoint-extproc-phases=request;x-other=two"
 
 
 def test_messages_larger_than_the_flow_control_windows_go_both_ways(served):

@@ -43,6 +43,14 @@ class GrpcError(Exception):
 class Context:
     """The part of grpc.aio's ServicerContext the handlers here use."""
 
+    def __init__(self, metadata: tuple[tuple[str, str], ...] = ()):
+        self._metadata = metadata
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        """The call's request headers but the pseudo-headers, as (key, value) pairs (what Envoy's
+        `grpc_service.initial_metadata` adds arrives here)."""
+        return self._metadata
+
     async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
         raise GrpcError(code, details)
 
@@ -85,10 +93,12 @@ class H2GrpcServer:
 
 
 class _Stream:
-    def __init__(self, conn: _Connection, stream_id: int, method: Method):
+    def __init__(self, conn: _Connection, stream_id: int, method: Method,
+                 metadata: tuple[tuple[str, str], ...] = ()):
         self.conn = conn
         self.id = stream_id
         self.method = method
+        self.metadata = metadata
         self.pending = bytearray()
         self.inbox: asyncio.Queue[bytes | None] = asyncio.Queue()
         self.task: asyncio.Task | None = None
@@ -125,7 +135,7 @@ class _Stream:
             yield parse(raw)
 
     async def run(self) -> None:
-        context = Context()
+        context = Context(self.metadata)
         try:
             if self.method.streaming:
                 async for answer in self.method.handler(self.requests(), context):
@@ -249,7 +259,8 @@ class _Connection(asyncio.Protocol):
                                                                                  f"unknown method {path}")],
                                  end_stream=True)
             return
-        stream = _Stream(self, event.stream_id, method)
+        metadata = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in headers.items() if k[:1] != b":")
+        stream = _Stream(self, event.stream_id, method, metadata)
         self.streams[event.stream_id] = stream
         stream.task = asyncio.get_running_loop().create_task(stream.run())
 

@@ -43,7 +43,7 @@ from switchpoint.router.frontdoors.extproc.openai import (
     parse_request,
     rewrite_body,
 )
-from switchpoint.router.frontdoors.extproc.settings import EXTPROC_SERVICE, ExtProcSettings
+from switchpoint.router.frontdoors.extproc.settings import EXTPROC_SERVICE, PHASES_METADATA, ExtProcSettings
 from switchpoint.router.frontdoors.extproc.usage import ResponseReader
 from switchpoint.router.frontdoors.h2grpc import Method
 from switchpoint.router.frontdoors.headers import DESTINATION_HEADER
@@ -113,10 +113,13 @@ class ExtProcFrontDoor(pb_grpc.ExternalProcessorServicer):
     async def Process(self, request_iterator: AsyncIterator[pb.ProcessingRequest],
                       context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ProcessingResponse]:
         exchange = Exchange(self)
+        request_only = _request_only(context)
         try:
             async for msg in request_iterator:
                 for answer in await exchange.handle(msg):
                     yield answer
+                if request_only and exchange.decided and exchange.response_mode == Mode.NONE:
+                    return  # nothing of the response comes on this stream: end it with the answer (one write less)
                 if exchange.response_done:  # settle once the last answer is on its way
                     await exchange.close()
                     if exchange.observer:  # Envoy holds an observability stream open for deferred_close_timeout
@@ -366,6 +369,11 @@ def _outcome(status: int, done: bool, usage) -> str:  # type: ignore[no-untyped-
     if usage.overflow or not usage.complete:  # past the size kept, or a stream cut before its end
         return "truncated"
     return "success"
+
+
+def _request_only(context: grpc.aio.ServicerContext) -> bool:
+    """Whether the filter said it sends the request phases only (PHASES_METADATA)."""
+    return any(k == PHASES_METADATA and v == "request" for k, v in context.invocation_metadata() or ())
 
 
 def _header_map(headers) -> dict[str, str]:  # type: ignore[no-untyped-def]

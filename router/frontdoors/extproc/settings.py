@@ -6,6 +6,11 @@ from dataclasses import dataclass
 
 EXTPROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
 DEFAULT_PORT = 9002  # the port GIE's and llm-d's endpoint pickers serve ext_proc on
+# gRPC metadata an ext_proc filter sends (its grpc_service.initial_metadata) to say which phases it sends: with
+# "request" it sends nothing of the response (response headers SKIP, body NONE, trailers SKIP), so the router ends
+# the stream with its last request answer instead of waiting for Envoy's end of stream. Envoy's protocol_config
+# tells the body modes only, not the header modes, hence the filter says it (switchpoint gateway's split mode does).
+PHASES_METADATA = "x-switchpoint-extproc-phases"
 
 
 @dataclass(frozen=True)
