@@ -20,6 +20,9 @@ from switchpoint.v1 import router_pb2, router_pb2_grpc
 from tests.apiserver_support import control_plane  # noqa: F401  (session fixture: etcd + kube-apiserver)
 
 ROOT = Path(__file__).resolve().parent.parent
+# How long the routers the tests start wait for Redis (see ThreadedRouter); router processes take PATIENT_REDIS.
+TEST_REDIS_TIMEOUT_MS = 2000
+PATIENT_REDIS = ["--redis-timeout-ms", str(TEST_REDIS_TIMEOUT_MS)]
 EXAMPLES = ROOT / "deploy" / "examples"
 
 
@@ -45,7 +48,7 @@ class ThreadedRouter:
         # now and then, and a router's first budgeted Route then finds the ledger "unreachable" (a lease test failed
         # so). These routers wait longer; a dead or stopped Redis still fails at once (connection refused), and the
         # deadline itself is tested where it is the subject (test_resp.py, test_cache.py).
-        kwargs.setdefault("redis_timeout_s", 2.0)
+        kwargs.setdefault("redis_timeout_s", TEST_REDIS_TIMEOUT_MS / 1000)
         self.server = RouterServer(**kwargs)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)

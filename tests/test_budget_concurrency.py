@@ -26,6 +26,7 @@ import pytest
 from switchpoint.localproc import RouterProcess
 from switchpoint.localredis import RedisClusterServer, RedisServer
 from switchpoint.v1 import router_pb2, router_pb2_grpc
+from tests.conftest import PATIENT_REDIS
 
 TENANTS = [f"tenant-{i}" for i in range(8)]
 BUDGETS = """
@@ -121,7 +122,7 @@ def run_fleet(config: Path, redis: RedisServer | RedisClusterServer, during: Cal
               report_elsewhere: bool = False) -> tuple[Books, dict]:
     """12 frontends over 3 routers; with `report_elsewhere`, each Reports to the next router (settle anywhere)."""
     books = Books()
-    routers = [RouterProcess([config], metrics=False, extra=["--redis", redis.url]) for _ in range(3)]
+    routers = [RouterProcess([config], metrics=False, extra=["--redis", redis.url, *PATIENT_REDIS]) for _ in range(3)]
     for r in routers:
         r.__enter__()
     try:

@@ -28,6 +28,7 @@ from switchpoint.router.budget.lease import LEASE_PERIOD_S, LEASE_REQUESTS, leas
 from switchpoint.router.server import reservation_ttl_s as reservation_ttl_of
 from switchpoint.router.tickets import TicketSigner
 from switchpoint.v1 import router_pb2, router_pb2_grpc
+from tests.conftest import PATIENT_REDIS
 
 BUDGET = """
 apiVersion: switchpoint.dev/v1alpha1
@@ -130,8 +131,9 @@ def test_killing_a_router_mid_load_loses_no_reservation(kill_config, redis_serve
     monkeypatch.setenv("SWITCHPOINT_SETTLE_KEY", SETTLE_KEY)
     monkeypatch.setenv("SWITCHPOINT_INFLIGHT_TTL_S", str(ttl_s))
     tally = Tally()
-    with RouterProcess([kill_config], metrics=False, extra=["--redis", redis_server.url, "--peer-channel", ""]) as a, \
-            RouterProcess([kill_config], metrics=False, extra=["--redis", redis_server.url, "--peer-channel", ""]) as b:
+    extra = ["--redis", redis_server.url, "--peer-channel", "", *PATIENT_REDIS]
+    with RouterProcess([kill_config], metrics=False, extra=extra) as a, \
+            RouterProcess([kill_config], metrics=False, extra=extra) as b:
         channels = {"a": grpc.insecure_channel(a.address), "b": grpc.insecure_channel(b.address)}
         stubs = {k: router_pb2_grpc.RouterStub(c) for k, c in channels.items()}
         alive, killed, stop = {"a": True, "b": True}, threading.Event(), threading.Event()
