@@ -20,6 +20,7 @@ from switchpoint.router.frontdoors.h2grpc import Context
 from tests.conftest import EXAMPLES
 
 Mode = processing_mode_pb2.ProcessingMode
+PHASE = PHASES_METADATA.encode()  # as the request header of the ext_proc call carries it
 BODY = json.dumps({"model": "auto", "messages": [{"role": "user", "content": "Hi there, how are you?"}]}).encode()
 
 
@@ -31,7 +32,7 @@ def _messages(response_body_mode: int) -> list[pb.ProcessingRequest]:
             pb.ProcessingRequest(request_body=pb.HttpBody(body=BODY, end_of_stream=True))]
 
 
-async def _answers(metadata: tuple[tuple[str, str], ...], response_body_mode: int) -> tuple[list[str], bool]:
+async def _answers(metadata: dict[bytes, bytes], response_body_mode: int) -> tuple[list[str], bool]:
     """The answers' kinds, and whether the stream ended before Envoy ended its side (which it never does here)."""
     core, close = await offline_core([EXAMPLES])
     door = ExtProcFrontDoor(core)
@@ -62,10 +63,10 @@ async def _answers(metadata: tuple[tuple[str, str], ...], response_body_mode: in
 
 
 @pytest.mark.parametrize(("metadata", "response_body_mode", "ends"), [
-    (((PHASES_METADATA, "request"),), Mode.NONE, True),  # the split-mode route filter
-    ((), Mode.NONE, False),  # a filter that did not say: its response headers may still come
-    (((PHASES_METADATA, "both"),), Mode.NONE, False),  # only "request" means request phases only
-    (((PHASES_METADATA, "request"),), Mode.STREAMED, False),  # it sees the response body: it settles at the end
+    ({PHASE: b"request"}, Mode.NONE, True),  # the split-mode route filter
+    ({}, Mode.NONE, False),  # a filter that did not say: its response headers may still come
+    ({PHASE: b"both"}, Mode.NONE, False),  # only "request" means request phases only
+    ({PHASE: b"request"}, Mode.STREAMED, False),  # it sees the response body: it settles at the end
 ])
 def test_a_stream_ends_with_its_body_answer_only_when_its_filter_sends_no_response_phase(metadata, response_body_mode,
                                                                                          ends):

@@ -43,13 +43,13 @@ class GrpcError(Exception):
 class Context:
     """The part of grpc.aio's ServicerContext the handlers here use."""
 
-    def __init__(self, metadata: tuple[tuple[str, str], ...] = ()):
-        self._metadata = metadata
+    def __init__(self, headers: dict[bytes, bytes] | None = None):
+        self._headers = headers or {}
 
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         """The call's request headers but the pseudo-headers, as (key, value) pairs (what Envoy's
-        `grpc_service.initial_metadata` adds arrives here)."""
-        return self._metadata
+        `grpc_service.initial_metadata` adds arrives here); decoded when a handler asks."""
+        return tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in self._headers.items() if k[:1] != b":")
 
     async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
         raise GrpcError(code, details)
@@ -93,12 +93,11 @@ class H2GrpcServer:
 
 
 class _Stream:
-    def __init__(self, conn: _Connection, stream_id: int, method: Method,
-                 metadata: tuple[tuple[str, str], ...] = ()):
+    def __init__(self, conn: _Connection, stream_id: int, method: Method, headers: dict[bytes, bytes]):
         self.conn = conn
         self.id = stream_id
         self.method = method
-        self.metadata = metadata
+        self.headers = headers  # the call's request headers
         self.pending = bytearray()
         self.inbox: asyncio.Queue[bytes | None] = asyncio.Queue()
         self.task: asyncio.Task | None = None
@@ -135,7 +134,7 @@ class _Stream:
             yield parse(raw)
 
     async def run(self) -> None:
-        context = Context(self.metadata)
+        context = Context(self.headers)
         try:
             if self.method.streaming:
                 async for answer in self.method.handler(self.requests(), context):
@@ -259,8 +258,7 @@ class _Connection(asyncio.Protocol):
                                                                                  f"unknown method {path}")],
                                  end_stream=True)
             return
-        metadata = tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in headers.items() if k[:1] != b":")
-        stream = _Stream(self, event.stream_id, method, metadata)
+        stream = _Stream(self, event.stream_id, method, headers)
         self.streams[event.stream_id] = stream
         stream.task = asyncio.get_running_loop().create_task(stream.run())
 
